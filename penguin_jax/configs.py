@@ -1,0 +1,229 @@
+"""Model configurations (DESIGN.md section 1), read from and written to HF `config.json`.
+
+Three frozen dataclasses, one per module of the paper:
+
+* `Qwen3Config`   the LLM (decoder), `model_type: qwen3`.
+* `EncoderConfig` the Penguin-Encoder (Qwen3 layers, bidirectional, 2D RoPE),
+                  `model_type: penguinvl_vision_encoder`.
+* `VLMConfig`     Penguin-VL = encoder + projector + LLM, `model_type: penguinvl_qwen3`.
+
+Besides the checkpoint's sizes, each config carries *runtime* fields (dtypes, attention
+backend, layer scan, remat policy). They never go to `config.json` and can be changed with
+`dataclasses.replace` or the `**overrides` of `from_hf_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax.numpy as jnp
+
+# Runtime fields: how to run the model, not what the model is.
+_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_policy",
+                   "splash_block_size")
+
+# model_type strings (DESIGN 1.5).
+LLM_MODEL_TYPE = "qwen3"
+ENCODER_MODEL_TYPE = "penguinvl_vision_encoder"
+VLM_MODEL_TYPE = "penguinvl_qwen3"
+
+
+def _rope_theta(d: dict, default: float) -> float:
+  """Older checkpoints write a top-level `rope_theta`; newer transformers write
+  `rope_parameters` (DESIGN 1.2, last bullet). Read both."""
+  if d.get("rope_theta") is not None:
+    return float(d["rope_theta"])
+  rp = d.get("rope_parameters") or {}
+  if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+    return float(rp["rope_theta"])
+  return default
+
+
+def _dtype_name(dt) -> str:
+  return jnp.dtype(dt).name
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Sizes shared by the LLM and the encoder (both are stacks of Qwen3 layers)."""
+  hidden_size: int = 1024
+  intermediate_size: int = 3072
+  num_layers: int = 28
+  num_heads: int = 16
+  num_kv_heads: int = 8
+  head_dim: int = 128
+  rms_norm_eps: float = 1e-6          # DESIGN 1.1
+  rope_theta: float = 1_000_000.0     # DESIGN 1.1
+  # --- runtime (not saved) ---
+  dtype: Any = jnp.float32            # activation / compute dtype
+  param_dtype: Any = jnp.float32      # master weights
+  attention: str = "xla"              # "xla" | "cudnn" | "splash"  (see layers.attention)
+  scan_layers: bool = False           # nn.scan over layers (params get a leading layer axis)
+  remat_policy: str = "none"          # "none" | "full" | "dots" | "dots_no_batch" (layers.REMAT_POLICIES)
+  splash_block_size: int = 512        # splash attention block size (TPU); must divide seq len
+
+  def runtime(self) -> dict:
+    return {k: getattr(self, k) for k in _RUNTIME_FIELDS}
+
+  def _hf_common(self) -> dict:
+    return {
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_key_value_heads": self.num_kv_heads,
+        "head_dim": self.head_dim,
+        "rms_norm_eps": self.rms_norm_eps,
+        "rope_theta": self.rope_theta,
+        "hidden_act": "silu",
+        "attention_bias": False,
+    }
+
+  @staticmethod
+  def _common_from_hf(d: dict, default_theta: float) -> dict:
+    hidden = int(d["hidden_size"])
+    heads = int(d["num_attention_heads"])
+    head_dim = d.get("head_dim") or hidden // heads
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        head_dim=int(head_dim),
+        rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        rope_theta=_rope_theta(d, default_theta),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config(TransformerConfig):
+  """Qwen3 decoder (DESIGN 1.1). Defaults: Qwen3-0.6B."""
+  vocab_size: int = 151_936
+  tie_word_embeddings: bool = True
+  max_position_embeddings: int = 40_960
+
+  def to_hf_dict(self) -> dict:
+    d = self._hf_common()
+    d.update(
+        model_type=LLM_MODEL_TYPE,
+        architectures=["Qwen3ForCausalLM"],
+        vocab_size=self.vocab_size,
+        tie_word_embeddings=self.tie_word_embeddings,
+        max_position_embeddings=self.max_position_embeddings,
+        torch_dtype=_dtype_name(self.param_dtype),
+        use_cache=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+    )
+    return d
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, **overrides) -> "Qwen3Config":
+    kw = cls._common_from_hf(d, 1_000_000.0)
+    kw.update(
+        vocab_size=int(d["vocab_size"]),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        max_position_embeddings=int(d.get("max_position_embeddings", 40_960)),
+    )
+    kw.update(overrides)
+    return cls(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig(TransformerConfig):
+  """Penguin-Encoder (DESIGN 1.2). Defaults: the Qwen3-0.6B sizes it starts from."""
+  patch_size: int = 14
+  num_channels: int = 3
+
+  @property
+  def patch_dim(self) -> int:
+    return self.num_channels * self.patch_size * self.patch_size
+
+  def to_hf_dict(self) -> dict:
+    # The release's config class has defaults that are not Qwen3-0.6B's sizes, so every
+    # size is spelled out (DESIGN 1.2).
+    d = self._hf_common()
+    d.update(
+        model_type=ENCODER_MODEL_TYPE,
+        architectures=["PenguinVLVisionEncoderModel"],
+        patch_size=self.patch_size,
+        num_channels=self.num_channels,
+        layer_norm_eps=self.rms_norm_eps,  # unused by the release; rms_norm_eps is used
+        torch_dtype=_dtype_name(self.param_dtype),
+    )
+    return d
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, **overrides) -> "EncoderConfig":
+    kw = cls._common_from_hf(d, 1_000_000.0)
+    kw.update(patch_size=int(d.get("patch_size", 14)),
+              num_channels=int(d.get("num_channels", 3)))
+    kw.update(overrides)
+    return cls(**kw)
+
+  @classmethod
+  def from_llm(cls, llm: Qwen3Config, patch_size: int = 14) -> "EncoderConfig":
+    """The paper's key idea: an encoder with the sizes of a text-only Qwen3."""
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)}
+    return cls(**{k: getattr(llm, k) for k in fields}, patch_size=patch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLMConfig:
+  """Penguin-VL: encoder -> merge -> projector -> Qwen3 (DESIGN 1)."""
+  llm: Qwen3Config = Qwen3Config()
+  encoder: EncoderConfig = EncoderConfig()
+  projector_type: str = "mlp2x_gelu"   # DESIGN 1.3
+  image_token_index: int = 151_669     # DESIGN 1.1: `<image>`, first free id
+  # Width of the frozen teacher for the reconstruction losses (DESIGN 1.4); None: no
+  # distill head. 1152 for the release's VL3-SigLIP-NaViT.
+  teacher_hidden_size: Optional[int] = None
+
+  def replace_runtime(self, **runtime) -> "VLMConfig":
+    """Set runtime fields (dtype, attention, ...) on both towers at once."""
+    return dataclasses.replace(self, llm=dataclasses.replace(self.llm, **runtime),
+                               encoder=dataclasses.replace(self.encoder, **runtime))
+
+  def to_hf_dict(self) -> dict:
+    d = self.llm.to_hf_dict()
+    d.update(
+        model_type=VLM_MODEL_TYPE,
+        architectures=["PenguinVLQwen3ForCausalLM"],
+        image_token_index=self.image_token_index,
+        vision_projector_type=self.projector_type,
+        vision_hidden_size=self.encoder.hidden_size,
+        # The release names a separate encoder directory in `vision_encoder`; we also keep
+        # the encoder's own config inline so one directory is self-contained.
+        vision_encoder="vision_encoder",
+        vision_encoder_config=self.encoder.to_hf_dict(),
+        use_reconstruct=self.teacher_hidden_size is not None,
+    )
+    if self.teacher_hidden_size is not None:
+      d["teacher_hidden_size"] = self.teacher_hidden_size
+    return d
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, encoder_dict: Optional[dict] = None, **runtime) -> "VLMConfig":
+    enc = encoder_dict if encoder_dict is not None else d.get("vision_encoder_config")
+    if enc is None:
+      raise ValueError(
+          "penguinvl_qwen3 config.json has no `vision_encoder_config` and no encoder "
+          "config.json was found at its `vision_encoder` path "
+          f"({d.get('vision_encoder')!r}); put the encoder's config.json there.")
+    return cls(
+        llm=Qwen3Config.from_hf_dict(d, **runtime),
+        encoder=EncoderConfig.from_hf_dict(enc, **runtime),
+        projector_type=d.get("vision_projector_type", "mlp2x_gelu"),
+        image_token_index=int(d.get("image_token_index", 151_669)),
+        teacher_hidden_size=d.get("teacher_hidden_size"),
+    )
+
+
+# The paper's sizes (DESIGN 1.1).
+QWEN3_0_6B = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
+                         num_kv_heads=8, head_dim=128, tie_word_embeddings=True)
+QWEN3_1_7B = Qwen3Config(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,
+                         num_kv_heads=8, head_dim=128, tie_word_embeddings=True)
+QWEN3_8B = Qwen3Config(hidden_size=4096, intermediate_size=12288, num_layers=36, num_heads=32,
+                       num_kv_heads=8, head_dim=128, tie_word_embeddings=False)

@@ -1,0 +1,397 @@
+"""Hugging Face interop: `config.json` + safetensors in the release's layout (DESIGN 1.5).
+
+One key map per module, built from the config:
+
+  LLM      model.embed_tokens.weight, model.layers.{i}...., model.norm.weight, lm_head.weight
+  encoder  [model.vision_encoder.vision_encoder.]embeddings.patch_embedding.{weight,bias},
+           encoder.layers.{i}...., encoder.norm.weight
+  projector model.vision_projector.readout.{0,2}.{weight,bias}
+  distill  vision_distill_layer.{weight,bias}
+
+A PyTorch Linear weight is (out, in); our kernels are (in..., out...), e.g. q_proj
+[embed, heads, head_dim]. The Conv2d patch embedding (out, 3, 14, 14) is our
+[3*14*14, hidden] kernel. Scanned models (`scan_layers=True`) stack the layers on a
+leading axis; conversion handles both layouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import math
+import os
+from typing import Any, Iterable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from penguin_jax import safetensors_io
+from penguin_jax.configs import (ENCODER_MODEL_TYPE, LLM_MODEL_TYPE, VLM_MODEL_TYPE,
+                                 EncoderConfig, Qwen3Config, TransformerConfig, VLMConfig)
+from penguin_jax.encoder import PenguinEncoder
+from penguin_jax.qwen3 import Qwen3ForCausalLM
+from penguin_jax.vlm import PenguinVL, dummy_inputs
+
+log = logging.getLogger(__name__)
+
+VLM_ENCODER_PREFIX = "model.vision_encoder.vision_encoder."
+
+
+class Entry(NamedTuple):
+  """One tensor: HF key, our (unscanned) parameter path, how to convert.
+  kind "copy": same array. kind "linear": HF (out, in) <-> ours (in..., out...), with
+  `n_out` trailing output dims; `hf_shape` overrides the 2D HF shape (Conv2d)."""
+  hf_key: str
+  path: tuple
+  kind: str = "copy"
+  n_out: int = 1
+  hf_shape: Optional[tuple] = None
+
+
+# --------------------------------------------------------------------------- key maps
+def _layer_entries(hf_prefix: str, path_prefix: tuple, num_layers: int) -> list[Entry]:
+  out = []
+  for i in range(num_layers):
+    h, p = f"{hf_prefix}layers.{i}.", path_prefix + ("layers", f"layers_{i}")
+    out += [
+        Entry(h + "self_attn.q_proj.weight", p + ("self_attn", "q_proj", "kernel"), "linear", 2),
+        Entry(h + "self_attn.k_proj.weight", p + ("self_attn", "k_proj", "kernel"), "linear", 2),
+        Entry(h + "self_attn.v_proj.weight", p + ("self_attn", "v_proj", "kernel"), "linear", 2),
+        Entry(h + "self_attn.o_proj.weight", p + ("self_attn", "o_proj", "kernel"), "linear", 1),
+        Entry(h + "self_attn.q_norm.weight", p + ("self_attn", "q_norm", "scale")),
+        Entry(h + "self_attn.k_norm.weight", p + ("self_attn", "k_norm", "scale")),
+        Entry(h + "mlp.gate_proj.weight", p + ("mlp", "gate_proj", "kernel"), "linear"),
+        Entry(h + "mlp.up_proj.weight", p + ("mlp", "up_proj", "kernel"), "linear"),
+        Entry(h + "mlp.down_proj.weight", p + ("mlp", "down_proj", "kernel"), "linear"),
+        Entry(h + "input_layernorm.weight", p + ("input_layernorm", "scale")),
+        Entry(h + "post_attention_layernorm.weight", p + ("post_attention_layernorm", "scale")),
+    ]
+  return out
+
+
+def llm_entries(cfg: Qwen3Config, path_prefix: tuple = ()) -> list[Entry]:
+  out = [Entry("model.embed_tokens.weight", path_prefix + ("embed_tokens", "embedding"))]
+  out += _layer_entries("model.", path_prefix, cfg.num_layers)
+  out.append(Entry("model.norm.weight", path_prefix + ("norm", "scale")))
+  if not cfg.tie_word_embeddings:
+    out.append(Entry("lm_head.weight", path_prefix + ("lm_head", "kernel"), "linear"))
+  return out
+
+
+def encoder_entries(cfg: EncoderConfig, hf_prefix: str = "", path_prefix: tuple = ()) -> list[Entry]:
+  conv = (cfg.hidden_size, cfg.num_channels, cfg.patch_size, cfg.patch_size)
+  out = [Entry(hf_prefix + "embeddings.patch_embedding.weight",
+               path_prefix + ("patch_embedding", "kernel"), "linear", 1, conv),
+         Entry(hf_prefix + "embeddings.patch_embedding.bias", path_prefix + ("patch_embedding", "bias"))]
+  out += _layer_entries(hf_prefix + "encoder.", path_prefix, cfg.num_layers)
+  out.append(Entry(hf_prefix + "encoder.norm.weight", path_prefix + ("norm", "scale")))
+  return out
+
+
+def vlm_entries(cfg: VLMConfig) -> list[Entry]:
+  out = llm_entries(cfg.llm, ("llm",))
+  out += encoder_entries(cfg.encoder, VLM_ENCODER_PREFIX, ("vision_encoder",))
+  for i in (0, 2):
+    p = ("vision_projector", f"readout_{i}")
+    out += [Entry(f"model.vision_projector.readout.{i}.weight", p + ("kernel",), "linear"),
+            Entry(f"model.vision_projector.readout.{i}.bias", p + ("bias",))]
+  if cfg.teacher_hidden_size is not None:
+    p = ("vision_distill_layer", "linear")
+    out += [Entry("vision_distill_layer.weight", p + ("kernel",), "linear"),
+            Entry("vision_distill_layer.bias", p + ("bias",))]
+  return out
+
+
+def _hf_shape(e: Entry, flax_shape: tuple) -> tuple:
+  if e.kind == "copy":
+    return tuple(flax_shape)
+  if e.hf_shape is not None:
+    return tuple(e.hf_shape)
+  n_in = len(flax_shape) - e.n_out
+  return (math.prod(flax_shape[n_in:]), math.prod(flax_shape[:n_in]))
+
+
+def _to_flax(e: Entry, t: np.ndarray, flax_shape: tuple) -> np.ndarray:
+  if e.kind == "copy":
+    return t
+  out = t.shape[0]
+  return t.reshape(out, -1).T.reshape(flax_shape)
+
+
+def _to_hf(e: Entry, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
+  if e.kind == "copy":
+    return x
+  return x.reshape(-1, hf_shape[0]).T.reshape(hf_shape)
+
+
+# --------------------------------------------------------------------------- layouts
+def _layer_stack_paths(cfg) -> list[tuple[tuple, int]]:
+  """(path prefix of a LayerStack, num_layers) for every tower of a model config."""
+  if isinstance(cfg, VLMConfig):
+    return [(("llm", "layers"), cfg.llm.num_layers),
+            (("vision_encoder", "layers"), cfg.encoder.num_layers)]
+  return [(("layers",), cfg.num_layers)]
+
+
+def _scan_flags(cfg) -> bool:
+  return (cfg.llm.scan_layers or cfg.encoder.scan_layers) if isinstance(cfg, VLMConfig) else cfg.scan_layers
+
+
+def scan_layout(params: dict, cfg) -> dict:
+  """Unscanned params (`.../layers/layers_{i}/...`) -> scanned (`.../layers/layers/...`
+  with a leading layer axis), for the towers whose config has scan_layers."""
+  params = traverse_util.unflatten_dict(traverse_util.flatten_dict(params))
+  towers = _towers(cfg)
+  for (prefix, n), tcfg in zip(_layer_stack_paths(cfg), towers):
+    if not tcfg.scan_layers:
+      continue
+    node = _get(params, prefix)
+    layers = [node.pop(f"layers_{i}") for i in range(n)]
+    node["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
+  return params
+
+
+def unscan_layout(params: dict, cfg) -> dict:
+  """Inverse of `scan_layout`."""
+  params = traverse_util.unflatten_dict(traverse_util.flatten_dict(params))
+  for (prefix, n), tcfg in zip(_layer_stack_paths(cfg), _towers(cfg)):
+    if not tcfg.scan_layers:
+      continue
+    node = _get(params, prefix)
+    stacked = node.pop("layers")
+    for i in range(n):
+      node[f"layers_{i}"] = jax.tree.map(lambda x: np.asarray(x)[i], stacked)
+  return params
+
+
+def _towers(cfg):
+  return [cfg.llm, cfg.encoder] if isinstance(cfg, VLMConfig) else [cfg]
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+# --------------------------------------------------------------------------- models
+def build_model(cfg):
+  """The Flax module for a config."""
+  if isinstance(cfg, VLMConfig):
+    return PenguinVL(cfg)
+  if isinstance(cfg, EncoderConfig):
+    return PenguinEncoder(cfg)
+  if isinstance(cfg, Qwen3Config):
+    return Qwen3ForCausalLM(cfg)
+  raise TypeError(f"no model for config {type(cfg).__name__}")
+
+
+def init_inputs(cfg) -> tuple[tuple, dict]:
+  """(args, kwargs) of a tiny forward used to initialise / shape a model."""
+  if isinstance(cfg, VLMConfig):
+    d = dummy_inputs(cfg)
+    return (d.pop("input_ids"),), d
+  if isinstance(cfg, EncoderConfig):
+    return (jnp.zeros((1, 4, cfg.patch_dim)), jnp.ones((1, 4), jnp.int32),
+            jnp.zeros((1, 4, 2), jnp.int32)), {}
+  return (jnp.zeros((1, 4), jnp.int32),), {}
+
+
+def init_params(model, rng, boxed: bool = False):
+  """Random parameters (unboxed unless `boxed`, which keeps the logical-axis metadata)."""
+  args, kwargs = init_inputs(model.cfg)
+  variables = model.init(rng, *args, **kwargs)
+  return variables["params"] if boxed else nn.unbox(variables["params"])
+
+
+def abstract_params(model, boxed: bool = False):
+  """Shapes/dtypes of the parameters, without computing them."""
+  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), boxed))
+
+
+def _entries(cfg) -> list[Entry]:
+  if isinstance(cfg, VLMConfig):
+    return vlm_entries(cfg)
+  if isinstance(cfg, EncoderConfig):
+    return encoder_entries(cfg)
+  return llm_entries(cfg)
+
+
+def _unscanned(cfg):
+  if isinstance(cfg, VLMConfig):
+    return cfg.replace_runtime(scan_layers=False)
+  return dataclasses.replace(cfg, scan_layers=False)
+
+
+def hf_to_params(tensors: dict[str, np.ndarray], cfg, dtype=None, source: str = "checkpoint") -> dict:
+  """HF tensors -> our parameter tree (NumPy), in the layout `cfg.scan_layers` asks for.
+  Raises KeyError / ValueError naming the key, the expected and the found shape."""
+  shapes = traverse_util.flatten_dict(abstract_params(build_model(_unscanned(cfg))))
+  flat, used = {}, set()
+  for e in _entries(cfg):
+    fshape = tuple(shapes[e.path].shape)
+    want = _hf_shape(e, fshape)
+    if e.hf_key not in tensors:
+      raise KeyError(f"{source}: missing tensor {e.hf_key!r} (expected shape {want})")
+    t = tensors[e.hf_key]
+    if tuple(t.shape) != want:
+      raise ValueError(f"{source}: tensor {e.hf_key!r} has shape {tuple(t.shape)}, "
+                       f"expected {want}")
+    x = _to_flax(e, np.asarray(t), fshape)
+    flat[e.path] = x.astype(dtype) if dtype is not None else x
+    used.add(e.hf_key)
+  missing_paths = set(shapes) - set(flat)
+  if missing_paths:  # a key map bug, never the user's
+    raise AssertionError(f"key map misses parameters {sorted(missing_paths)[:5]}")
+  unused = [k for k in tensors if k not in used]
+  if unused:
+    log.info("%s: %d tensors not used by this model (e.g. %s)", source, len(unused), unused[:3])
+  return scan_layout(traverse_util.unflatten_dict(flat), cfg)
+
+
+def params_to_hf(params: dict, cfg, dtype=None) -> dict[str, np.ndarray]:
+  """Our parameter tree -> HF tensors (NumPy)."""
+  flat = traverse_util.flatten_dict(unscan_layout(jax.device_get(params), cfg))
+  out = {}
+  for e in _entries(cfg):
+    if e.path not in flat:
+      raise KeyError(f"parameter {'/'.join(e.path)} missing for HF key {e.hf_key!r}")
+    x = np.asarray(flat[e.path])
+    x = _to_hf(e, x, _hf_shape(e, x.shape))
+    out[e.hf_key] = np.ascontiguousarray(x.astype(dtype) if dtype is not None else x)
+  return out
+
+
+# --------------------------------------------------------------------------- files
+def read_config(path: str) -> dict:
+  f = os.path.join(path, "config.json")
+  if not os.path.isfile(f):
+    raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
+  with open(f) as fh:
+    return json.load(fh)
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  """All tensors of an HF directory: `model.safetensors`, or shards listed in
+  `model.safetensors.index.json`, or every `*.safetensors` file."""
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    with open(index) as fh:
+      files = sorted(set(json.load(fh)["weight_map"].values()))
+    files = [os.path.join(path, f) for f in files]
+  else:
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  if not files:
+    raise FileNotFoundError(f"{path}: no *.safetensors files (PyTorch .bin checkpoints are "
+                            "not read; re-save with safe_serialization=True)")
+  out = {}
+  for f in files:
+    if not os.path.isfile(f):
+      raise FileNotFoundError(f"{path}: shard {os.path.basename(f)} listed in the index is missing")
+    out.update(safetensors_io.load_file(f))
+  return out
+
+
+def config_from_hf(path: str, **runtime):
+  """Our config for an HF directory, dispatched on `model_type`."""
+  d = read_config(path)
+  mt = d.get("model_type")
+  if mt == LLM_MODEL_TYPE:
+    return Qwen3Config.from_hf_dict(d, **runtime)
+  if mt == ENCODER_MODEL_TYPE:
+    return EncoderConfig.from_hf_dict(d, **runtime)
+  if mt == VLM_MODEL_TYPE:
+    enc = None
+    if "vision_encoder_config" not in d and isinstance(d.get("vision_encoder"), str):
+      cand = os.path.join(path, d["vision_encoder"])
+      if os.path.isfile(os.path.join(cand, "config.json")):
+        enc = read_config(cand)
+    return VLMConfig.from_hf_dict(d, enc, **runtime)
+  raise ValueError(f"{path}: unknown model_type {mt!r}; expected one of "
+                   f"{LLM_MODEL_TYPE!r}, {ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}")
+
+
+def from_pretrained(path: str, dtype=jnp.float32, **runtime):
+  """Load an HF directory -> (model, params).
+
+  `dtype` is the parameter dtype (also the compute dtype unless `runtime` says
+  otherwise); `runtime` sets other runtime fields, e.g. attention="splash", scan_layers=True.
+  """
+  runtime = {"param_dtype": dtype, "dtype": runtime.pop("compute_dtype", dtype), **runtime}
+  cfg = config_from_hf(path, **runtime)
+  params = hf_to_params(read_tensors(path), cfg, dtype=np.dtype(dtype), source=path)
+  return build_model(cfg), jax.tree.map(jnp.asarray, params)
+
+
+def save_pretrained(model, params, out_dir: str, dtype=None,
+                    max_shard_bytes: int = 5 * 1024 ** 3) -> str:
+  """Write `config.json` + safetensors (sharded with an index above `max_shard_bytes`).
+  An LLM loads in transformers' Qwen3ForCausalLM; a VLM uses the release's key names."""
+  cfg = model.cfg
+  os.makedirs(out_dir, exist_ok=True)
+  tensors = params_to_hf(params, cfg, dtype=dtype)
+  hf_cfg = cfg.to_hf_dict()
+  if dtype is not None:
+    hf_cfg["torch_dtype"] = np.dtype(dtype).name
+  else:
+    hf_cfg["torch_dtype"] = np.dtype(next(iter(tensors.values())).dtype).name
+  with open(os.path.join(out_dir, "config.json"), "w") as fh:
+    json.dump(hf_cfg, fh, indent=2)
+  if isinstance(cfg, VLMConfig):  # the release reads the encoder's config from here
+    enc_dir = os.path.join(out_dir, hf_cfg["vision_encoder"])
+    os.makedirs(enc_dir, exist_ok=True)
+    with open(os.path.join(enc_dir, "config.json"), "w") as fh:
+      json.dump(cfg.encoder.to_hf_dict(), fh, indent=2)
+  shards, cur, size = [], {}, 0
+  for k in tensors:  # insertion order = key map order: layers stay together
+    if cur and size + tensors[k].nbytes > max_shard_bytes:
+      shards.append(cur)
+      cur, size = {}, 0
+    cur[k] = tensors[k]
+    size += tensors[k].nbytes
+  shards.append(cur)
+  for old in glob.glob(os.path.join(out_dir, "model*.safetensors*")):
+    os.remove(old)
+  if len(shards) == 1:
+    safetensors_io.save_file(shards[0], os.path.join(out_dir, "model.safetensors"))
+  else:
+    weight_map = {}
+    for i, sh in enumerate(shards):
+      name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+      safetensors_io.save_file(sh, os.path.join(out_dir, name))
+      weight_map.update({k: name for k in sh})
+    total = sum(t.nbytes for t in tensors.values())
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
+  return out_dir
+
+
+def encoder_from_qwen3(path: str, rng=None, patch_size: int = 14, dtype=jnp.float32, **runtime):
+  """Penguin-Encoder initialised from a text-only Qwen3 checkpoint (the paper's key idea):
+  layers and final norm copied, `embed_tokens` / `lm_head` dropped, a new patch embedding.
+  Returns (encoder model, params)."""
+  d = read_config(path)
+  if d.get("model_type") != LLM_MODEL_TYPE:
+    raise ValueError(f"{path}: model_type {d.get('model_type')!r}, expected a text-only "
+                     f"{LLM_MODEL_TYPE!r} checkpoint")
+  runtime = {"param_dtype": dtype, "dtype": dtype, **runtime}
+  llm_cfg = Qwen3Config.from_hf_dict(d)
+  enc_cfg = dataclasses.replace(EncoderConfig.from_llm(llm_cfg, patch_size), **runtime)
+  tensors = read_tensors(path)
+  # The encoder's layers are the LLM's, under `encoder.` instead of `model.`.
+  renamed = {"encoder." + k[len("model."):]: v for k, v in tensors.items()
+             if k.startswith("model.layers.") or k == "model.norm.weight"}
+  model = PenguinEncoder(enc_cfg)
+  fresh = init_params(model, rng if rng is not None else jax.random.PRNGKey(0))
+  fresh = jax.device_get(fresh)
+  conv = Entry("", ("patch_embedding", "kernel"), "linear", 1,
+               (enc_cfg.hidden_size, enc_cfg.num_channels, patch_size, patch_size))
+  renamed["embeddings.patch_embedding.weight"] = _to_hf(
+      conv, np.asarray(fresh["patch_embedding"]["kernel"]), conv.hf_shape)
+  renamed["embeddings.patch_embedding.bias"] = np.asarray(fresh["patch_embedding"]["bias"])
+  params = hf_to_params(renamed, enc_cfg, dtype=np.dtype(dtype), source=path)
+  return model, jax.tree.map(jnp.asarray, params)

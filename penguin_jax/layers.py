@@ -1,0 +1,319 @@
+"""Building blocks shared by the Qwen3 decoder and the Penguin-Encoder.
+
+* `RMSNorm`                   Qwen3's weight-only RMSNorm (DESIGN 1.1).
+* `rope_1d`, `rope_2d`        rotary tables: the LLM's 1D RoPE and the release's 2D variant
+                              for patches (DESIGN 1.2, reproduced exactly, quirk included).
+* `attention`                 one function, three backends: "xla" (portable), "cudnn"
+                              (`jax.nn.dot_product_attention`, flash on NVIDIA GPUs),
+                              "splash" (Pallas splash attention with segment ids, TPU).
+* `Attention`, `MLP`, `DecoderLayer`, `LayerStack`
+                              the Qwen3 layer (GQA, q/k norm, SwiGLU), causal for the LLM and
+                              bidirectional for the encoder, optionally scanned and rematted.
+
+Shapes use: b batch, s query length, t key length, h query heads, k kv heads, d head_dim,
+e hidden (embed), m mlp.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from penguin_jax.configs import TransformerConfig
+
+Dtype = jnp.dtype
+_NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite: fully-masked (padding) rows stay finite
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)  # Qwen3 initializer_range
+
+
+def _p(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2) + eps) * weight, computed in float32 (Qwen3RMSNorm)."""
+  eps: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", _p(nn.initializers.ones, (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+# --------------------------------------------------------------------------- RoPE
+def inv_freq(head_dim: int, theta: float) -> jnp.ndarray:
+  """inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2 (DESIGN 1.1)."""
+  return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+
+
+def rope_1d(positions, head_dim: int, theta: float):
+  """cos, sin tables [b, s, d] for integer positions [b, s] (rotate-half layout)."""
+  ang = positions.astype(jnp.float32)[..., None] * inv_freq(head_dim, theta)  # [b, s, d/2]
+  ang = jnp.concatenate([ang, ang], axis=-1)                                  # [b, s, d]
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def rope_2d(positions_2d, head_dim: int, theta: float):
+  """The release's 2D RoPE for patches (DESIGN 1.2), reproduced exactly.
+
+  positions_2d: [b, s, 2] (row, col) of each patch. Returns cos, sin [b, s, d] with
+  cos = [cos(row * f), cos(col * f)]: the first half of head_dim is driven by the row, the
+  second half by the column, each with all d/2 frequencies. Used with the usual rotate-half
+  formula this pairs channel i (row angle) with channel i + d/2 (column angle), which is not
+  a true rotation when row != col. The released checkpoints were trained with it: keep it.
+  """
+  f = inv_freq(head_dim, theta)                                   # [d/2]
+  row = positions_2d[..., 0].astype(jnp.float32)[..., None] * f   # [b, s, d/2]
+  col = positions_2d[..., 1].astype(jnp.float32)[..., None] * f   # [b, s, d/2]
+  ang = jnp.concatenate([row, col], axis=-1)                      # [b, s, d]
+  return jnp.cos(ang), jnp.sin(ang)
+
+
+def rotate_half(x):
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x, cos, sin):
+  """x [b, s, heads, d]; cos, sin [b, s, d]. Rotation in float32, result in x.dtype."""
+  cos = cos[:, :, None, :]
+  sin = sin[:, :, None, :]
+  xf = x.astype(jnp.float32)
+  return (xf * cos + rotate_half(xf) * sin).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- attention
+def attention_mask(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
+  """Boolean mask [b, s, t]: same segment, and (if causal) key index <= query index.
+
+  Segment ids are per token; 0 marks padding (padding attends to padding only, so its
+  output is finite and ignored). `q_offset` shifts query indices (KV-cache decoding).
+  """
+  mask = q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]
+  if causal:
+    s, t = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    q_idx = jnp.arange(s)[:, None] + q_offset
+    kv_idx = jnp.arange(t)[None, :]
+    mask = mask & (kv_idx <= q_idx)[None]
+  return mask
+
+
+def _attention_xla(q, k, v, mask):
+  """Plain einsum attention with GQA. q [b,s,h,d], k/v [b,t,k,d], mask [b,s,t]."""
+  b, s, h, d = q.shape
+  kvh = k.shape[2]
+  q = q.reshape(b, s, kvh, h // kvh, d)                            # [b, s, k, g, d]
+  logits = jnp.einsum("bskgd,btkd->bkgst", q, k,
+                      preferred_element_type=jnp.float32) / np.sqrt(d)
+  logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgst,btkd->bskgd", probs, v)
+  return out.reshape(b, s, h, d)
+
+
+def _attention_cudnn(q, k, v, mask):
+  """`jax.nn.dot_product_attention`: cuDNN flash attention on NVIDIA GPUs; elsewhere the
+  same call runs JAX's own XLA implementation (that is what the CPU tests exercise)."""
+  impl = "cudnn" if jax.default_backend() == "gpu" else None
+  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
+
+
+def _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block_size):
+  """Pallas splash attention (TPU) with segment ids; interpret mode off-TPU (tests).
+
+  GQA: one multi-query kernel per kv head (vmapped), as MaxText does.
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  b, s, h, d = q.shape
+  t, kvh = k.shape[1], k.shape[2]
+  g = h // kvh
+  bq, bkv = min(block_size, s), min(block_size, t)
+  if s % bq or t % bkv:
+    raise ValueError(f"splash attention: sequence lengths ({s}, {t}) must be multiples of "
+                     f"splash_block_size={block_size}; pad the batch or change the block size")
+  base = sm.CausalMask((s, t)) if causal else sm.FullMask((s, t))
+  kernel = sk.make_splash_mqa(
+      sm.MultiHeadMask([base] * g),
+      block_sizes=sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
+                                block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
+                                block_q_dq=bq, block_kv_dq=bkv),
+      head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
+  qs = (q / np.sqrt(d)).astype(q.dtype)
+  qs = qs.reshape(b, s, kvh, g, d).transpose(0, 2, 3, 1, 4)       # [b, k, g, s, d]
+  ks = k.transpose(0, 2, 1, 3)                                       # [b, k, t, d]
+  vs = v.transpose(0, 2, 1, 3)
+
+  def one(qb, kb, vb, qseg, kvseg):  # qb [k, g, s, d], kb/vb [k, t, d]
+    seg = sk.SegmentIds(q=qseg, kv=kvseg)
+    return jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=seg))(qb, kb, vb)
+
+  out = jax.vmap(one)(qs, ks, vs, q_segment_ids.astype(jnp.int32),
+                      kv_segment_ids.astype(jnp.int32))             # [b, k, g, s, d]
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
+
+
+def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
+              implementation: str = "xla", q_offset=0, splash_block_size: int = 512):
+  """Scaled dot-product attention with packed-row segments and GQA.
+
+  q [b, s, h, d]; k, v [b, t, k, d]; segment ids [b, s] / [b, t] (0 = padding).
+  Returns [b, s, h, d]. All backends compute the same function (tests check it).
+  """
+  if implementation == "splash":  # (KV-cache decoding always asks for "xla")
+    return _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, splash_block_size)
+  mask = attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset)
+  if implementation == "cudnn":
+    return _attention_cudnn(q, k, v, mask)
+  if implementation == "xla":
+    return _attention_xla(q, k, v, mask)
+  raise ValueError(f"unknown attention implementation {implementation!r}: "
+                   "use 'xla', 'cudnn' or 'splash'")
+
+
+# --------------------------------------------------------------------------- modules
+class Attention(nn.Module):
+  """Qwen3 self-attention: GQA, no biases, per-head RMSNorm on q and k before RoPE."""
+  cfg: TransformerConfig
+  causal: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, cos, sin, segment_ids):
+    cfg = self.cfg
+    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.dtype,
+                              param_dtype=cfg.param_dtype)
+    q = dense((cfg.num_heads, cfg.head_dim), name="q_proj",
+              kernel_init=_p(default_kernel_init, ("embed", "heads", "kv")))(x)
+    k = dense((cfg.num_kv_heads, cfg.head_dim), name="k_proj",
+              kernel_init=_p(default_kernel_init, ("embed", "kv_heads", "kv")))(x)
+    v = dense((cfg.num_kv_heads, cfg.head_dim), name="v_proj",
+              kernel_init=_p(default_kernel_init, ("embed", "kv_heads", "kv")))(x)
+    norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype)
+    q = norm(name="q_norm")(q)                                      # [b, s, h, d]
+    k = norm(name="k_norm")(k)                                      # [b, s, k, d]
+    q = apply_rope(q, cos, sin)
+    k = apply_rope(k, cos, sin)
+    q = nn.with_logical_constraint(q, ("batch", "length", "act_heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "act_kv_heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "act_kv_heads", "kv"))
+
+    if self.decode:
+      out = self._decode_attention(q, k, v)
+    else:
+      out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                      causal=self.causal, implementation=cfg.attention,
+                      splash_block_size=cfg.splash_block_size)
+    out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
+    return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
+                           param_dtype=cfg.param_dtype, name="o_proj",
+                           kernel_init=_p(default_kernel_init, ("heads", "kv", "embed")))(out)
+
+  def _decode_attention(self, q, k, v):
+    """KV-cache path: write the new keys/values at `cache_index`, attend to the filled
+    prefix. The cache's length is fixed when it is created (see generate.init_cache)."""
+    initialized = self.has_variable("cache", "cached_key")
+    ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    ci = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+    if not initialized:  # creating the cache (init): plain causal attention
+      seg = jnp.ones(q.shape[:2], jnp.int32)
+      return attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True)
+    idx = ci.value
+    s = q.shape[1]
+    ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, idx, 0, 0))
+    cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, idx, 0, 0))
+    ci.value = idx + s
+    b, t = ck.value.shape[:2]
+    kv_valid = (jnp.arange(t)[None, :] < idx + s).astype(jnp.int32)
+    kv_valid = jnp.broadcast_to(kv_valid, (b, t))
+    q_seg = jnp.ones((b, s), jnp.int32)
+    return attention(q, ck.value, cv.value, q_segment_ids=q_seg, kv_segment_ids=kv_valid,
+                     causal=True, q_offset=idx, implementation="xla")
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x))."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.dtype,
+                              param_dtype=cfg.param_dtype)
+    gate = dense(cfg.intermediate_size, name="gate_proj",
+                 kernel_init=_p(default_kernel_init, ("embed", "mlp")))(x)
+    up = dense(cfg.intermediate_size, name="up_proj",
+               kernel_init=_p(default_kernel_init, ("embed", "mlp")))(x)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    return dense(cfg.hidden_size, name="down_proj",
+                 kernel_init=_p(default_kernel_init, ("mlp", "embed")))(h)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm Qwen3 layer. `causal=False` makes it the encoder's bidirectional layer.
+  Returns (x, None) so the same class can be scanned."""
+  cfg: TransformerConfig
+  causal: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, cos, sin, segment_ids):
+    cfg = self.cfg
+    norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    h = Attention(cfg, self.causal, self.decode, name="self_attn")(
+        norm(name="input_layernorm")(x), cos, sin, segment_ids)
+    x = x + h
+    h = MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
+    return x + h, None
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class LayerStack(nn.Module):
+  """`num_layers` DecoderLayers: a Python loop (params `layers_{i}`) or `nn.scan`
+  (params `layers`, with a leading `layers` axis), each optionally rematerialised."""
+  cfg: TransformerConfig
+  causal: bool = True
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x, cos, sin, segment_ids):
+    cfg = self.cfg
+    layer_cls = DecoderLayer
+    if cfg.remat_policy != "none":
+      if cfg.remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy {cfg.remat_policy!r} not in "
+                         f"{['none', *REMAT_POLICIES]}")
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
+                           prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
+                        split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
+                        length=cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(cfg, self.causal, self.decode, name="layers")(x, cos, sin, segment_ids)
+      return x
+    for i in range(cfg.num_layers):
+      x, _ = layer_cls(cfg, self.causal, self.decode, name=f"layers_{i}")(x, cos, sin, segment_ids)
+    return x

@@ -1,0 +1,48 @@
+"""The projector (`mlp2x_gelu`, DESIGN 1.3) and the distill head (DESIGN 1.4)."""
+from __future__ import annotations
+
+from flax import linen as nn
+
+from penguin_jax.layers import _p
+
+_GELU_EXACT = lambda x: nn.gelu(x, approximate=False)  # erf GELU, as torch.nn.GELU()
+
+
+class Mlp2xGelu(nn.Module):
+  """Linear(encoder -> llm) -> GELU(erf) -> Linear(llm -> llm), both with bias.
+  Parameter names follow the release's `readout.0` / `readout.2`."""
+  out_features: int
+  dtype: object = None
+  param_dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):  # [b, V, enc_e] -> [b, V, llm_e]
+    dense = lambda name, names: nn.DenseGeneral(
+        self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+        kernel_init=_p(nn.initializers.lecun_normal(), names),
+        bias_init=_p(nn.initializers.zeros, (names[1],)))
+    x = dense("readout_0", ("embed", "mlp"))(x)
+    x = _GELU_EXACT(x)
+    return dense("readout_2", ("mlp", "embed"))(x)
+
+
+class DistillHead(nn.Module):
+  """The trainable `distill` Linear(encoder_hidden -> teacher_hidden, bias) that maps the
+  student's merged features (before the projector) to the teacher's width (stage 1a)."""
+  teacher_hidden_size: int
+  dtype: object = None
+  param_dtype: object = None
+
+  @nn.compact
+  def __call__(self, x):  # [b, V, enc_e] -> [b, V, teacher_e]
+    return nn.DenseGeneral(self.teacher_hidden_size, dtype=self.dtype, name="linear",
+                           param_dtype=self.param_dtype,
+                           kernel_init=_p(nn.initializers.lecun_normal(), ("embed", "teacher_embed")),
+                           bias_init=_p(nn.initializers.zeros, ("teacher_embed",)))(x)
+
+
+def build_projector(projector_type: str, out_features: int, dtype, param_dtype, name=None):
+  if projector_type != "mlp2x_gelu":
+    raise ValueError(f"unknown projector type {projector_type!r}; only 'mlp2x_gelu' "
+                     "(DESIGN 1.3) is implemented")
+  return Mlp2xGelu(out_features, dtype, param_dtype, name=name)

@@ -1,0 +1,29 @@
+"""penguin-jax: a JAX/Flax training stack for Penguin-VL."""
+from setuptools import find_packages, setup
+
+setup(
+    name="penguin-jax",
+    version="0.1.0",
+    description="JAX/Flax training stack for Penguin-VL (LLM-initialised vision encoder + Qwen3).",
+    python_requires=">=3.10",
+    packages=find_packages(include=["penguin_jax*", "configs*", "launch*", "data_pipelines*"]),
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "numpy>=1.26",
+        "safetensors>=0.4",
+        "absl-py",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            # Pinned exactly: a CPU wheel of this version is found locally; an
+            # unpinned torch would pull a multi-GB CUDA build.
+            "torch==2.13.0",
+            "transformers>=4.51",  # first release with Qwen3
+        ],
+    },
+)

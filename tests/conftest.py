@@ -1,0 +1,44 @@
+"""Test setup: 8 CPU devices for sharding tests, float32 matmuls, tiny HF models."""
+import os
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def tiny_qwen3_hf(path, tied: bool = True, seed: int = 0, **kw):
+  """A tiny random transformers Qwen3ForCausalLM saved with save_pretrained."""
+  import torch
+  import transformers
+  cfg = transformers.Qwen3Config(
+      vocab_size=kw.pop("vocab_size", 320), hidden_size=kw.pop("hidden_size", 64),
+      intermediate_size=kw.pop("intermediate_size", 128),
+      num_hidden_layers=kw.pop("num_hidden_layers", 2), num_attention_heads=4,
+      num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+      tie_word_embeddings=tied, rms_norm_eps=1e-6, rope_theta=1_000_000.0, **kw)
+  torch.manual_seed(seed)
+  model = transformers.Qwen3ForCausalLM(cfg).eval()
+  with torch.no_grad():  # random norms too, so the test sees a wrong norm
+    for n, p in model.named_parameters():
+      if "norm" in n:
+        p.uniform_(0.5, 1.5)
+  model.save_pretrained(str(path), safe_serialization=True)
+  return model
+
+
+@pytest.fixture(scope="session")
+def qwen3_tied(tmp_path_factory):
+  path = tmp_path_factory.mktemp("qwen3_tied")
+  return path, tiny_qwen3_hf(path, tied=True)
+
+
+@pytest.fixture(scope="session")
+def qwen3_untied(tmp_path_factory):
+  path = tmp_path_factory.mktemp("qwen3_untied")
+  return path, tiny_qwen3_hf(path, tied=False, seed=1)
