@@ -50,10 +50,14 @@ def test_greedy_generation_with_kv_cache_equals_recomputation(qwen3_untied):
   model, params = penguin_jax.from_pretrained(str(path))
   prompt = jnp.asarray(np.random.RandomState(2).randint(0, 320, size=(2, 5)))
   new = np.asarray(greedy_generate(model, params, prompt, max_new_tokens=16))
-  seq = np.asarray(prompt)
-  for _ in range(16):  # full recomputation, one token at a time
-    logits = model.apply({"params": params}, jnp.asarray(seq))
-    seq = np.concatenate([seq, np.argmax(np.asarray(logits[:, -1]), -1)[:, None]], axis=1)
+  # Full recomputation, one token at a time, no cache. The row is padded to a fixed
+  # length (one compilation); causal attention makes the padding invisible.
+  forward = jax.jit(lambda ids: model.apply({"params": params}, ids))
+  seq = np.zeros((2, 21), np.int64)
+  seq[:, :5] = np.asarray(prompt)
+  for n in range(5, 21):
+    logits = np.asarray(forward(jnp.asarray(seq)))
+    seq[:, n] = np.argmax(logits[:, n - 1], -1)
   np.testing.assert_array_equal(new, seq[:, 5:])
 
 
