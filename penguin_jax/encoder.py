@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from penguin_jax.configs import EncoderConfig
-from penguin_jax.layers import LayerStack, RMSNorm, _p, rope_2d
+from penguin_jax.layers import LayerStack, Linear, RMSNorm, rope_2d
 
 
 class PenguinEncoder(nn.Module):
@@ -23,11 +23,9 @@ class PenguinEncoder(nn.Module):
     """patches [b, P, C*14*14]; patch_segment_ids [b, P] (one id per frame, 0 = padding);
     patch_positions [b, P, 2] (row, col). Returns final-normed features [b, P, e]."""
     cfg = self.cfg
-    x = nn.DenseGeneral(cfg.hidden_size, use_bias=True, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, name="patch_embedding",
-                        kernel_init=_p(nn.initializers.lecun_normal(), ("patch", "embed")),
-                        bias_init=_p(nn.initializers.zeros, ("embed",)))(
-                            patches.astype(cfg.dtype))                 # [b, P, e]
+    x = Linear(cfg.hidden_size, ("patch", "embed"), use_bias=True, dtype=cfg.dtype,
+               param_dtype=cfg.param_dtype, name="patch_embedding",
+               kernel_init=nn.initializers.lecun_normal())(patches)   # [b, P, e]
     cos, sin = rope_2d(patch_positions, cfg.head_dim, cfg.rope_theta)   # [b, P, d]
     x = LayerStack(cfg, causal=False, name="layers")(x, cos, sin, patch_segment_ids)
     return RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)

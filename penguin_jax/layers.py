@@ -51,6 +51,41 @@ class RMSNorm(nn.Module):
     return scale.astype(self.dtype) * xf.astype(self.dtype)
 
 
+class Linear(nn.Module):
+  """y = x @ kernel (+ bias), contracting `axis` of x with the kernel's leading dims.
+
+  Kernel shape = (contracted dims of x) + features, created at that shape so its logical
+  axis names (`kernel_axes`, one per kernel dim) always match (flax's DenseGeneral builds
+  a flattened kernel first). The bias takes the last len(features) names.
+  """
+  features: int | tuple
+  kernel_axes: tuple
+  axis: int | tuple = -1
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: object = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x):
+    feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+    axis = tuple(a % x.ndim for a in axis)
+    shape = tuple(x.shape[a] for a in axis) + feats
+    if len(self.kernel_axes) != len(shape):
+      raise ValueError(f"{self.name}: kernel {shape} needs {len(shape)} axis names, "
+                       f"got {self.kernel_axes}")
+    kernel = self.param("kernel", _p(self.kernel_init, self.kernel_axes), shape,
+                        self.param_dtype).astype(self.dtype)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
+                            ((axis, tuple(range(len(axis)))), ((), ())))
+    if self.use_bias:
+      bias = self.param("bias", _p(nn.initializers.zeros, self.kernel_axes[len(axis):]),
+                        feats, self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 # --------------------------------------------------------------------------- RoPE
 def inv_freq(head_dim: int, theta: float) -> jnp.ndarray:
   """inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2 (DESIGN 1.1)."""
@@ -192,14 +227,10 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, segment_ids):
     cfg = self.cfg
-    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype)
-    q = dense((cfg.num_heads, cfg.head_dim), name="q_proj",
-              kernel_init=_p(default_kernel_init, ("embed", "heads", "kv")))(x)
-    k = dense((cfg.num_kv_heads, cfg.head_dim), name="k_proj",
-              kernel_init=_p(default_kernel_init, ("embed", "kv_heads", "kv")))(x)
-    v = dense((cfg.num_kv_heads, cfg.head_dim), name="v_proj",
-              kernel_init=_p(default_kernel_init, ("embed", "kv_heads", "kv")))(x)
+    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), name="q_proj")(x)
+    k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="k_proj")(x)
+    v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="v_proj")(x)
     norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
                              param_dtype=cfg.param_dtype)
     q = norm(name="q_norm")(q)                                      # [b, s, h, d]
@@ -217,9 +248,7 @@ class Attention(nn.Module):
                       causal=self.causal, implementation=cfg.attention,
                       splash_block_size=cfg.splash_block_size)
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
-    return nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
-                           param_dtype=cfg.param_dtype, name="o_proj",
-                           kernel_init=_p(default_kernel_init, ("heads", "kv", "embed")))(out)
+    return dense(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="o_proj")(out)
 
   def _decode_attention(self, q, k, v):
     """KV-cache path: write the new keys/values at `cache_index`, attend to the filled
@@ -251,15 +280,11 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    dense = functools.partial(nn.DenseGeneral, use_bias=False, dtype=cfg.dtype,
-                              param_dtype=cfg.param_dtype)
-    gate = dense(cfg.intermediate_size, name="gate_proj",
-                 kernel_init=_p(default_kernel_init, ("embed", "mlp")))(x)
-    up = dense(cfg.intermediate_size, name="up_proj",
-               kernel_init=_p(default_kernel_init, ("embed", "mlp")))(x)
+    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj")(x)
+    up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj")(x)
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    return dense(cfg.hidden_size, name="down_proj",
-                 kernel_init=_p(default_kernel_init, ("mlp", "embed")))(h)
+    return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj")(h)
 
 
 class DecoderLayer(nn.Module):

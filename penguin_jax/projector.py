@@ -1,9 +1,10 @@
 """The projector (`mlp2x_gelu`, DESIGN 1.3) and the distill head (DESIGN 1.4)."""
 from __future__ import annotations
 
+import jax.numpy as jnp
 from flax import linen as nn
 
-from penguin_jax.layers import _p
+from penguin_jax.layers import Linear
 
 _GELU_EXACT = lambda x: nn.gelu(x, approximate=False)  # erf GELU, as torch.nn.GELU()
 
@@ -12,15 +13,14 @@ class Mlp2xGelu(nn.Module):
   """Linear(encoder -> llm) -> GELU(erf) -> Linear(llm -> llm), both with bias.
   Parameter names follow the release's `readout.0` / `readout.2`."""
   out_features: int
-  dtype: object = None
-  param_dtype: object = None
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
 
   @nn.compact
   def __call__(self, x):  # [b, V, enc_e] -> [b, V, llm_e]
-    dense = lambda name, names: nn.DenseGeneral(
-        self.out_features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-        kernel_init=_p(nn.initializers.lecun_normal(), names),
-        bias_init=_p(nn.initializers.zeros, (names[1],)))
+    dense = lambda name, names: Linear(
+        self.out_features, names, use_bias=True, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name, kernel_init=nn.initializers.lecun_normal())
     x = dense("readout_0", ("embed", "mlp"))(x)
     x = _GELU_EXACT(x)
     return dense("readout_2", ("mlp", "embed"))(x)
@@ -30,15 +30,14 @@ class DistillHead(nn.Module):
   """The trainable `distill` Linear(encoder_hidden -> teacher_hidden, bias) that maps the
   student's merged features (before the projector) to the teacher's width (stage 1a)."""
   teacher_hidden_size: int
-  dtype: object = None
-  param_dtype: object = None
+  dtype: object = jnp.float32
+  param_dtype: object = jnp.float32
 
   @nn.compact
   def __call__(self, x):  # [b, V, enc_e] -> [b, V, teacher_e]
-    return nn.DenseGeneral(self.teacher_hidden_size, dtype=self.dtype, name="linear",
-                           param_dtype=self.param_dtype,
-                           kernel_init=_p(nn.initializers.lecun_normal(), ("embed", "teacher_embed")),
-                           bias_init=_p(nn.initializers.zeros, ("teacher_embed",)))(x)
+    return Linear(self.teacher_hidden_size, ("embed", "teacher_embed"), use_bias=True,
+                  dtype=self.dtype, param_dtype=self.param_dtype, name="linear",
+                  kernel_init=nn.initializers.lecun_normal())(x)
 
 
 def build_projector(projector_type: str, out_features: int, dtype, param_dtype, name=None):

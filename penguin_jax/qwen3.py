@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from penguin_jax.configs import Qwen3Config
-from penguin_jax.layers import LayerStack, RMSNorm, _p, default_kernel_init, rope_1d
+from penguin_jax.layers import LayerStack, Linear, RMSNorm, _p, default_kernel_init, rope_1d
 
 
 class Qwen3ForCausalLM(nn.Module):
@@ -32,9 +32,8 @@ class Qwen3ForCausalLM(nn.Module):
     self.layers = LayerStack(cfg, causal=True, decode=self.decode)
     self.norm = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
     if not cfg.tie_word_embeddings:
-      self.lm_head = nn.DenseGeneral(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
-                                     param_dtype=cfg.param_dtype,
-                                     kernel_init=_p(default_kernel_init, ("embed", "vocab")))
+      self.lm_head = Linear(cfg.vocab_size, ("embed", "vocab"), dtype=cfg.dtype,
+                            param_dtype=cfg.param_dtype)
 
   def embed(self, input_ids):
     """[b, s] int -> [b, s, e]."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from penguin_jax.encoder import merge
-from penguin_jax.layers import _p, apply_rope, attention, rope_2d
+from penguin_jax.layers import Linear, apply_rope, attention, rope_2d
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,17 +47,15 @@ class _ViTBlock(nn.Module):
   def __call__(self, x, cos, sin, seg):
     c = self.cfg
     ln = lambda name: nn.LayerNorm(c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype, name=name)
-    dense = lambda f, name, names: nn.DenseGeneral(
-        f, dtype=c.dtype, param_dtype=c.param_dtype, name=name,
-        kernel_init=_p(nn.initializers.lecun_normal(), names))
+    dense = lambda f, name, names, **kw: Linear(
+        f, names, use_bias=True, dtype=c.dtype, param_dtype=c.param_dtype, name=name, **kw)
     h = ln("layer_norm1")(x)
     q = dense((c.num_heads, c.head_dim), "q_proj", ("teacher_embed", "heads", "kv"))(h)
     k = dense((c.num_heads, c.head_dim), "k_proj", ("teacher_embed", "heads", "kv"))(h)
     v = dense((c.num_heads, c.head_dim), "v_proj", ("teacher_embed", "heads", "kv"))(h)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     a = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=False)
-    x = x + nn.DenseGeneral(c.hidden_size, axis=(-2, -1), dtype=c.dtype,
-                            param_dtype=c.param_dtype, name="out_proj")(a)
+    x = x + dense(c.hidden_size, "out_proj", ("heads", "kv", "teacher_embed"), axis=(-2, -1))(a)
     h = ln("layer_norm2")(x)
     h = nn.gelu(dense(c.intermediate_size, "fc1", ("teacher_embed", "mlp"))(h), approximate=True)
     return x + dense(c.hidden_size, "fc2", ("mlp", "teacher_embed"))(h)
@@ -69,8 +67,8 @@ class ViTTeacher(nn.Module):
   @nn.compact
   def __call__(self, patches, patch_segment_ids, patch_positions):
     c = self.cfg
-    x = nn.DenseGeneral(c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                        name="patch_embedding")(patches.astype(c.dtype))
+    x = Linear(c.hidden_size, ("patch", "teacher_embed"), use_bias=True, dtype=c.dtype,
+               param_dtype=c.param_dtype, name="patch_embedding")(patches)
     cos, sin = rope_2d(patch_positions, c.head_dim, c.rope_theta)
     for i in range(c.num_layers):
       x = _ViTBlock(c, name=f"layers_{i}")(x, cos, sin, patch_segment_ids)

@@ -31,8 +31,8 @@ from penguin_jax.qwen3 import Qwen3ForCausalLM
 
 def scatter_visual(embeds, features, visual_positions):
   """embeds [b, s, e]; features [b, V, e]; visual_positions [b, V] (s = drop)."""
-  return jax.vmap(lambda e, f, p: e.at[p].set(f.astype(e.dtype), mode="drop"))(
-      embeds, features, visual_positions)
+  rows = jnp.broadcast_to(jnp.arange(embeds.shape[0])[:, None], visual_positions.shape)
+  return embeds.at[rows, visual_positions].set(features.astype(embeds.dtype), mode="drop")
 
 
 class PenguinVL(nn.Module):
