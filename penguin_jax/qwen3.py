@@ -37,7 +37,8 @@ class Qwen3ForCausalLM(nn.Module):
 
   def embed(self, input_ids):
     """[b, s] int -> [b, s, e]."""
-    return self.embed_tokens(input_ids)
+    return nn.with_logical_constraint(self.embed_tokens(input_ids),
+                                      ("batch", "length", "act_embed"))
 
   def logits(self, hidden):
     """LM head: [..., e] -> [..., vocab] (float32)."""

@@ -1,0 +1,71 @@
+"""Model checkpoints in orbax: parameters plus the model's config, in one directory.
+
+    CKPT/params/             orbax StandardCheckpointer (any mesh can restore it)
+    CKPT/model_config.json   {"hf_config": <config.json of the model>, "scan_layers": bool}
+
+`launch/convert.py` moves models between this and Hugging Face directories.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from penguin_jax import hf
+from penguin_jax.configs import (ENCODER_MODEL_TYPE, LLM_MODEL_TYPE, VLM_MODEL_TYPE,
+                                 EncoderConfig, Qwen3Config, VLMConfig)
+
+CONFIG_FILE = "model_config.json"
+
+
+def _scan(cfg) -> bool:
+  return cfg.llm.scan_layers if isinstance(cfg, VLMConfig) else cfg.scan_layers
+
+
+def config_from_dict(d: dict, **runtime):
+  mt = d.get("model_type")
+  if mt == LLM_MODEL_TYPE:
+    return Qwen3Config.from_hf_dict(d, **runtime)
+  if mt == ENCODER_MODEL_TYPE:
+    return EncoderConfig.from_hf_dict(d, **runtime)
+  if mt == VLM_MODEL_TYPE:
+    return VLMConfig.from_hf_dict(d, **runtime)
+  raise ValueError(f"unknown model_type {mt!r}")
+
+
+def save_params(path: str, model, params) -> str:
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(path, "params"), params, force=True)
+  ckptr.wait_until_finished()
+  with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    json.dump({"hf_config": model.cfg.to_hf_dict(), "scan_layers": _scan(model.cfg)}, f, indent=2)
+  return path
+
+
+def load_params(path: str, shardings=None, **runtime):
+  """-> (model, params). `runtime` may change scan_layers (the layout is converted),
+  dtypes, attention. `shardings`: optional target shardings (a restore onto any mesh)."""
+  path = os.path.abspath(path)
+  cfg_file = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(cfg_file):
+    raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a penguin-jax model checkpoint")
+  with open(cfg_file) as f:
+    meta = json.load(f)
+  saved_cfg = config_from_dict(meta["hf_config"], scan_layers=meta["scan_layers"])
+  saved_model = hf.build_model(saved_cfg)
+  abstract = hf.abstract_params(saved_model)
+  if shardings is not None and runtime.get("scan_layers", meta["scan_layers"]) == meta["scan_layers"]:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract, shardings)
+  params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract)
+  cfg = config_from_dict(meta["hf_config"], **{"scan_layers": meta["scan_layers"], **runtime})
+  if _scan(cfg) != _scan(saved_cfg):
+    params = hf.scan_layout(hf.unscan_layout(jax.device_get(params), saved_cfg), cfg)
+  if runtime.get("param_dtype") is not None:
+    params = jax.tree.map(lambda x: x.astype(runtime["param_dtype"]), params)
+  return hf.build_model(cfg), params
