@@ -52,11 +52,13 @@ class RMSNorm(nn.Module):
 
 
 class Linear(nn.Module):
-  """y = x @ kernel (+ bias), contracting `axis` of x with the kernel's leading dims.
+  """y = x @ kernel (+ bias), contracting the trailing `axis` dims of x.
 
   Kernel shape = (contracted dims of x) + features, created at that shape so its logical
   axis names (`kernel_axes`, one per kernel dim) always match (flax's DenseGeneral builds
-  a flattened kernel first). The bias takes the last len(features) names.
+  a flattened kernel first). The bias takes the last len(features) names. The product is a
+  plain 2D matmul ([tokens, in] @ [in, out]): XLA:CPU runs the backward pass of that form
+  about twice as fast as a rank-3 dot_general; on TPU/GPU the reshapes are free.
   """
   features: int | tuple
   kernel_axes: tuple
@@ -69,18 +71,22 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x):
     feats = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    n_in = 1 if isinstance(self.axis, int) else len(self.axis)
     axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
-    axis = tuple(a % x.ndim for a in axis)
-    shape = tuple(x.shape[a] for a in axis) + feats
+    if sorted(a % x.ndim for a in axis) != list(range(x.ndim - n_in, x.ndim)):
+      raise ValueError(f"{self.name}: Linear contracts trailing axes only, got {self.axis}")
+    in_shape = x.shape[x.ndim - n_in:]
+    shape = tuple(in_shape) + feats
     if len(self.kernel_axes) != len(shape):
       raise ValueError(f"{self.name}: kernel {shape} needs {len(shape)} axis names, "
                        f"got {self.kernel_axes}")
     kernel = self.param("kernel", _p(self.kernel_init, self.kernel_axes), shape,
                         self.param_dtype).astype(self.dtype)
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel,
-                            ((axis, tuple(range(len(axis)))), ((), ())))
+    n_out = int(np.prod(feats))
+    y = x.astype(self.dtype).reshape(-1, int(np.prod(in_shape))) @ kernel.reshape(-1, n_out)
+    y = y.reshape(x.shape[:x.ndim - n_in] + feats)
     if self.use_bias:
-      bias = self.param("bias", _p(nn.initializers.zeros, self.kernel_axes[len(axis):]),
+      bias = self.param("bias", _p(nn.initializers.zeros, self.kernel_axes[n_in:]),
                         feats, self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y

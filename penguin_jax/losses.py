@@ -46,7 +46,9 @@ def chunked_cross_entropy(hidden, targets, head_fn: Callable, chunk_size: int = 
   at a time, forward and backward (each chunk is rematerialised).
   """
   n = hidden.shape[0]
-  chunk = min(chunk_size, n)
+  if n <= chunk_size:  # one chunk: nothing to save by rematerialising
+    return cross_entropy(head_fn(hidden), targets)
+  chunk = chunk_size
   pad = (-n) % chunk
   h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
   t = jnp.pad(targets, (0, pad), constant_values=IGNORE_INDEX).reshape(-1, chunk)

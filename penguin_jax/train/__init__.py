@@ -1,0 +1,1 @@
+"""Training: the loss of one batch and the jitted step (grows with the training issue)."""
