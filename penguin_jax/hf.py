@@ -201,10 +201,18 @@ def init_inputs(cfg) -> tuple[tuple, dict]:
   return (jnp.zeros((1, 4), jnp.int32),), {}
 
 
+def _init_cfg(cfg):
+  """The config used to create parameters: attention "xla", since the tiny init inputs
+  are not on splash attention's block grid and the backend does not change parameters."""
+  if isinstance(cfg, VLMConfig):
+    return cfg.replace_runtime(attention="xla")
+  return dataclasses.replace(cfg, attention="xla")
+
+
 def init_params(model, rng, boxed: bool = False):
   """Random parameters (unboxed unless `boxed`, which keeps the logical-axis metadata)."""
   args, kwargs = init_inputs(model.cfg)
-  variables = model.init(rng, *args, **kwargs)
+  variables = model.clone(cfg=_init_cfg(model.cfg)).init(rng, *args, **kwargs)
   return variables["params"] if boxed else nn.unbox(variables["params"])
 
 

@@ -127,8 +127,13 @@ def _masked_mean(x, mask):
   return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def _l2_normalize(x, eps=1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+def _safe_norm(x, eps, keepdims=False):
+  """max(||x||, eps) with a finite gradient at x = 0 (padding tokens are all-zero)."""
+  return jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=keepdims), eps * eps))
+
+
+def _l2_normalize(x, eps=1e-12):  # as torch F.normalize
+  return x / _safe_norm(x, eps, keepdims=True)
 
 
 def amplitude_loss(student, teacher, valid, beta: float = 1e-3):
@@ -142,8 +147,7 @@ def direction_loss(student, teacher, valid, eps: float = 1e-8):
   """1 - mean over valid tokens of cosine(student, teacher)."""
   s = student.astype(jnp.float32)
   t = teacher.astype(jnp.float32)
-  cos = jnp.sum(s * t, -1) / (jnp.maximum(jnp.linalg.norm(s, axis=-1), eps)
-                              * jnp.maximum(jnp.linalg.norm(t, axis=-1), eps))
+  cos = jnp.sum(s * t, -1) / (_safe_norm(s, eps) * _safe_norm(t, eps))
   return 1.0 - _masked_mean(cos, valid)
 
 

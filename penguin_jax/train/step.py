@@ -59,6 +59,6 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
     (_, metrics), grads = grad_fn(state.params, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     return TrainState(state.step + 1, params, opt_state), metrics
   return step
