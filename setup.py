@@ -15,6 +15,7 @@ setup(
         "ml-collections>=1.0",
         "numpy>=1.26",
         "safetensors>=0.4",
+        "ml_dtypes",
         "absl-py",
     ],
     extras_require={

@@ -150,6 +150,9 @@ def attention_mask(q_segment_ids, kv_segment_ids, causal: bool, q_offset=0):
   return mask
 
 
+XLA_CAUSAL_BLOCK = 128  # query block of the xla path's causal block skipping
+
+
 def _attention_xla(q, k, v, mask):
   """Plain einsum attention with GQA. q [b,s,h,d], k/v [b,t,k,d], mask [b,s,t].
 
@@ -221,11 +224,21 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
   """
   if implementation == "splash":  # (KV-cache decoding always asks for "xla")
     return _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, splash_block_size)
-  mask = attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset)
   if implementation == "cudnn":
-    return _attention_cudnn(q, k, v, mask)
+    return _attention_cudnn(q, k, v, attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset))
   if implementation == "xla":
-    return _attention_xla(q, k, v, mask)
+    s, t = q.shape[1], k.shape[1]
+    c = XLA_CAUSAL_BLOCK
+    if causal and s == t and s % c == 0 and s > c and isinstance(q_offset, int) and q_offset == 0:
+      # Causal block skipping: query block i only meets keys [0, (i+1)c); about 40% less
+      # work at 4 blocks, and the same result.
+      outs = []
+      for i in range(s // c):
+        qs, e = slice(i * c, (i + 1) * c), (i + 1) * c
+        m = attention_mask(q_segment_ids[:, qs], kv_segment_ids[:, :e], True, q_offset=i * c)
+        outs.append(_attention_xla(q[:, qs], k[:, :e], v[:, :e], m))
+      return jnp.concatenate(outs, axis=1)
+    return _attention_xla(q, k, v, attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset))
   raise ValueError(f"unknown attention implementation {implementation!r}: "
                    "use 'xla', 'cudnn' or 'splash'")
 
