@@ -17,8 +17,7 @@ import time
 import numpy as np
 import torch
 import transformers
-from transformers.models.qwen3.modeling_qwen3 import (Qwen3DecoderLayer, Qwen3RMSNorm,
-                                                      Qwen3RotaryEmbedding)
+from transformers.models.qwen3.modeling_qwen3 import (Qwen3DecoderLayer, Qwen3RMSNorm)
 
 IMAGE_TOKEN = 31_999
 

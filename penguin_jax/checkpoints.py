@@ -11,29 +11,16 @@ import json
 import os
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from penguin_jax import hf
-from penguin_jax.configs import (ENCODER_MODEL_TYPE, LLM_MODEL_TYPE, VLM_MODEL_TYPE,
-                                 EncoderConfig, Qwen3Config, VLMConfig)
+from penguin_jax.configs import VLMConfig, config_from_hf_dict
 
 CONFIG_FILE = "model_config.json"
 
 
 def _scan(cfg) -> bool:
   return cfg.llm.scan_layers if isinstance(cfg, VLMConfig) else cfg.scan_layers
-
-
-def config_from_dict(d: dict, **runtime):
-  mt = d.get("model_type")
-  if mt == LLM_MODEL_TYPE:
-    return Qwen3Config.from_hf_dict(d, **runtime)
-  if mt == ENCODER_MODEL_TYPE:
-    return EncoderConfig.from_hf_dict(d, **runtime)
-  if mt == VLM_MODEL_TYPE:
-    return VLMConfig.from_hf_dict(d, **runtime)
-  raise ValueError(f"unknown model_type {mt!r}")
 
 
 def save_params(path: str, model, params) -> str:
@@ -56,14 +43,14 @@ def load_params(path: str, shardings=None, **runtime):
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a penguin-jax model checkpoint")
   with open(cfg_file) as f:
     meta = json.load(f)
-  saved_cfg = config_from_dict(meta["hf_config"], scan_layers=meta["scan_layers"])
+  saved_cfg = config_from_hf_dict(meta["hf_config"], scan_layers=meta["scan_layers"])
   saved_model = hf.build_model(saved_cfg)
   abstract = hf.abstract_params(saved_model)
   if shardings is not None and runtime.get("scan_layers", meta["scan_layers"]) == meta["scan_layers"]:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
   params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract)
-  cfg = config_from_dict(meta["hf_config"], **{"scan_layers": meta["scan_layers"], **runtime})
+  cfg = config_from_hf_dict(meta["hf_config"], **{"scan_layers": meta["scan_layers"], **runtime})
   if _scan(cfg) != _scan(saved_cfg):
     params = hf.scan_layout(hf.unscan_layout(jax.device_get(params), saved_cfg), cfg)
   if runtime.get("param_dtype") is not None:

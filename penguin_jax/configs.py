@@ -220,6 +220,19 @@ class VLMConfig:
     )
 
 
+def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None, **runtime):
+  """The config for a `config.json` dict, dispatched on its `model_type`."""
+  mt = d.get("model_type")
+  if mt == LLM_MODEL_TYPE:
+    return Qwen3Config.from_hf_dict(d, **runtime)
+  if mt == ENCODER_MODEL_TYPE:
+    return EncoderConfig.from_hf_dict(d, **runtime)
+  if mt == VLM_MODEL_TYPE:
+    return VLMConfig.from_hf_dict(d, encoder_dict, **runtime)
+  raise ValueError(f"unknown model_type {mt!r}; expected one of {LLM_MODEL_TYPE!r}, "
+                   f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}")
+
+
 # The paper's sizes (DESIGN 1.1).
 QWEN3_0_6B = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
                          num_kv_heads=8, head_dim=128, tie_word_embeddings=True)

@@ -6,7 +6,6 @@ Works for `Qwen3ForCausalLM` (token prompts) and, through `prompt_embeds`, for P
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax

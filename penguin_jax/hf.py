@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import os
-from typing import Any, Iterable, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +30,8 @@ from flax import linen as nn
 from flax import traverse_util
 
 from penguin_jax import safetensors_io
-from penguin_jax.configs import (ENCODER_MODEL_TYPE, LLM_MODEL_TYPE, VLM_MODEL_TYPE,
-                                 EncoderConfig, Qwen3Config, TransformerConfig, VLMConfig)
+from penguin_jax.configs import (LLM_MODEL_TYPE, VLM_MODEL_TYPE, EncoderConfig, Qwen3Config,
+                                 VLMConfig, config_from_hf_dict)
 from penguin_jax.encoder import PenguinEncoder
 from penguin_jax.qwen3 import Qwen3ForCausalLM
 from penguin_jax.vlm import PenguinVL, dummy_inputs
@@ -305,22 +305,19 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
 
 
 def config_from_hf(path: str, **runtime):
-  """Our config for an HF directory, dispatched on `model_type`."""
+  """Our config for an HF directory, dispatched on `model_type`. A VLM's encoder config
+  comes from `vision_encoder_config`, else from the `vision_encoder` sub-directory."""
   d = read_config(path)
-  mt = d.get("model_type")
-  if mt == LLM_MODEL_TYPE:
-    return Qwen3Config.from_hf_dict(d, **runtime)
-  if mt == ENCODER_MODEL_TYPE:
-    return EncoderConfig.from_hf_dict(d, **runtime)
-  if mt == VLM_MODEL_TYPE:
-    enc = None
-    if "vision_encoder_config" not in d and isinstance(d.get("vision_encoder"), str):
-      cand = os.path.join(path, d["vision_encoder"])
-      if os.path.isfile(os.path.join(cand, "config.json")):
-        enc = read_config(cand)
-    return VLMConfig.from_hf_dict(d, enc, **runtime)
-  raise ValueError(f"{path}: unknown model_type {mt!r}; expected one of "
-                   f"{LLM_MODEL_TYPE!r}, {ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}")
+  enc = None
+  if (d.get("model_type") == VLM_MODEL_TYPE and "vision_encoder_config" not in d
+      and isinstance(d.get("vision_encoder"), str)):
+    cand = os.path.join(path, d["vision_encoder"])
+    if os.path.isfile(os.path.join(cand, "config.json")):
+      enc = read_config(cand)
+  try:
+    return config_from_hf_dict(d, enc, **runtime)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
 
 
 def from_pretrained(path: str, dtype=jnp.float32, **runtime):

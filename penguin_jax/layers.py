@@ -16,7 +16,6 @@ e hidden (embed), m mlp.
 from __future__ import annotations
 
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,6 @@ KV-cache decoding: build with `decode=True` and use `generate.py`.
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import jax.numpy as jnp
 from flax import linen as nn

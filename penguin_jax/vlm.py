@@ -17,9 +17,7 @@ with static shapes and mode="drop" for the padding slots.
 """
 from __future__ import annotations
 
-from typing import Optional
 
-import jax
 import jax.numpy as jnp
 from flax import linen as nn
 

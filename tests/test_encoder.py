@@ -1,6 +1,4 @@
 """Penguin-Encoder against an independent PyTorch forward (DESIGN 1.2)."""
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch

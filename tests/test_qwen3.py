@@ -92,7 +92,6 @@ def test_hf_roundtrip_is_bit_exact(qwen3_untied, tmp_path, scan):
 
 
 def test_bf16_checkpoint_roundtrip_bit_exact(tmp_path):
-  import transformers
   from safetensors.torch import load_file
   from conftest import tiny_qwen3_hf
   hf = tiny_qwen3_hf(tmp_path / "src", tied=False)
