@@ -1,0 +1,140 @@
+"""Conversation formatting and labels (DESIGN 2.3), as the release's processor does it.
+
+Input: one sample of the release's JSONL, `{"id", "image": [...], "video": [...],
+"conversations": [{"from": "human"|"gpt"|"system", "value": "... <image> ..."}]}`, and the
+number of LLM tokens of each visual item (known once images are resized / TRA has run).
+
+* Messages: `<|im_start|>{role}\\n{content}<|im_end|>\\n`, each tokenised on its own.
+* A user turn is split at its `<image>` (or, for video samples, `<video>`) tags; text chunks
+  are stripped. An image becomes its tokens + `\\n`; a video becomes, per frame,
+  `Time {t:.1f}s:` + the frame's tokens, frames joined by `,`, `\\n` after the last.
+* A non-thinking assistant reply (no `<think>`) is prefixed with `<think>\\n\\n</think>\\n\\n`.
+* Labels (-100 = ignore): only assistant turns; their header (and the think scaffold of
+  non-thinking replies) masked, content and `<|im_end|>` trained, trailing `\\n` masked;
+  image tokens and the token after each masked; `<think>` and a `\\n` token right after it
+  masked.
+* Like the release: leading non-user turns are dropped, and a sample with images (or a
+  video) but no tag gets one tag at the start of its first turn.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from data_pipelines.tokenizer import IMAGE_TOKEN, Tokenizer
+
+IGNORE_INDEX = -100
+VIDEO_TAG = "<video>"
+THINK_SCAFFOLD = "<think>\n\n</think>\n\n"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+         "system": "system"}
+
+
+class SampleError(ValueError):
+  """A bad sample: `reason` is a short stable name (counted by the builder)."""
+
+  def __init__(self, sample_id, reason: str, detail: str = ""):
+    self.sample_id, self.reason, self.detail = sample_id, reason, detail
+    super().__init__(f"sample {sample_id!r}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Visual:
+  """LLM tokens of one visual item: an image (one frame, no timestamp) or a video
+  (one entry per frame, with timestamps in seconds)."""
+  tokens_per_frame: tuple
+  timestamps: Optional[tuple] = None
+
+  @property
+  def is_video(self) -> bool:
+    return self.timestamps is not None
+
+
+def _placeholder(v: Visual) -> str:
+  if not v.is_video:
+    return IMAGE_TOKEN * v.tokens_per_frame[0] + "\n"
+  frames = [f"Time {t:.1f}s:" + IMAGE_TOKEN * n for t, n in zip(v.timestamps, v.tokens_per_frame)]
+  return ",".join(frames) + "\n"
+
+
+def normalize_conversation(sample: dict) -> list[tuple[str, str]]:
+  """Validated (role, text) turns of a JSONL sample, leading non-user turns dropped."""
+  sid = sample.get("id")
+  conv = sample.get("conversations")
+  if not isinstance(conv, list) or not conv:
+    raise SampleError(sid, "empty_conversation")
+  turns = []
+  for t in conv:
+    if not isinstance(t, dict) or not isinstance(t.get("value"), str) or "from" not in t:
+      raise SampleError(sid, "malformed_conversation", "each turn needs 'from' and a string 'value'")
+    if t["from"] not in ROLES:
+      raise SampleError(sid, "unknown_role", repr(t["from"]))
+    turns.append((ROLES[t["from"]], t["value"]))
+  while turns and turns[0][0] == "assistant":
+    turns.pop(0)
+  if not any(r == "assistant" for r, _ in turns):
+    raise SampleError(sid, "no_assistant_turn")
+  return turns
+
+
+def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual]):
+  """-> (input_ids int32 [n], labels int32 [n]); raises SampleError."""
+  sid = sample.get("id")
+  turns = normalize_conversation(sample)
+  video = any(v.is_video for v in visuals)
+  tag = VIDEO_TAG if video else IMAGE_TOKEN
+  n_tags = sum(text.count(tag) for role, text in turns if role == "user")
+  if visuals and n_tags == 0:  # the release adds the missing tag
+    first = next(i for i, (r, _) in enumerate(turns) if r == "user")
+    turns[first] = ("user", tag + "\n" + turns[first][1])
+    n_tags = 1
+  if n_tags != len(visuals):
+    raise SampleError(sid, "image_tag_mismatch",
+                      f"{n_tags} {tag} tags, {len(visuals)} {'videos' if video else 'images'}")
+  if any(tag in text for role, text in turns if role != "user"):
+    raise SampleError(sid, "image_tag_mismatch", f"{tag} outside a user turn")
+
+  enc = tokenizer.encode
+  image_id = tokenizer.token_to_id(IMAGE_TOKEN)
+  think_id = tokenizer.token_to_id("<think>")
+  newline_id = tokenizer.token_to_id("\n")
+  header_len = {r: len(enc(f"<|im_start|>{r}\n")) for r in ("assistant",)}
+  scaffold_len = len(enc(f"<|im_start|>assistant\n{THINK_SCAFFOLD}"))
+  ids_all, labels_all, vi = [], [], 0
+  for role, text in turns:
+    if role == "user":
+      chunks = text.split(tag)
+      parts = []
+      for i, chunk in enumerate(chunks):
+        if i > 0:
+          parts.append(_placeholder(visuals[vi]))
+          vi += 1
+        parts.append(chunk.strip())
+      content = "".join(parts)
+    else:
+      content = text
+    prompt_len = None
+    if role == "assistant":
+      if "<think>" not in content:
+        content = THINK_SCAFFOLD + content
+        prompt_len = scaffold_len
+      else:
+        prompt_len = header_len["assistant"]
+    ids = np.asarray(enc(f"<|im_start|>{role}\n{content}<|im_end|>\n"), np.int32)
+    labels = np.full_like(ids, IGNORE_INDEX)
+    if role == "assistant":
+      labels[prompt_len:-1] = ids[prompt_len:-1]
+      vis = np.nonzero(ids == image_id)[0]
+      labels[vis] = IGNORE_INDEX
+      labels[np.minimum(vis + 1, len(ids) - 1)] = IGNORE_INDEX
+      think = np.nonzero(labels == think_id)[0]
+      labels[think] = IGNORE_INDEX
+      after = think + 1
+      after = after[(after < len(ids))]
+      after = after[ids[after] == newline_id]
+      labels[after] = IGNORE_INDEX
+    ids_all.append(ids)
+    labels_all.append(labels)
+  return np.concatenate(ids_all), np.concatenate(labels_all)

