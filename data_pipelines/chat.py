@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from data_pipelines.errors import BadSample
 from data_pipelines.tokenizer import IMAGE_TOKEN, Tokenizer
 
 IGNORE_INDEX = -100
@@ -30,14 +31,6 @@ VIDEO_TAG = "<video>"
 THINK_SCAFFOLD = "<think>\n\n</think>\n\n"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
-
-
-class SampleError(ValueError):
-  """A bad sample: `reason` is a short stable name (counted by the builder)."""
-
-  def __init__(self, sample_id, reason: str, detail: str = ""):
-    self.sample_id, self.reason, self.detail = sample_id, reason, detail
-    super().__init__(f"sample {sample_id!r}: {reason}" + (f" ({detail})" if detail else ""))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,23 +57,23 @@ def normalize_conversation(sample: dict) -> list[tuple[str, str]]:
   sid = sample.get("id")
   conv = sample.get("conversations")
   if not isinstance(conv, list) or not conv:
-    raise SampleError(sid, "empty_conversation")
+    raise BadSample("empty_conversation", sample_id=sid)
   turns = []
   for t in conv:
     if not isinstance(t, dict) or not isinstance(t.get("value"), str) or "from" not in t:
-      raise SampleError(sid, "malformed_conversation", "each turn needs 'from' and a string 'value'")
+      raise BadSample("malformed_conversation", sample_id=sid, detail="each turn needs 'from' and a string 'value'")
     if t["from"] not in ROLES:
-      raise SampleError(sid, "unknown_role", repr(t["from"]))
+      raise BadSample("unknown_role", sample_id=sid, detail=repr(t["from"]))
     turns.append((ROLES[t["from"]], t["value"]))
   while turns and turns[0][0] == "assistant":
     turns.pop(0)
   if not any(r == "assistant" for r, _ in turns):
-    raise SampleError(sid, "no_assistant_turn")
+    raise BadSample("no_assistant_turn", sample_id=sid)
   return turns
 
 
 def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual]):
-  """-> (input_ids int32 [n], labels int32 [n]); raises SampleError."""
+  """-> (input_ids int32 [n], labels int32 [n]); raises BadSample."""
   sid = sample.get("id")
   turns = normalize_conversation(sample)
   video = any(v.is_video for v in visuals)
@@ -91,10 +84,10 @@ def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual])
     turns[first] = ("user", tag + "\n" + turns[first][1])
     n_tags = 1
   if n_tags != len(visuals):
-    raise SampleError(sid, "image_tag_mismatch",
-                      f"{n_tags} {tag} tags, {len(visuals)} {'videos' if video else 'images'}")
+    raise BadSample("image_tag_mismatch", sample_id=sid,
+                    detail=f"{n_tags} {tag} tags, {len(visuals)} {'videos' if video else 'images'}")
   if any(tag in text for role, text in turns if role != "user"):
-    raise SampleError(sid, "image_tag_mismatch", f"{tag} outside a user turn")
+    raise BadSample("image_tag_mismatch", sample_id=sid, detail=f"{tag} outside a user turn")
 
   enc = tokenizer.encode
   image_id = tokenizer.token_to_id(IMAGE_TOKEN)

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from data_pipelines.chat import IGNORE_INDEX, SampleError, Visual, format_sample
+from data_pipelines.chat import IGNORE_INDEX, Visual, format_sample
+from data_pipelines.errors import BadSample
 from data_pipelines.tokenizer import Qwen3Tokenizer
 
 
@@ -61,7 +62,7 @@ def test_missing_tag_is_added_and_mismatch_is_an_error(tok):
   assert tok.decode(ids).startswith("<|im_start|>user\n<image><image>\nDescribe.")
   s2 = {"id": "m2", "image": ["a.jpg"], "conversations": [
       {"from": "human", "value": "<image> and <image>"}, {"from": "gpt", "value": "Ok."}]}
-  with pytest.raises(SampleError) as e:
+  with pytest.raises(BadSample) as e:
     format_sample(tok, s2, [Visual((2,))])
   assert e.value.reason == "image_tag_mismatch" and "'m2'" in str(e.value)
 
@@ -73,6 +74,6 @@ def test_missing_tag_is_added_and_mismatch_is_an_error(tok):
     ([{"from": "human", "value": "x"}], "no_assistant_turn"),
 ])
 def test_bad_conversations_are_named(tok, conv, reason):
-  with pytest.raises(SampleError) as e:
+  with pytest.raises(BadSample) as e:
     format_sample(tok, {"id": "b", "conversations": conv}, [])
   assert e.value.reason == reason

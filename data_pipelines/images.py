@@ -1,0 +1,85 @@
+"""Images (DESIGN 2.1): decode, resize within a token budget, CLIP normalisation, patches in
+the release's order.
+
+An image is one key frame of the TRA budget (`tra.allocate_frame_sizes`) with its own merge
+size: kept at native resolution (sides rounded to multiples of 14 * merge) when the budget
+allows, else downscaled with the aspect ratio kept; bicubic resize (PIL, on uint8, as the
+release's image processor); rescale by 1/255; CLIP mean / std.
+"""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from data_pipelines import tra
+from data_pipelines.errors import BadSample
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+PATCH = 14
+
+
+def load_image(path_or_bytes) -> np.ndarray:
+  """-> uint8 [H, W, 3] RGB. Raises BadSample: missing_file, corrupt_image, zero_size_image."""
+  from PIL import Image, UnidentifiedImageError
+  if isinstance(path_or_bytes, (str, os.PathLike)) and not os.path.isfile(path_or_bytes):
+    raise BadSample("missing_file", str(path_or_bytes))
+  try:
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
+    with Image.open(src) as im:
+      im.load()
+      if im.width == 0 or im.height == 0:
+        raise BadSample("zero_size_image", f"{im.width}x{im.height}")
+      arr = np.asarray(im.convert("RGB"))
+  except BadSample:
+    raise
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    raise BadSample("corrupt_image", f"{path_or_bytes if not isinstance(path_or_bytes, bytes) else 'bytes'}: {e}")
+  if arr.size == 0:
+    raise BadSample("zero_size_image", str(arr.shape))
+  return arr
+
+
+def check_aspect_ratio(h: int, w: int):
+  if h <= 0 or w <= 0:
+    raise BadSample("zero_size_image", f"{h}x{w}")
+  if max(h, w) / min(h, w) >= tra.MAX_ASPECT_RATIO:
+    raise BadSample("aspect_ratio", f"{w}x{h} has aspect ratio {max(h, w) / min(h, w):.0f} "
+                    f">= {tra.MAX_ASPECT_RATIO}")
+
+
+def target_size(h: int, w: int, merge_size: int, min_tokens: int, max_tokens: int):
+  """(height, width) in pixels of an image after the budget (one key frame)."""
+  check_aspect_ratio(h, w)
+  (th, tw), = tra.allocate_frame_sizes(h, w, [tra.KEY], patch_size=PATCH, merge_size=merge_size,
+                                       min_tokens=min_tokens, max_tokens=max_tokens)
+  return th, tw
+
+
+def resize_bicubic(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+  from PIL import Image
+  if rgb.shape[:2] == (height, width):
+    return rgb
+  return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
+
+
+def to_patches(frames: np.ndarray, merge_size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+  """uint8 [t, H, W, 3] (H, W multiples of 14 * merge) -> (float32 [t*gh*gw, 3*14*14]
+  normalised patches in merge-block order, grid (t, gh, gw)). Each patch is laid out
+  (channel, row, col), as the release's Conv2d patch embedding reads it."""
+  t, H, W, _ = frames.shape
+  x = (frames.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD        # [t, H, W, 3]
+  gh, gw, m = H // PATCH, W // PATCH, merge_size
+  x = x.reshape(t, gh // m, m, PATCH, gw // m, m, PATCH, 3)
+  x = x.transpose(0, 1, 4, 2, 5, 7, 3, 6)                               # t, bh, bw, m, m, c, p, p
+  return np.ascontiguousarray(x.reshape(t * gh * gw, 3 * PATCH * PATCH)), (t, gh, gw)
+
+
+def process_image(rgb: np.ndarray, *, merge_size: int = 1, min_tokens: int = 16,
+                  max_tokens: int = 16384):
+  """uint8 [H, W, 3] -> (patches [n, 588], grid (1, gh, gw)); n / merge^2 LLM tokens."""
+  h, w = rgb.shape[:2]
+  th, tw = target_size(h, w, merge_size, min_tokens, max_tokens)
+  return to_patches(resize_bicubic(rgb, th, tw)[None], merge_size)
