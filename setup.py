@@ -23,6 +23,7 @@ setup(
         "tokenizers>=0.19",
         "pillow>=10",
         "opencv-python-headless>=4.8",  # OpenCV's 8-bit HSV for TRA key frames
+        "av>=12",                 # PyAV: video decoding without a system ffmpeg
     ],
     extras_require={
         "test": [
