@@ -24,8 +24,13 @@ PATCH = 14
 def load_image(path_or_bytes) -> np.ndarray:
   """-> uint8 [H, W, 3] RGB. Raises BadSample: missing_file, corrupt_image, zero_size_image."""
   from PIL import Image, UnidentifiedImageError
-  if isinstance(path_or_bytes, (str, os.PathLike)) and not os.path.isfile(path_or_bytes):
-    raise BadSample("missing_file", str(path_or_bytes))
+  if isinstance(path_or_bytes, (str, os.PathLike)):
+    if not os.path.isfile(path_or_bytes):
+      raise BadSample("missing_file", str(path_or_bytes))
+    if os.path.getsize(path_or_bytes) == 0:
+      raise BadSample("zero_size_image", f"{path_or_bytes}: empty file")
+  elif len(path_or_bytes) == 0:
+    raise BadSample("zero_size_image", "empty file")
   try:
     src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else path_or_bytes
     with Image.open(src) as im:

@@ -27,14 +27,19 @@ def sample_indices(duration: int, vid_fps: float, fps: float, max_frames: int) -
   return np.linspace(0, duration - 1, max_frames, dtype=int)
 
 
-def load_video(path: str, fps: float = 1.0, max_frames: int = 180):
-  """-> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds).
+def load_video(path, fps: float = 1.0, max_frames: int = 180):
+  """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds).
   Raises BadSample: missing_file, corrupt_video, truncated_video."""
   import av
-  if not os.path.isfile(path):
-    raise BadSample("missing_file", path)
+  import io
+  if isinstance(path, bytes):
+    src, path = io.BytesIO(path), "<bytes>"
+  elif not os.path.isfile(path):
+    raise BadSample("missing_file", str(path))
+  else:
+    src = path
   try:
-    with av.open(path) as container:
+    with av.open(src) as container:
       if not container.streams.video:
         raise BadSample("corrupt_video", f"{path}: no video stream")
       stream = container.streams.video[0]
@@ -42,7 +47,11 @@ def load_video(path: str, fps: float = 1.0, max_frames: int = 180):
       duration = stream.frames
       if vid_fps <= 0:
         raise BadSample("corrupt_video", f"{path}: unknown frame rate")
-      if duration <= 0:  # container without a frame count: count by decoding
+      if duration <= 0 and stream.duration and stream.time_base:  # e.g. Matroska
+        duration = int(round(float(stream.duration * stream.time_base) * vid_fps))
+      if duration <= 0 and container.duration:
+        duration = int(round(container.duration / 1e6 * vid_fps))
+      if duration <= 0:  # no length anywhere: count by decoding
         duration = sum(1 for _ in container.decode(stream))
         container.seek(0)
       wanted = sample_indices(duration, vid_fps, fps, max_frames)

@@ -1,0 +1,165 @@
+"""Build ArrayRecord shards from the release's training data (JSONL + media folder).
+
+  python -m data_pipelines.build --annotations=train.jsonl --data-folder=DATA --out=OUT \\
+      [--max-length=16384] [--num-shards=8] [--tokenizer=DIR_WITH_tokenizer.json] [--strict]
+
+Every sample is checked by doing the real work once (JSON, conversation, media decoding,
+image budget, TRA, tokenisation, length). A bad sample gets one line `skip ID: REASON
+(detail)`, is counted and left out; `--strict` stops at the first one instead. The last
+line printed is a JSON object: {"written", "skipped", "reasons": {reason: count}, ...}.
+
+A record (msgpack) keeps the sample's conversation and its media *bytes*, so training
+reads no other file: {"id", "conversations", "images": [bytes], "video": bytes | None,
+"num_tokens", "num_patches"}.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+import msgpack
+
+from data_pipelines import images, sample as sample_lib, video
+from data_pipelines.errors import BadSample
+from data_pipelines.tokenizer import Qwen3Tokenizer
+
+
+def read_jsonl(path: str):
+  """Yields (line number, sample dict) or (line number, BadSample)."""
+  with open(path, "rb") as f:
+    for n, raw in enumerate(f, 1):
+      if not raw.strip():
+        continue
+      try:
+        text = raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        yield n, BadSample("invalid_utf8", str(e), f"line {n}")
+        continue
+      try:
+        obj = json.loads(text)
+      except json.JSONDecodeError as e:
+        yield n, BadSample("invalid_json", str(e), f"line {n}")
+        continue
+      if not isinstance(obj, dict):
+        yield n, BadSample("malformed_sample", "a line must be a JSON object", f"line {n}")
+        continue
+      obj.setdefault("id", f"line {n}")
+      yield n, obj
+
+
+def encode_record(sample: dict, data_folder: str, tokenizer, cfg) -> tuple[bytes, dict]:
+  """Validate one sample fully and pack it as a record. Raises BadSample."""
+  sid = sample["id"]
+  try:
+    img_paths, vid_paths = sample_lib.media_of(sample)
+    img_bytes, arrays = [], []
+    for p in img_paths:
+      full = os.path.join(data_folder, p)
+      if not os.path.isfile(full):
+        raise BadSample("missing_file", p)
+      with open(full, "rb") as f:
+        b = f.read()
+      arrays.append(images.load_image(b))
+      img_bytes.append(b)
+    vid_bytes, frames, stamps = None, None, None
+    if vid_paths:
+      full = os.path.join(data_folder, vid_paths[0])
+      if not os.path.isfile(full):
+        raise BadSample("missing_file", vid_paths[0])
+      with open(full, "rb") as f:
+        vid_bytes = f.read()
+      frames, stamps = video.load_video(vid_bytes, cfg.fps, cfg.max_frames)
+    out = sample_lib.process(sample, arrays, frames, stamps, tokenizer, cfg)
+  except BadSample as e:
+    raise e.with_id(sid) if e.sample_id is None else e
+  record = {"id": str(sid), "conversations": sample["conversations"], "images": img_bytes,
+            "video": vid_bytes, "num_tokens": int(len(out["input_ids"])),
+            "num_patches": int(len(out["patches"]))}
+  return msgpack.packb(record, use_bin_type=True), record
+
+
+def decode_record(raw: bytes) -> dict:
+  return msgpack.unpackb(raw, raw=False)
+
+
+def build(annotations: str, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
+          strict: bool = False, log=print) -> dict:
+  from array_record.python.array_record_module import ArrayRecordWriter
+  os.makedirs(out, exist_ok=True)
+  paths = [os.path.join(out, f"data-{i:05d}-of-{num_shards:05d}.array_record")
+           for i in range(num_shards)]
+  writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]
+  reasons = collections.Counter()
+  written = tokens = 0
+  t0 = time.time()
+  try:
+    for n, item in read_jsonl(annotations):
+      try:
+        if isinstance(item, BadSample):
+          raise item
+        raw, rec = encode_record(item, data_folder, tokenizer, cfg)
+      except BadSample as e:
+        if strict:
+          raise
+        reasons[e.reason] += 1
+        log(f"skip {e.sample_id}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
+        continue
+      writers[written % num_shards].write(raw)
+      written += 1
+      tokens += rec["num_tokens"]
+      if written % 1000 == 0:
+        log(f"... {written} written, {sum(reasons.values())} skipped, "
+            f"{written / (time.time() - t0):.0f} samples/s")
+  finally:
+    for w in writers:
+      w.close()
+  stats = {"written": written, "skipped": sum(reasons.values()), "reasons": dict(reasons),
+           "tokens": tokens, "shards": [os.path.basename(p) for p in paths],
+           "seconds": round(time.time() - t0, 2)}
+  with open(os.path.join(out, "stats.json"), "w") as f:
+    json.dump(stats, f, indent=2)
+  return stats
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--annotations", required=True, help="the release's JSONL file")
+  ap.add_argument("--data-folder", required=True, help="folder the media paths are relative to")
+  ap.add_argument("--out", required=True, help="output folder for the ArrayRecord shards")
+  ap.add_argument("--num-shards", type=int, default=1)
+  ap.add_argument("--max-length", type=int, default=16384, help="max tokens per sample")
+  ap.add_argument("--max-tokens", type=int, default=16384, help="visual tokens budget per image / video")
+  ap.add_argument("--min-tokens", type=int, default=16)
+  ap.add_argument("--image-merge-size", type=int, default=1)
+  ap.add_argument("--video-merge-size", type=int, default=2)
+  ap.add_argument("--fps", type=float, default=1.0)
+  ap.add_argument("--max-frames", type=int, default=180)
+  ap.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: offline Qwen3)")
+  ap.add_argument("--strict", action="store_true", help="stop at the first bad sample")
+  args = ap.parse_args(argv)
+  cfg = sample_lib.SampleConfig(image_merge_size=args.image_merge_size,
+                                video_merge_size=args.video_merge_size,
+                                min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+                                fps=args.fps, max_frames=args.max_frames,
+                                max_length=args.max_length)
+  for p, what in [(args.annotations, "--annotations"), (args.data_folder, "--data-folder")]:
+    if not os.path.exists(p):
+      print(f"error: {what} {p} does not exist", file=sys.stderr)
+      return 2
+  try:
+    stats = build(args.annotations, args.data_folder, args.out, cfg,
+                  Qwen3Tokenizer.load(args.tokenizer), args.num_shards, args.strict)
+  except BadSample as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(json.dumps(stats))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

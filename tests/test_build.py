@@ -1,0 +1,94 @@
+"""`python -m data_pipelines.build`: every bad-input kind named, counted and skipped."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from data_pipelines.build import decode_record
+from test_video import write_video
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _png(path, h, w, seed=0):
+  Image.fromarray(np.random.RandomState(seed).randint(0, 255, (h, w, 3)).astype(np.uint8)).save(path)
+
+
+def _conv(q="<image>\nWhat is it?", a="A thing."):
+  return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+
+def make_dataset(root):
+  d = root / "data"
+  d.mkdir()
+  _png(d / "ok.png", 120, 160)
+  _png(d / "tall.png", 600, 2)
+  (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+  (d / "empty.png").write_bytes(b"")
+  write_video(d / "ok.mp4", n=30, cut_at=20)
+  write_video(tmp := d / "full.mkv", n=60, cut_at=100)   # Matroska: header first
+  full = tmp.read_bytes()
+  (d / "trunc.mkv").write_bytes(full[: len(full) // 3])
+  lines = [
+      {"id": "good_image", "image": ["ok.png"], "conversations": _conv()},
+      {"id": "good_video", "video": ["ok.mp4"], "conversations": _conv("<video>\nWhat happens?", "It moves.")},
+      {"id": "good_text", "conversations": _conv("Hi", "Hello.")},
+      {"id": "corrupt", "image": ["corrupt.jpg"], "conversations": _conv()},
+      {"id": "missing", "image": ["nope.png"], "conversations": _conv()},
+      {"id": "truncated", "video": ["trunc.mkv"], "conversations": _conv("<video>\nWhat?", "X.")},
+      {"id": "zero", "image": ["empty.png"], "conversations": _conv()},
+      {"id": "ratio", "image": ["tall.png"], "conversations": _conv()},
+      {"id": "tags", "image": ["ok.png"], "conversations": _conv("<image> <image> two?")},
+      {"id": "empty_conv", "conversations": []},
+      {"id": "malformed", "conversations": [{"from": "human"}]},
+      {"id": "role", "conversations": [{"from": "bot", "value": "x"}]},
+      {"id": "long", "conversations": _conv("word " * 400, "ok")},
+  ]
+  text = "\n".join(json.dumps(l) for l in lines).encode()
+  text += b"\n{not json\n" + b'{"id": "bad utf8 \xff\xfe"}\n'
+  (root / "train.jsonl").write_bytes(text)
+  return root / "train.jsonl", d
+
+
+def test_builder_names_counts_and_skips_every_bad_kind(tmp_path):
+  ann, data = make_dataset(tmp_path)
+  out = tmp_path / "out"
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
+                      f"--data-folder={data}", f"--out={out}", "--max-length=300",
+                      "--num-shards=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.strip().splitlines()
+  stats = json.loads(lines[-1])
+  assert stats["written"] == 3 and stats["skipped"] == 12
+  assert stats["reasons"] == {
+      "corrupt_image": 1, "missing_file": 1, "truncated_video": 1, "zero_size_image": 1,
+      "aspect_ratio": 1, "image_tag_mismatch": 1, "empty_conversation": 1,
+      "malformed_conversation": 1, "unknown_role": 1, "too_long": 1, "invalid_json": 1,
+      "invalid_utf8": 1}
+  skips = [l for l in lines if l.startswith("skip ")]
+  assert len(skips) == 12
+  assert any(l.startswith("skip 'corrupt': corrupt_image") or l.startswith("skip corrupt: corrupt_image") for l in skips)
+  # the records read back
+  from array_record.python.array_record_module import ArrayRecordReader
+  recs = []
+  for f in sorted(os.listdir(out)):
+    if f.endswith(".array_record"):
+      rd = ArrayRecordReader(str(out / f))
+      recs += [decode_record(x) for x in rd.read_all()]
+  assert sorted(r["id"] for r in recs) == ["good_image", "good_text", "good_video"]
+  img = next(r for r in recs if r["id"] == "good_image")
+  assert Image.open(io.BytesIO(img["images"][0])).size == (160, 120)
+  vid = next(r for r in recs if r["id"] == "good_video")
+  assert vid["video"] == (data / "ok.mp4").read_bytes() and vid["num_patches"] > 0
+
+
+def test_strict_mode_stops_with_the_reason(tmp_path):
+  ann, data = make_dataset(tmp_path)
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
+                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1 and "corrupt_image" in r.stderr.strip().splitlines()[-1]
