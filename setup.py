@@ -24,6 +24,9 @@ setup(
         "pillow>=10",
         "opencv-python-headless>=4.8",  # OpenCV's 8-bit HSV for TRA key frames
         "av>=12",                 # PyAV: video decoding without a system ffmpeg
+        "grain>=0.2.12",
+        "array-record>=0.7",
+        "msgpack",
     ],
     extras_require={
         "test": [
