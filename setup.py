@@ -27,6 +27,8 @@ setup(
         "grain>=0.2.12",
         "array-record>=0.7",
         "msgpack",
+        "scikit-image",          # demo data: bundled photographs
+        "scikit-learn",          # demo data: bundled digits
     ],
     extras_require={
         "test": [

@@ -1,0 +1,171 @@
+"""Embedded demo data: a small, learnable image / video-text corpus, generated offline and
+deterministically from a seed, in the release's JSONL format (what `:tiny` configs train on).
+
+  python -m data_pipelines.demo_data --out=DIR [--train=400] [--val=40] [--seed=0]
+
+Writes DIR/train.jsonl, DIR/val.jsonl and DIR/media/. Kinds of sample:
+  chart   rendered bar charts; Q/A about a bar's value or the tallest bar
+  ocr     rendered words on a plain background; Q: what does it say
+  photo   real photographs bundled with scikit-image, randomly cropped / flipped; captions
+  digit   8x8 digits bundled with scikit-learn, upscaled; Q: which digit
+  video   a coloured shape moving on a background, a scene cut at a known second;
+          Q/A about the shape, its colour, or when the scene changes
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (50, 80, 220),
+          "yellow": (235, 200, 30), "purple": (140, 60, 170), "orange": (240, 130, 20)}
+WORDS = ("penguin ice snow fish ocean cold swim egg chick colony wind south slide waddle "
+         "feather beak flipper krill glacier emperor").split()
+PHOTOS = {  # scikit-image's bundled images and what they show
+    "astronaut": "an astronaut in a white space suit in front of a flag",
+    "camera": "a black and white photo of a man with a camera on a tripod",
+    "coffee": "a cup of coffee on a saucer",
+    "chelsea": "a tabby cat looking to the side",
+    "rocket": "a rocket on its launch pad",
+    "coins": "a grey photo of many old coins",
+    "moon": "a grey photo of the surface of the moon",
+}
+KINDS = ("chart", "ocr", "photo", "digit", "video")
+
+
+def _font(size):
+  return ImageFont.load_default(size=size)
+
+
+def chart(rs, path):
+  names = rs.choice(list(COLORS), size=rs.randint(3, 6), replace=False)
+  values = rs.randint(1, 10, size=len(names))
+  W, H = 336, 252
+  im = Image.new("RGB", (W, H), (255, 255, 255))
+  d = ImageDraw.Draw(im)
+  bw = (W - 40) // len(names)
+  for i, (n, v) in enumerate(zip(names, values)):
+    x0 = 20 + i * bw + 6
+    d.rectangle([x0, H - 30 - v * 20, x0 + bw - 12, H - 30], fill=COLORS[n])
+    d.text((x0, H - 26), str(v), fill=(0, 0, 0), font=_font(16))
+  d.line([15, H - 30, W - 15, H - 30], fill=(0, 0, 0), width=2)
+  im.save(path)
+  if rs.rand() < 0.5:
+    k = rs.randint(len(names))
+    return f"What is the value of the {names[k]} bar?", f"The {names[k]} bar is {values[k]}."
+  k = int(np.argmax(values))
+  return "Which bar is the tallest?", f"The {names[k]} bar, with {values[k]}."
+
+
+def ocr(rs, path):
+  text = " ".join(rs.choice(WORDS, size=rs.randint(1, 4)))
+  bg = tuple(int(x) for x in rs.randint(200, 256, size=3))
+  im = Image.new("RGB", (392, 112), bg)
+  ImageDraw.Draw(im).text((14, 36), text, fill=(0, 0, 0), font=_font(int(rs.randint(24, 34))))
+  im.save(path)
+  return "What does the text in the image say?", text
+
+
+def photo(rs, path):
+  import skimage.data
+  name = rs.choice(sorted(PHOTOS))
+  arr = getattr(skimage.data, name)()
+  if arr.ndim == 2:
+    arr = np.repeat(arr[..., None], 3, axis=-1)
+  h, w = arr.shape[:2]
+  ch, cw = int(h * rs.uniform(0.7, 1.0)), int(w * rs.uniform(0.7, 1.0))
+  y, x = rs.randint(0, h - ch + 1), rs.randint(0, w - cw + 1)
+  arr = arr[y:y + ch, x:x + cw]
+  if rs.rand() < 0.5:
+    arr = arr[:, ::-1]
+  Image.fromarray(np.ascontiguousarray(arr)).resize((cw // 2, ch // 2), Image.BICUBIC).save(path)
+  return "Describe the image briefly.", PHOTOS[name].capitalize() + "."
+
+
+_DIGITS = None
+
+
+def digit(rs, path):
+  global _DIGITS
+  if _DIGITS is None:
+    from sklearn.datasets import load_digits
+    _DIGITS = load_digits()
+  i = rs.randint(len(_DIGITS.images))
+  img = (_DIGITS.images[i] / 16.0 * 255).astype(np.uint8)
+  Image.fromarray(img).resize((112, 112), Image.NEAREST).convert("RGB").save(path)
+  return "Which digit is shown?", f"The digit {_DIGITS.target[i]}."
+
+
+def video(rs, path, seconds=6, rate=4, size=(112, 140)):
+  import av
+  h, w = size
+  shape = rs.choice(["square", "circle"])
+  cname = rs.choice(list(COLORS))
+  cut = int(rs.randint(2, seconds - 1))                      # scene cut at this second
+  bgs = [tuple(int(x) for x in rs.randint(0, 120, size=3)), tuple(int(x) for x in rs.randint(150, 256, size=3))]
+  with av.open(path, "w") as out:
+    st = out.add_stream("mpeg4", rate=rate)
+    st.width, st.height, st.pix_fmt = w, h, "yuv420p"
+    for i in range(seconds * rate):
+      t = i / rate
+      im = Image.new("RGB", (w, h), bgs[int(t >= cut)])
+      d = ImageDraw.Draw(im)
+      x = int(10 + (w - 50) * (i / (seconds * rate)))
+      box = [x, h // 2 - 15, x + 30, h // 2 + 15]
+      (d.rectangle if shape == "square" else d.ellipse)(box, fill=COLORS[cname])
+      for p in st.encode(av.VideoFrame.from_ndarray(np.asarray(im), format="rgb24")):
+        out.mux(p)
+    for p in st.encode():
+      out.mux(p)
+  q = rs.randint(3)
+  if q == 0:
+    return "<video>\nWhat shape moves across the video?", f"A {cname} {shape}."
+  if q == 1:
+    return "<video>\nAt what time does the scene change?", f"At {cut} seconds."
+  return "<video>\nWhich way does the shape move?", "From left to right."
+
+
+def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> dict:
+  os.makedirs(os.path.join(out, "media"), exist_ok=True)
+  counts = {}
+  for split, n, s in [("train", n_train, seed), ("val", n_val, seed + 1_000_003)]:
+    rs = np.random.RandomState(s)
+    lines = []
+    for i in range(n):
+      kind = KINDS[i % len(KINDS)]
+      sid = f"{split}-{i:05d}-{kind}"
+      if kind == "video":
+        rel = f"media/{sid}.mp4"
+        q, a = video(rs, os.path.join(out, rel))
+        lines.append({"id": sid, "video": [rel],
+                      "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+      else:
+        rel = f"media/{sid}.png"
+        q, a = globals()[kind](rs, os.path.join(out, rel))
+        lines.append({"id": sid, "image": [rel], "conversations": [
+            {"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]})
+    with open(os.path.join(out, f"{split}.jsonl"), "w") as f:
+      f.writelines(json.dumps(l) + "\n" for l in lines)
+    counts[split] = len(lines)
+  return counts
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m data_pipelines.demo_data", description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--train", type=int, default=400)
+  ap.add_argument("--val", type=int, default=40)
+  ap.add_argument("--seed", type=int, default=0)
+  args = ap.parse_args(argv)
+  counts = generate(args.out, args.train, args.val, args.seed)
+  print(json.dumps({"out": args.out, **counts}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
