@@ -10,6 +10,7 @@ Writes DIR/train.jsonl, DIR/val.jsonl and DIR/media/. Kinds of sample:
   digit   8x8 digits bundled with scikit-learn, upscaled; Q: which digit
   video   a coloured shape moving on a background, a scene cut at a known second;
           Q/A about the shape, its colour, or when the scene changes
+  text    text-only arithmetic and word questions (short: they also fill packed rows)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ PHOTOS = {  # scikit-image's bundled images and what they show
     "coins": "a grey photo of many old coins",
     "moon": "a grey photo of the surface of the moon",
 }
-KINDS = ("chart", "ocr", "photo", "digit", "video")
+KINDS = ("chart", "ocr", "photo", "digit", "video", "text")
 
 
 def _font(size):
@@ -129,6 +130,14 @@ def video(rs, path, seconds=6, rate=4, size=(112, 140)):
   return "<video>\nWhich way does the shape move?", "From left to right."
 
 
+def text(rs):
+  if rs.rand() < 0.5:
+    a, b = rs.randint(0, 50, size=2)
+    return f"What is {a} plus {b}?", f"{a + b}."
+  w = rs.choice(WORDS)
+  return f"How many letters are in the word '{w}'?", f"{len(w)}."
+
+
 def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> dict:
   os.makedirs(os.path.join(out, "media"), exist_ok=True)
   counts = {}
@@ -138,7 +147,11 @@ def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> di
     for i in range(n):
       kind = KINDS[i % len(KINDS)]
       sid = f"{split}-{i:05d}-{kind}"
-      if kind == "video":
+      if kind == "text":
+        q, a = text(rs)
+        lines.append({"id": sid, "conversations": [
+            {"from": "human", "value": q}, {"from": "gpt", "value": a}]})
+      elif kind == "video":
         rel = f"media/{sid}.mp4"
         q, a = video(rs, os.path.join(out, rel))
         lines.append({"id": sid, "video": [rel],
