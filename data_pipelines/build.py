@@ -51,27 +51,55 @@ def read_jsonl(path: str):
       yield n, obj
 
 
+def read_data_source(source):
+  """Samples of a random-access data source (e.g. `tfds.data_source(...)`, or any sequence
+  of dicts) in the release's layout; `conversations` may be a JSON string, media may be
+  paths, encoded bytes or uint8 arrays. Yields (index, sample) like `read_jsonl`."""
+  for i in range(len(source)):
+    s = dict(source[i])
+    s = {k: (v.decode("utf-8") if isinstance(v, bytes) and k in ("id", "conversations") else v)
+         for k, v in s.items()}
+    if isinstance(s.get("conversations"), str):
+      try:
+        s["conversations"] = json.loads(s["conversations"])
+      except json.JSONDecodeError as e:
+        yield i, BadSample("invalid_json", f"conversations: {e}", s.get("id", f"index {i}"))
+        continue
+    s.setdefault("id", f"index {i}")
+    yield i, s
+
+
+def _media_bytes(entry, data_folder: str) -> bytes:
+  """A media entry (path relative to data_folder, encoded bytes, or a uint8 image array)
+  -> encoded file bytes."""
+  if isinstance(entry, bytes):
+    return entry
+  if isinstance(entry, str):
+    full = os.path.join(data_folder, entry)
+    if not os.path.isfile(full):
+      raise BadSample("missing_file", entry)
+    with open(full, "rb") as f:
+      return f.read()
+  import io
+  from PIL import Image
+  buf = io.BytesIO()
+  try:
+    Image.fromarray(entry).save(buf, format="PNG")
+  except (TypeError, ValueError) as e:
+    raise BadSample("corrupt_image", f"array of shape {getattr(entry, 'shape', '?')}: {e}")
+  return buf.getvalue()
+
+
 def encode_record(sample: dict, data_folder: str, tokenizer, cfg) -> tuple[bytes, dict]:
   """Validate one sample fully and pack it as a record. Raises BadSample."""
   sid = sample["id"]
   try:
-    img_paths, vid_paths = sample_lib.media_of(sample)
-    img_bytes, arrays = [], []
-    for p in img_paths:
-      full = os.path.join(data_folder, p)
-      if not os.path.isfile(full):
-        raise BadSample("missing_file", p)
-      with open(full, "rb") as f:
-        b = f.read()
-      arrays.append(images.load_image(b))
-      img_bytes.append(b)
+    img_entries, vid_entries = sample_lib.media_of(sample)
+    img_bytes = [_media_bytes(e, data_folder) for e in img_entries]
+    arrays = [images.load_image(b) for b in img_bytes]
     vid_bytes, frames, stamps = None, None, None
-    if vid_paths:
-      full = os.path.join(data_folder, vid_paths[0])
-      if not os.path.isfile(full):
-        raise BadSample("missing_file", vid_paths[0])
-      with open(full, "rb") as f:
-        vid_bytes = f.read()
+    if vid_entries:
+      vid_bytes = _media_bytes(vid_entries[0], data_folder)
       frames, stamps = video.load_video(vid_bytes, cfg.fps, cfg.max_frames)
     out = sample_lib.process(sample, arrays, frames, stamps, tokenizer, cfg)
   except BadSample as e:
@@ -86,8 +114,9 @@ def decode_record(raw: bytes) -> dict:
   return msgpack.unpackb(raw, raw=False)
 
 
-def build(annotations: str, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
+def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
           strict: bool = False, log=print) -> dict:
+  """annotations: a JSONL path, or a data source (see `read_data_source`)."""
   from array_record.python.array_record_module import ArrayRecordWriter
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, f"data-{i:05d}-of-{num_shards:05d}.array_record")
@@ -97,7 +126,9 @@ def build(annotations: str, data_folder: str, out: str, cfg, tokenizer, num_shar
   written = tokens = 0
   t0 = time.time()
   try:
-    for n, item in read_jsonl(annotations):
+    items = read_jsonl(annotations) if isinstance(annotations, (str, os.PathLike)) \
+        else read_data_source(annotations)
+    for n, item in items:
       try:
         if isinstance(item, BadSample):
           raise item
@@ -128,8 +159,11 @@ def build(annotations: str, data_folder: str, out: str, cfg, tokenizer, num_shar
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--annotations", required=True, help="the release's JSONL file")
-  ap.add_argument("--data-folder", required=True, help="folder the media paths are relative to")
+  src = ap.add_mutually_exclusive_group(required=True)
+  src.add_argument("--annotations", help="the release's JSONL file")
+  src.add_argument("--tfds", help="a prepared TFDS dataset NAME:SPLIT (tfds.data_source)")
+  ap.add_argument("--tfds-data-dir", default=None)
+  ap.add_argument("--data-folder", default=".", help="folder the media paths are relative to")
   ap.add_argument("--out", required=True, help="output folder for the ArrayRecord shards")
   ap.add_argument("--num-shards", type=int, default=1)
   ap.add_argument("--max-length", type=int, default=16384, help="max tokens per sample")
@@ -148,11 +182,21 @@ def main(argv=None) -> int:
                                 fps=args.fps, max_frames=args.max_frames,
                                 max_length=args.max_length)
   for p, what in [(args.annotations, "--annotations"), (args.data_folder, "--data-folder")]:
-    if not os.path.exists(p):
+    if p is not None and not os.path.exists(p):
       print(f"error: {what} {p} does not exist", file=sys.stderr)
       return 2
+  source = args.annotations
+  if args.tfds:
+    try:
+      import tensorflow_datasets as tfds
+    except ImportError:
+      print("error: --tfds needs tensorflow-datasets: pip install tensorflow-datasets",
+            file=sys.stderr)
+      return 2
+    name, _, split = args.tfds.partition(":")
+    source = tfds.data_source(name, split=split or "train", data_dir=args.tfds_data_dir)
   try:
-    stats = build(args.annotations, args.data_folder, args.out, cfg,
+    stats = build(source, args.data_folder, args.out, cfg,
                   Qwen3Tokenizer.load(args.tokenizer), args.num_shards, args.strict)
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)

@@ -40,10 +40,12 @@ def media_of(sample: dict) -> tuple[list, list]:
     if v is None or v == []:
       out.append([])
       continue
-    if isinstance(v, str):
+    if isinstance(v, (str, bytes, np.ndarray)):
       v = [v]
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-      raise BadSample("malformed_sample", f"'{key}' must be a path or a list of paths")
+    v = list(v)
+    ok = lambda x: (isinstance(x, str) and x) or isinstance(x, (bytes, np.ndarray))
+    if not all(ok(x) for x in v):
+      raise BadSample("malformed_sample", f"'{key}' must be paths (or encoded bytes / arrays)")
     out.append(v)
   if out[0] and out[1]:
     raise BadSample("malformed_sample", "a sample has images or one video, not both")

@@ -92,3 +92,21 @@ def test_strict_mode_stops_with_the_reason(tmp_path):
                       f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 1 and "corrupt_image" in r.stderr.strip().splitlines()[-1]
+
+
+def test_builder_accepts_a_data_source(tmp_path):
+  """The random-access data-source path (what `tfds.data_source` returns): media as bytes
+  or arrays, conversations as a JSON string."""
+  from data_pipelines import build as B, sample as S
+  from data_pipelines.tokenizer import Qwen3Tokenizer
+  rgb = np.random.RandomState(0).randint(0, 255, (100, 120, 3)).astype(np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(rgb).save(buf, format="PNG")
+  source = [
+      {"id": b"arr", "image": [rgb], "conversations": json.dumps(_conv())},
+      {"id": "bytes", "image": [buf.getvalue()], "conversations": _conv()},
+      {"id": "badjson", "conversations": "{oops"},
+  ]
+  stats = B.build(source, str(tmp_path), str(tmp_path / "o"), S.SampleConfig(),
+                  Qwen3Tokenizer.from_vocab_file(), log=lambda *_: None)
+  assert stats["written"] == 2 and stats["reasons"] == {"invalid_json": 1}
