@@ -1,5 +1,4 @@
 """Chat formatting and labels (DESIGN 2.3), written out by hand from the spec."""
-import numpy as np
 import pytest
 
 from data_pipelines.chat import IGNORE_INDEX, Visual, format_sample
