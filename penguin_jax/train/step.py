@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from penguin_jax import losses
+from penguin_jax.teacher import teacher_targets
 from penguin_jax.vlm import PenguinVL
 
 MODEL_INPUTS = ("input_ids", "segment_ids", "positions", "patches", "patch_segment_ids",
@@ -51,14 +52,25 @@ def vlm_loss(params, batch, *, model: PenguinVL, scope: str = "batch",
   return loss, metrics
 
 
-def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, **loss_kw):
-  """(state, batch) -> (state, metrics); jit it with the shardings you need."""
-  def step(state: TrainState, batch):
-    grad_fn = jax.value_and_grad(functools.partial(vlm_loss, model=model, **loss_kw),
-                                 has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch)
+def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *,
+                    teacher=None, **loss_kw):
+  """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
+  need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
+  reconstruction targets. A non-finite loss or gradient leaves params and optimizer state
+  unchanged and sets metrics["skipped"] = 1."""
+  def step(state: TrainState, batch, teacher_params=None):
+    kw = dict(loss_kw)
+    if teacher is not None:
+      kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
+    grad_fn = jax.value_and_grad(functools.partial(vlm_loss, model=model, **kw), has_aux=True)
+    (loss, metrics), grads = grad_fn(state.params, batch)
+    grad_norm = optax.tree.norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    return TrainState(state.step + 1, params, opt_state), metrics
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    metrics["grad_norm"] = grad_norm
+    metrics["skipped"] = (~ok).astype(jnp.int32)
+    return TrainState(state.step + 1,       # batches consumed, skipped ones included
+                      keep(params, state.params), keep(opt_state, state.opt_state)), metrics
   return step

@@ -1,0 +1,96 @@
+"""Shared training config (DESIGN 3). Each stage file starts from `base()` and sets what
+its stage changes; variants: `tiny` (2 CPU cores, embedded demo data, no downloads),
+`2b` (Qwen3-1.7B LLM) and `8b` (Qwen3-8B LLM)."""
+from __future__ import annotations
+
+import ml_collections as mlc
+
+VARIANTS = ("tiny", "2b", "8b")
+
+
+def model_sizes(variant: str) -> mlc.ConfigDict:
+  """Encoder and LLM sizes (DESIGN 1.1 / 1.2); tiny is laptop-sized."""
+  m = mlc.ConfigDict()
+  if variant == "tiny":
+    m.encoder = dict(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                     num_kv_heads=2, head_dim=32)
+    m.llm = dict(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
+                 num_kv_heads=2, head_dim=32, tie_word_embeddings=True)
+    m.teacher = dict(hidden_size=64, intermediate_size=128, num_layers=1, num_heads=2)
+  else:  # encoder from Qwen3-0.6B; LLM Qwen3-1.7B or Qwen3-8B; teacher VL3-SigLIP-NaViT
+    m.encoder = dict(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
+                     num_kv_heads=8, head_dim=128)
+    big = variant == "8b"
+    m.llm = dict(hidden_size=4096 if big else 2048, intermediate_size=12288 if big else 6144,
+                 num_layers=36 if big else 28, num_heads=32 if big else 16, num_kv_heads=8,
+                 head_dim=128, tie_word_embeddings=not big)
+    m.teacher = dict(hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16)
+  return m
+
+
+def base(variant: str) -> mlc.ConfigDict:
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+  tiny = variant == "tiny"
+  c = mlc.ConfigDict()
+  c.variant = variant
+  c.stage = ""
+  c.seed = 0
+  c.total_steps = 60 if tiny else 100_000
+  c.log_every = 5 if tiny else 50
+  c.checkpoint_every = 20 if tiny else 1000
+  c.keep_checkpoints = 3
+  c.max_nonfinite_in_a_row = 5
+
+  c.model = model_sizes(variant)
+  c.model.use_teacher = False
+  c.model.dtype = "float32" if tiny else "bfloat16"       # compute; master weights fp32
+  c.model.attention = "xla"
+  c.model.scan_layers = not tiny
+  c.model.remat_policy = "none" if tiny else "full"       # gradient checkpointing
+  # Initialisation (not resuming): where each module comes from.
+  c.init = mlc.ConfigDict()
+  c.init.encoder_from_qwen3 = ""   # HF dir of a text-only Qwen3 (the paper's init); "" = random
+  c.init.llm = ""                  # HF dir of the Qwen3 LLM; "" = random
+  c.init.init_from = ""            # an earlier stage's workdir / checkpoint; overrides the above
+  c.init.modules = ("vision_encoder", "vision_projector", "llm")  # what init_from loads
+
+  c.data = mlc.ConfigDict()
+  c.data.demo = tiny               # generate + build the embedded demo corpus in the workdir
+  c.data.demo_samples = 240
+  c.data.demo_dir = ""             # where the demo corpus goes; "" = WORKDIR/demo_data
+  c.data.train_files = ()          # ArrayRecord shards (data_pipelines.build)
+  c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)
+  c.data.seq_len = 512 if tiny else 16384
+  c.data.max_patches = 640 if tiny else 20480
+  c.data.max_visual_tokens = 384 if tiny else 10240
+  c.data.global_batch = 4 if tiny else 128
+  c.data.packing = "best_fit"
+  c.data.packing_bins = 16 if tiny else 256
+  c.data.workers = 0 if tiny else 8
+  c.data.image_merge_size = 1
+  c.data.video_merge_size = 2
+  c.data.min_tokens = 4 if tiny else 16
+  c.data.max_tokens = 64 if tiny else 10240
+  c.data.fps = 1.0
+  c.data.max_frames = 180
+
+  c.optim = mlc.ConfigDict()
+  c.optim.lr = mlc.ConfigDict({"vision_encoder": 1e-3, "vision_projector": 1e-3})
+  c.optim.trainable = ("vision_encoder", "vision_projector")
+  c.optim.warmup_frac = 0.03
+  c.optim.weight_decay = 0.0
+  c.optim.grad_clip = 1.0
+  c.optim.grad_accum = 1
+
+  c.loss = mlc.ConfigDict()
+  c.loss.scope = "batch"
+  c.loss.max_label_tokens = 0      # 0 = all positions; else LM head on that many per row
+  c.loss.chunk_size = 1024
+  c.loss.reconstruction_weight = 3.0
+  c.loss.relation_scope = "image"
+
+  c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  if tiny:
+    c.optim.lr = mlc.ConfigDict({k: v * 3 for k, v in c.optim.lr.items()})
+  return c

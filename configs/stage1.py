@@ -1,0 +1,25 @@
+"""Stage 1a: encoder warm-up at low resolution with reconstruction losses (DESIGN 3).
+
+  python -m launch.train --config=configs/stage1.py:tiny --workdir=/tmp/stage1
+  python -m launch.train --config=configs/stage1.py:2b --workdir=gs://BUCKET/stage1 \\
+      --config.init.encoder_from_qwen3=Qwen3-0.6B --config.init.llm=Qwen3-1.7B \\
+      --config.data.train_files=...
+
+Trains encoder + projector (+ distill head), LLM frozen; <= 2048 visual tokens per image,
+sequence 4096; LR 1e-3 for both; teacher reconstruction losses weighted 3.0.
+"""
+from configs.common import base
+
+
+def get_config(arg: str = "tiny"):
+  c = base(arg)
+  c.stage = "stage1"
+  c.model.use_teacher = True
+  c.optim.trainable = ("vision_encoder", "vision_projector", "vision_distill_layer")
+  c.optim.lr.vision_distill_layer = c.optim.lr.vision_projector
+  if arg != "tiny":
+    c.data.seq_len = 4096
+    c.data.max_tokens = 2048
+    c.data.max_patches = 8192
+    c.data.max_visual_tokens = 4096
+  return c
