@@ -41,6 +41,7 @@ def base(variant: str) -> mlc.ConfigDict:
   c.checkpoint_every = 20 if tiny else 1000
   c.keep_checkpoints = 3
   c.max_nonfinite_in_a_row = 5
+  c.debug_nan_steps = ()           # testing: poison the batch of these steps with NaN
 
   c.model = model_sizes(variant)
   c.model.use_teacher = False

@@ -11,7 +11,7 @@ from configs.common import base
 def get_config(arg: str = "tiny"):
   c = base(arg)
   c.stage = "stage3"
-  lr = 1e-4 if arg == "tiny" else 1e-5   # tiny: a few dozen steps have to show learning
+  lr = 3e-4 if arg == "tiny" else 1e-5   # tiny: a few steps have to show learning
   c.optim.lr = {"vision_encoder": lr, "vision_projector": lr, "llm": lr}
   c.optim.trainable = ("vision_encoder", "vision_projector", "llm")
   return c

@@ -205,6 +205,8 @@ def main(argv):
     try:
       while step < cfg.total_steps:
         local = next(data_iter)
+        if step + 1 in tuple(cfg.debug_nan_steps):
+          local = {**local, "patches": local["patches"] * np.float32("nan")}
         batch = jax.make_array_from_process_local_data(data_sh, local) if nproc > 1 else \
             jax.device_put(local, data_sh)
         state, m = train_step(state, batch, teacher_params)

@@ -71,3 +71,45 @@ def test_kill9_then_resume_gives_identical_losses(uninterrupted):
   assert sorted(resumed) == list(range(1, 13))
   for s in range(1, 13):
     assert resumed[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-6, abs=1e-6), s
+
+
+def _run(workdir, demo, config, *extra, timeout=600):
+  cmd = [sys.executable, "-m", "launch.train", f"--config=configs/{config}",
+         f"--workdir={workdir}", "--config.log_every=1", f"--config.data.demo_dir={demo}", *extra]
+  return subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_four_stages_chain_and_each_learns(uninterrupted):
+  root, _, _ = uninterrupted
+  prev = None
+  for stage in ["stage1", "stage1_hres", "stage2", "stage3"]:
+    wd = root / "chain" / stage
+    extra = ["--config.total_steps=10"] + ([f"--config.init.init_from={prev}"] if prev else [])
+    r = _run(wd, root / "demo", f"{stage}.py:tiny", *extra)
+    assert r.returncode == 0, (stage, r.stderr[-3000:])
+    if prev:
+      assert f"from {prev}" in r.stderr
+    m = _metrics(wd)
+    first = sum(m[s]["loss"] for s in (1, 2, 3)) / 3   # batches differ: compare means
+    last = sum(m[s]["loss"] for s in (8, 9, 10)) / 3
+    assert last < first, (stage, first, last)
+    prev = wd
+
+
+def test_nan_step_is_skipped_and_reported_then_too_many_stop(uninterrupted):
+  root, _, _ = uninterrupted
+  wd = root / "nan"
+  r = _run(wd, root / "demo", "stage1.py:tiny", "--config.total_steps=5",
+           "--config.debug_nan_steps=(3,)")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "step 3: non-finite loss or gradient" in r.stderr
+  m = _metrics(wd)
+  assert m[3]["skipped"] == 1 and all(m[s]["skipped"] == 0 for s in (1, 2, 4, 5))
+  assert all(m[s]["loss"] == m[s]["loss"] for s in (4, 5))  # finite again after the skip
+  wd2 = root / "nan2"
+  r = _run(wd2, root / "demo", "stage1.py:tiny", "--config.total_steps=8",
+           "--config.checkpoint_every=2", "--config.max_nonfinite_in_a_row=2",
+           "--config.debug_nan_steps=(3,4,5)")
+  assert r.returncode == 3
+  assert "stopping: 2 non-finite steps in a row; the last good checkpoint is step 2" in r.stderr
+  assert os.listdir(wd2 / "checkpoints") == ["2"]
