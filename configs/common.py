@@ -69,6 +69,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.packing = "best_fit"
   c.data.packing_bins = 16 if tiny else 256
   c.data.workers = 0 if tiny else 8
+  # Data shards: each packs its own slice of the records into global_batch / shards rows.
+  # 0 = one per process. Fix it (e.g. 2) to get the same global batches, and an exact
+  # resume, whatever the number of processes (it must be a multiple of them).
+  c.data.num_shards = 0
   c.data.image_merge_size = 1
   c.data.video_merge_size = 2
   c.data.min_tokens = 4 if tiny else 16

@@ -135,12 +135,19 @@ def main(argv):
     raise ValueError(f"config.data.global_batch={cfg.data.global_batch} must be a multiple of "
                      f"the data-parallel size {dp} (mesh data x fsdp) and of {nproc} processes; "
                      "change the batch or --config.mesh")
+  n_shards = cfg.data.num_shards or nproc
+  if n_shards % nproc or cfg.data.global_batch % n_shards:
+    raise ValueError(f"config.data.num_shards={n_shards} must be a multiple of the {nproc} "
+                     f"processes and divide global_batch={cfg.data.global_batch}")
   pcfg = pipe.PipelineConfig(seq_len=cfg.data.seq_len, max_patches=cfg.data.max_patches,
                              max_visual_tokens=cfg.data.max_visual_tokens,
-                             batch_size=cfg.data.global_batch // nproc, packing=cfg.data.packing,
-                             num_packing_bins=cfg.data.packing_bins, seed=cfg.seed,
-                             worker_count=cfg.data.workers)
-  data_iter = iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, pid, nproc))
+                             batch_size=cfg.data.global_batch // n_shards,
+                             packing=cfg.data.packing, num_packing_bins=cfg.data.packing_bins,
+                             seed=cfg.seed, worker_count=cfg.data.workers)
+  per = n_shards // nproc
+  my_shards = list(range(pid * per, (pid + 1) * per))
+  data_iters = [iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, s, n_shards))
+                for s in my_shards]
 
   rng = jax.random.PRNGKey(cfg.seed)
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
@@ -169,7 +176,11 @@ def main(argv):
     restored = ckpt.restore(mgr, abstract_state)
     if restored is not None:
       start, state, data_state = restored
-      data_iter.set_state(data_state)
+      if len(data_state["shards"]) != n_shards:
+        raise ValueError(f"the checkpoint has {len(data_state['shards'])} data shards, this run "
+                         f"{n_shards}: set config.data.num_shards={len(data_state['shards'])}")
+      for it, s in zip(data_iters, my_shards):
+        it.set_state(data_state["shards"][s])
       log.info("resumed from step %d (%s)", start, mgr.directory)
     else:
       start = 0
@@ -204,7 +215,8 @@ def main(argv):
     acc = {"tokens": 0, "visual": 0}
     try:
       while step < cfg.total_steps:
-        local = next(data_iter)
+        parts = [next(it) for it in data_iters]
+        local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         if step + 1 in tuple(cfg.debug_nan_steps):
           local = {**local, "patches": local["patches"] * np.float32("nan")}
         batch = jax.make_array_from_process_local_data(data_sh, local) if nproc > 1 else \
@@ -248,7 +260,8 @@ def main(argv):
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or stop["signal"]:
-          ckpt.save(mgr, step, state, data_iter.get_state(), cfg.to_dict(), force=True)
+          shards = ckpt.gather_json([it.get_state() for it in data_iters])
+          ckpt.save(mgr, step, state, {"shards": shards}, cfg.to_dict(), force=True)
         if stop["signal"]:
           log.warning("SIGTERM: saved step %d, exiting", step)
           break

@@ -17,6 +17,24 @@ def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointM
                                options=opts, item_names=("state", "data", "config"))
 
 
+def gather_json(items: list) -> list:
+  """Concatenate every process's list of JSON-able items, in process order (each process
+  saves the data-iterator states of its own shards; the checkpoint holds all of them)."""
+  import numpy as np
+  from jax.experimental import multihost_utils
+  if jax.process_count() == 1:
+    return list(items)
+  raw = np.frombuffer(json.dumps(items).encode(), np.uint8)
+  n = multihost_utils.process_allgather(np.array([raw.size], np.int32))
+  buf = np.zeros(int(np.max(n)), np.uint8)
+  buf[:raw.size] = raw
+  allb = multihost_utils.process_allgather(buf)
+  out = []
+  for i in range(jax.process_count()):
+    out += json.loads(bytes(allb[i][:int(np.ravel(n)[i])]).decode())
+  return out
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, config: dict,
          force: bool = False) -> bool:
   return mgr.save(step, args=ocp.args.Composite(
