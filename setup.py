@@ -30,6 +30,7 @@ setup(
         "scikit-image",          # demo data: bundled photographs
         "scikit-learn",          # demo data: bundled digits
         "sentencepiece",         # small tokenizer for :tiny configs
+        "tensorboardX",          # TensorBoard event files without TensorFlow
     ],
     extras_require={
         "test": [

@@ -211,6 +211,10 @@ def main(argv):
     stop = {"signal": None}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
     metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "a") if pid == 0 else None
+    tb = None
+    if pid == 0:
+      from tensorboardX import SummaryWriter
+      tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     bad_in_a_row, t_last, step = 0, time.time(), start
     acc = {"tokens": 0, "visual": 0}
     try:
@@ -259,9 +263,22 @@ def main(argv):
           if metrics_file:
             metrics_file.write(json.dumps(rec) + "\n")
             metrics_file.flush()
+            for k, v in rec.items():
+              if isinstance(v, dict):
+                for kk, vv in v.items():
+                  tb.add_scalar(f"{k}/{kk}", vv, step)
+              elif k != "step":
+                tb.add_scalar(k, v, step)
+            tb.flush()
         if step % cfg.checkpoint_every == 0 or step == cfg.total_steps or stop["signal"]:
           shards = ckpt.gather_json([it.get_state() for it in data_iters])
-          ckpt.save(mgr, step, state, {"shards": shards}, cfg.to_dict(), force=True)
+          try:
+            ckpt.save(mgr, step, state, {"shards": shards}, cfg.to_dict(), force=True)
+          except Exception as e:  # orbax writes to a temporary folder: the last one stays
+            log.error("checkpoint write at step %d failed (%s: %s); the previous checkpoint "
+                      "(step %s) is intact", step, type(e).__name__, e, mgr.latest_step())
+            if stop["signal"]:
+              raise
         if stop["signal"]:
           log.warning("SIGTERM: saved step %d, exiting", step)
           break
@@ -270,6 +287,7 @@ def main(argv):
       mgr.close()
       if metrics_file:
         metrics_file.close()
+        tb.close()
   log.info("done at step %d", step)
   return 0
 

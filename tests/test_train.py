@@ -47,6 +47,8 @@ def test_tiny_stage1_runs_logs_and_learns(uninterrupted):
   assert m[12]["loss"] < m[1]["loss"]
   assert "step 12 loss=" in out
   assert sorted(os.listdir(root / "a" / "checkpoints")) == ["12", "4", "8"]
+  events = os.listdir(root / "a" / "tensorboard")
+  assert any(e.startswith("events.out.tfevents") for e in events)
 
 
 def test_kill9_then_resume_gives_identical_losses(uninterrupted):
