@@ -64,6 +64,10 @@ def prepare_data(cfg, workdir: str):
     if not d.train_files:
       raise ValueError("config.data.train_files is empty: build shards with "
                        "`python -m data_pipelines.build` and list them, or set data.demo=True")
+    missing = [f for f in d.train_files if not os.path.isfile(f)]
+    if missing:
+      raise FileNotFoundError(f"config.data.train_files: {len(missing)} of "
+                              f"{len(d.train_files)} files not found, e.g. {missing[0]}")
     return list(d.train_files), Qwen3Tokenizer.load(d.tokenizer or None), scfg
   root = d.demo_dir or os.path.join(workdir, "demo_data")
   done = os.path.join(root, "ready.json")
