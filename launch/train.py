@@ -198,7 +198,9 @@ def main(argv):
                      relation_scope=cfg.loss.relation_scope)
     step_fn = make_train_step(model, opt, teacher=teacher, **loss_kw)
     data_sh = NamedSharding(mesh, PS(("data", "fsdp")))
-    train_step = jax.jit(step_fn, donate_argnums=0)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    train_step = jax.jit(step_fn, in_shardings=(state_sh, data_sh, None),
+                         out_shardings=(state_sh, None), donate_argnums=0)
 
     counts = {k: sum(x.size for x in jax.tree.leaves(v)) for k, v in state.params.items()}
     counts["llm_body"] = counts.get("llm", 0) - vcfg.llm.vocab_size * vcfg.llm.hidden_size
@@ -328,5 +330,13 @@ def _initialise(cfg, state, model, vcfg, hf, ckpt, log):
   return dataclasses.replace(state, params=params)
 
 
+def _main(argv):
+  try:
+    sys.exit(main(argv))
+  except (FileNotFoundError, ValueError, KeyError) as e:  # configuration / input problems
+    logging.getLogger("train").error("error: %s", e.args[0] if e.args else e)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  app.run(_main)

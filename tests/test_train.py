@@ -115,3 +115,26 @@ def test_nan_step_is_skipped_and_reported_then_too_many_stop(uninterrupted):
   assert r.returncode == 3
   assert "stopping: 2 non-finite steps in a row; the last good checkpoint is step 2" in r.stderr
   assert os.listdir(wd2 / "checkpoints") == ["2"]
+
+
+def test_sigterm_saves_and_exits_cleanly(uninterrupted):
+  root, _, _ = uninterrupted
+  wd = root / "term"
+  p = subprocess.Popen(_cmd(wd, root / "demo", "--config.total_steps=200"), cwd=REPO, env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not (wd / "checkpoints" / "4").exists() and time.time() < deadline:
+    time.sleep(0.2)
+  p.send_signal(signal.SIGTERM)
+  err = p.communicate(timeout=300)[1]
+  assert p.returncode == 0, err[-2000:]
+  saved = int(err.split("SIGTERM: saved step ")[1].split(",")[0])
+  assert 4 <= saved < 200 and (wd / "checkpoints" / str(saved)).exists()
+
+
+def test_missing_train_files_is_a_one_line_error(tmp_path):
+  r = _run(tmp_path / "w", tmp_path / "demo", "stage2.py:tiny", "--config.data.demo=False",
+           "--config.data.train_files=('nope.array_record',)")
+  assert r.returncode == 2
+  assert "error: config.data.train_files: 1 of 1 files not found" in r.stderr
+  assert "Traceback" not in r.stderr
