@@ -59,6 +59,16 @@ def default_vocab_file() -> str:
   return path
 
 
+def _token_to_id(tok, token: str) -> int:
+  """The id of a special token, or of text that encodes to exactly one token."""
+  if token in tok.specials:
+    return tok.specials[token]
+  ids = tok.encode(token)
+  if len(ids) != 1:
+    raise KeyError(f"{token!r} is not a single token")
+  return ids[0]
+
+
 def _special_ids() -> dict[str, int]:
   d = {t: QWEN3_NUM_RANKS + i for i, t in enumerate(QWEN3_SPECIAL_TOKENS)}
   d[IMAGE_TOKEN] = IMAGE_TOKEN_ID
@@ -135,12 +145,7 @@ class Qwen3Tokenizer:
     return self._b.decode(ids, skip_special_tokens=False)
 
   def token_to_id(self, token: str) -> int:
-    if token in self.specials:
-      return self.specials[token]
-    ids = self.encode(token)
-    if len(ids) != 1:
-      raise KeyError(f"{token!r} is not a single token")
-    return ids[0]
+    return _token_to_id(self, token)
 
 
 # Tokens the chat format needs as single ids (DESIGN 2.3), for the small tokenizer too.
@@ -186,9 +191,4 @@ class SentencePieceTokenizer:
     return self._sp.decode([int(i) for i in ids])
 
   def token_to_id(self, token: str) -> int:
-    if token in self.specials:
-      return self.specials[token]
-    ids = self.encode(token)
-    if len(ids) != 1:
-      raise KeyError(f"{token!r} is not a single token")
-    return ids[0]
+    return _token_to_id(self, token)
