@@ -313,7 +313,7 @@ def _initialise(cfg, state, model, vcfg, hf, ckpt, log):
     params[name] = jax.tree.map(lambda o, n: jax.device_put(n, o.sharding).astype(o.dtype), old, new)
 
   if init.init_from:
-    loaded, step = ckpt.restore_params(init.init_from, None, list(init.modules))
+    loaded, step = ckpt.restore_params(init.init_from, list(init.modules))
     for name, v in loaded.items():
       put(name, v)
     log.info("initialised %s from %s (step %d)", ", ".join(loaded), init.init_from, step)

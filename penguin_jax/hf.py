@@ -137,10 +137,6 @@ def _layer_stack_paths(cfg) -> list[tuple[tuple, int]]:
   return [(("layers",), cfg.num_layers)]
 
 
-def _scan_flags(cfg) -> bool:
-  return (cfg.llm.scan_layers or cfg.encoder.scan_layers) if isinstance(cfg, VLMConfig) else cfg.scan_layers
-
-
 def scan_layout(params: dict, cfg) -> dict:
   """Unscanned params (`.../layers/layers_{i}/...`) -> scanned (`.../layers/layers/...`
   with a leading layer axis), for the towers whose config has scan_layers."""

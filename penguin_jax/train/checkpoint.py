@@ -53,7 +53,7 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
   return step, out.state, out.data
 
 
-def restore_params(path: str, abstract_params, modules):
+def restore_params(path: str, modules):
   """Parameters of some modules from another run's latest checkpoint (stage to stage
   initialisation). `path`: that run's workdir or its checkpoints folder."""
   root = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
@@ -61,12 +61,10 @@ def restore_params(path: str, abstract_params, modules):
   step = mgr.latest_step()
   if step is None:
     raise FileNotFoundError(f"init_from {path}: no checkpoint there")
-  meta = mgr.item_metadata(step)
   tree = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   params = tree.state["params"]
   missing = [m for m in modules if m not in params]
   if missing:
     raise KeyError(f"init_from {path}: modules {missing} not in its checkpoint "
                    f"(it has {sorted(params)})")
-  del meta
   return {m: params[m] for m in modules}, step
