@@ -57,7 +57,7 @@ class TransformerConfig:
   # --- runtime (not saved) ---
   dtype: Any = jnp.float32            # activation / compute dtype
   param_dtype: Any = jnp.float32      # master weights
-  attention: str = "xla"              # "xla" | "cudnn" | "splash"  (see layers.attention)
+  attention: str = "auto"             # "auto" | "xla" | "cudnn" | "splash" (layers.attention)
   scan_layers: bool = False           # nn.scan over layers (params get a leading layer axis)
   remat_policy: str = "none"          # "none" | "full" | "dots" | "dots_no_batch" (layers.REMAT_POLICIES)
   splash_block_size: int = 512        # splash attention block size (TPU); must divide seq len

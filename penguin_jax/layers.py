@@ -5,7 +5,9 @@
                               for patches (DESIGN 1.2, reproduced exactly, quirk included).
 * `attention`                 one function, three backends: "xla" (portable), "cudnn"
                               (`jax.nn.dot_product_attention`, flash on NVIDIA GPUs),
-                              "splash" (Pallas splash attention with segment ids, TPU).
+                              "splash" (Pallas splash attention with segment ids, TPU,
+                              blocks between segments skipped); "auto" picks one for
+                              the platform being compiled for.
 * `Attention`, `MLP`, `DecoderLayer`, `LayerStack`
                               the Qwen3 layer (GQA, q/k norm, SwiGLU), causal for the LLM and
                               bidirectional for the encoder, optionally scanned and rematted.
@@ -21,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from penguin_jax.configs import TransformerConfig
 
@@ -178,58 +181,118 @@ def _attention_xla(q, k, v, mask):
 def _attention_cudnn(q, k, v, mask):
   """`jax.nn.dot_product_attention`: cuDNN flash attention on NVIDIA GPUs; elsewhere the
   same call runs JAX's own XLA implementation (that is what the CPU tests exercise)."""
-  impl = "cudnn" if jax.default_backend() == "gpu" else None
+  from penguin_jax.sharding import target_platform
+  impl = "cudnn" if target_platform() == "gpu" else None
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
 
 
-def _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block_size):
-  """Pallas splash attention (TPU) with segment ids; interpret mode off-TPU (tests).
+def segment_block_overlap(segment_ids, block: int):
+  """[s] segment ids -> [s/block, s/block] bool: may query block i and key block j hold a
+  pair of the same segment? (Self-attention over one packed row.)
 
+  Block ranges of nonzero ids are compared, which never misses a pair (two blocks that
+  share an id have overlapping ranges) and is exact when every segment is one contiguous
+  run, as in packed rows. Padding (id 0) only keeps the diagonal block: each padding
+  query still sees itself (finite output); padding outputs are ignored anyway.
+  """
+  n = segment_ids.shape[0] // block
+  sb = segment_ids.reshape(n, block).astype(jnp.int32)
+  lo = jnp.min(jnp.where(sb > 0, sb, jnp.iinfo(jnp.int32).max), axis=1)   # [n]
+  hi = jnp.max(jnp.where(sb > 0, sb, 0), axis=1)                         # [n]
+  overlap = (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
+  return overlap | jnp.eye(n, dtype=bool)
+
+
+def _skip_blocks(info, overlap, dkv: bool):
+  """A splash MaskInfo with the blocks that `overlap` rules out turned off (block_mask 0:
+  the kernel neither computes them nor, with data_next forward-filled, fetches them).
+  Layout: fwd / dq info is [heads, q block, grid step] with data_next = kv block; dkv info
+  is [heads, grid step, kv block] with data_next = q block."""
+  if info is None or info.block_mask is None:
+    return info
+  bm = info.block_mask.astype(jnp.int32)
+  dn = info.data_next.astype(jnp.int32)
+  if dkv:
+    axis, run = 1, overlap[dn, jnp.arange(bm.shape[2])[None, None, :]]
+  else:
+    axis, run = 2, overlap[jnp.arange(bm.shape[1])[None, :, None], dn]
+  run = run & (bm > 0)
+  pos = jax.lax.broadcasted_iota(jnp.int32, bm.shape, axis)
+  last = jax.lax.cummax(jnp.where(run, pos, -1), axis=axis)           # last step that runs
+  first = jnp.argmax(run, axis=axis, keepdims=True).astype(jnp.int32)
+  src = jnp.where(last < 0, first, last)
+  return info._replace(block_mask=jnp.where(run, bm, 0).astype(info.block_mask.dtype),
+                       data_next=jnp.take_along_axis(dn, src, axis).astype(info.data_next.dtype))
+
+
+def _splash_block(n: int, block_size: int):
+  """The largest block of at most `block_size` (halving down to 128) that divides n; n
+  itself when n <= block_size; None if there is none."""
+  if n <= block_size:
+    return n
+  b = block_size
+  while b >= 128:
+    if n % b == 0:
+      return b
+    b //= 2
+  return None
+
+
+def _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block_size):
+  """Pallas splash attention (TPU) with segment ids; interpret mode when the code is not
+  traced for a TPU (`sharding.target_platform`: an AOT compile for a TPU topology on a CPU
+  host lowers the real kernel).
+
+  Blocks are skipped where no query and key share a segment (`segment_block_overlap`,
+  per row, from the segment ids): a packed row of images costs the sum over its images of
+  (patches)^2, not (row length)^2, and packed text sequences likewise.
   GQA: one multi-query kernel per kv head (vmapped), as MaxText does.
   """
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
   from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+  from penguin_jax.sharding import target_platform
   b, s, h, d = q.shape
   t, kvh = k.shape[1], k.shape[2]
   g = h // kvh
-  bq, bkv = min(block_size, s), min(block_size, t)
-  if s % bq or t % bkv:
+  bq, bkv = _splash_block(s, block_size), _splash_block(t, block_size)
+  if bq is None or bkv is None:
     raise ValueError(f"splash attention: sequence lengths ({s}, {t}) must be multiples of "
-                     f"splash_block_size={block_size}; pad the batch or change the block size")
+                     f"128 (or at most splash_block_size={block_size}); pad the batch")
   base = sm.CausalMask((s, t)) if causal else sm.FullMask((s, t))
   kernel = sk.make_splash_mqa(
       sm.MultiHeadMask([base] * g),
       block_sizes=sk.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv,
                                 block_q_dkv=bq, block_kv_dkv=bkv, block_kv_dkv_compute=bkv,
                                 block_q_dq=bq, block_kv_dq=bkv),
-      head_shards=1, q_seq_shards=1, interpret=jax.default_backend() != "tpu")
+      head_shards=1, q_seq_shards=1, interpret=target_platform() != "tpu")
   qs = (q / np.sqrt(d)).astype(q.dtype)
   qs = qs.reshape(b, s, kvh, g, d).transpose(0, 2, 3, 1, 4)       # [b, k, g, s, d]
   ks = k.transpose(0, 2, 1, 3)                                       # [b, k, t, d]
   vs = v.transpose(0, 2, 1, 3)
 
   def one(qb, kb, vb, qseg, kvseg):  # qb [k, g, s, d], kb/vb [k, t, d]
+    kern = kernel
+    if s == t and bq == bkv:  # self-attention: skip the blocks between segments
+      ov = segment_block_overlap(qseg, bq)
+      kern = sk.SplashAttentionKernel(_skip_blocks(kernel.fwd_mask_info, ov, False),
+                                      _skip_blocks(kernel.dq_mask_info, ov, False),
+                                      _skip_blocks(kernel.dkv_mask_info, ov, True),
+                                      **kernel.kwargs)
     seg = sk.SegmentIds(q=qseg, kv=kvseg)
-    return jax.vmap(lambda qq, kk, vv: kernel(qq, kk, vv, segment_ids=seg))(qb, kb, vb)
+    return jax.vmap(lambda qq, kk, vv: kern(qq, kk, vv, segment_ids=seg))(qb, kb, vb)
 
   out = jax.vmap(one)(qs, ks, vs, q_segment_ids.astype(jnp.int32),
                       kv_segment_ids.astype(jnp.int32))             # [b, k, g, s, d]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
 
 
-def _per_shard(fn, q, k, v, q_segment_ids, kv_segment_ids):
-  """Run a Pallas kernel per device under the active mesh (a custom call cannot be
-  partitioned by the compiler): batch split over the `batch` rule's mesh axes, heads
-  over the `act_heads` / `act_kv_heads` ones. Without a mesh: a plain call."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh is None or mesh.empty:
-    return fn(q, k, v, q_segment_ids, kv_segment_ids)
-  spec = lambda names: jax.sharding.PartitionSpec(*nn.logical_to_mesh_axes(names))
-  q_spec = spec(("batch", "length", "act_heads", "kv"))
-  kv_spec = spec(("batch", "length", "act_kv_heads", "kv"))
-  seg_spec = spec(("batch", "length"))
-  return jax.shard_map(fn, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec, seg_spec),
-                       out_specs=q_spec, check_vma=False)(q, k, v, q_segment_ids, kv_segment_ids)
+def resolve_attention(implementation: str) -> str:
+  """"auto" -> the backend for the platform being compiled for (`sharding.target_platform`):
+  splash on TPU, cudnn on GPU, xla elsewhere. Other names are returned unchanged."""
+  if implementation != "auto":
+    return implementation
+  from penguin_jax.sharding import target_platform
+  return {"tpu": "splash", "gpu": "cudnn"}.get(target_platform(), "xla")
 
 
 def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
@@ -239,9 +302,17 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
   q [b, s, h, d]; k, v [b, t, k, d]; segment ids [b, s] / [b, t] (0 = padding).
   Returns [b, s, h, d]. All backends compute the same function (tests check it).
   """
+  implementation = resolve_attention(implementation)
   if implementation == "splash":  # (KV-cache decoding always asks for "xla")
+    # A custom call cannot be partitioned by the compiler: run it per device, batch over
+    # the `batch` rule's mesh axes, heads over the `act_heads` / `act_kv_heads` ones.
+    from penguin_jax.sharding import per_device
     fn = functools.partial(_attention_splash, causal=causal, block_size=splash_block_size)
-    return _per_shard(fn, q, k, v, q_segment_ids, kv_segment_ids)
+    q_names = ("batch", "length", "act_heads", "kv")
+    kv_names = ("batch", "length", "act_kv_heads", "kv")
+    seg_names = ("batch", "length")
+    return per_device(fn, (q_names, kv_names, kv_names, seg_names, seg_names), q_names)(
+        q, k, v, q_segment_ids, kv_segment_ids)
   if implementation == "cudnn":
     return _attention_cudnn(q, k, v, attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset))
   if implementation == "xla":
@@ -258,7 +329,7 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
       return jnp.concatenate(outs, axis=1)
     return _attention_xla(q, k, v, attention_mask(q_segment_ids, kv_segment_ids, causal, q_offset))
   raise ValueError(f"unknown attention implementation {implementation!r}: "
-                   "use 'xla', 'cudnn' or 'splash'")
+                   "use 'auto', 'xla', 'cudnn' or 'splash'")
 
 
 # --------------------------------------------------------------------------- modules
@@ -343,18 +414,25 @@ class DecoderLayer(nn.Module):
     cfg = self.cfg
     norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
                              param_dtype=cfg.param_dtype)
-    x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    residual = ("batch", "length", "act_embed")
+    x = checkpoint_name(nn.with_logical_constraint(x, residual), "layer_input")
     h = Attention(cfg, self.causal, self.decode, name="self_attn")(
         norm(name="input_layernorm")(x), cos, sin, segment_ids)
-    x = x + h
+    x = nn.with_logical_constraint(x + h, residual)
     h = MLP(cfg, name="mlp")(norm(name="post_attention_layernorm")(x))
-    return x + h, None
+    return nn.with_logical_constraint(x + h, residual), None
 
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    # As "full", but the one thing a scanned stack keeps per layer, the layer's input, is
+    # kept in host memory and fetched back for the backward pass (MaxText's offloaded
+    # `decoder_layer_input`): device memory no longer grows with the layer count.
+    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"],
+        offload_src="device", offload_dst="pinned_host"),
 }
 
 

@@ -1,5 +1,7 @@
 """The three attention backends compute the same function (DESIGN 1.2's block-diagonal
 encoder attention and the LLM's causal packed attention)."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +64,7 @@ def test_splash_gradient_matches_xla():
 
 def test_splash_rejects_lengths_off_the_block_grid():
   q, k, v, seg = _inputs(s=200, b=1)
-  with pytest.raises(ValueError, match="multiples of splash_block_size"):
+  with pytest.raises(ValueError, match="multiples of 128"):
     attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True,
               implementation="splash", splash_block_size=128)
 
@@ -86,3 +88,76 @@ def test_splash_under_a_mesh_runs_per_shard_and_matches():
             jax.device_put(seg, NamedSharding(mesh, PS(("data", "fsdp")))))
   assert "shard_map" in hlo or "manual" in hlo.lower()
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=2e-5, rtol=2e-5)
+
+
+def _packed_frames(sizes, length, b=2, seed=0):
+  """Rows of consecutive frames (ids 1, 2, ...) of the given patch counts, then padding."""
+  rs = np.random.RandomState(seed)
+  seg = np.zeros((b, length), np.int32)
+  for r in range(b):
+    pos, sid = 0, 1
+    for n in rs.permutation(sizes):
+      if pos + n > length:
+        break
+      seg[r, pos:pos + n] = sid
+      pos, sid = pos + n, sid + 1
+  return seg
+
+
+def test_segment_block_overlap_never_misses_a_pair_and_skips_the_rest():
+  from penguin_jax.layers import segment_block_overlap
+  seg = _packed_frames([300, 40, 700, 90, 128, 5], 1536, b=1)[0]
+  block = 128
+  ov = np.asarray(segment_block_overlap(jnp.asarray(seg), block))
+  n = len(seg) // block
+  need = np.zeros((n, n), bool)                 # brute force: blocks sharing a nonzero id
+  for i in range(n):
+    for j in range(n):
+      a, c = seg[i * block:(i + 1) * block], seg[j * block:(j + 1) * block]
+      need[i, j] = len(np.intersect1d(a[a > 0], c[c > 0])) > 0 or i == j
+  assert (ov >= need).all()                     # never skips a needed block
+  np.testing.assert_array_equal(ov, need)       # contiguous frames: exactly those
+  assert ov.sum() < 0.6 * n * n
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_block_skipping_splash_equals_full_row_attention_on_packed_frames(causal):
+  """A packed row of frames of mixed sizes: splash with the blocks between frames skipped
+  gives the full-row (xla) result on every non-padding position, gradients too."""
+  b, s, h, kv, d = 2, 1024, 4, 2, 32
+  rs = np.random.RandomState(1)
+  q = jnp.asarray(rs.randn(b, s, h, d).astype(np.float32))
+  k = jnp.asarray(rs.randn(b, s, kv, d).astype(np.float32))
+  v = jnp.asarray(rs.randn(b, s, kv, d).astype(np.float32))
+  seg = jnp.asarray(_packed_frames([256, 100, 36, 196, 64, 300], s))
+  valid = np.asarray(seg) > 0
+  run = lambda impl: lambda q_, k_, v_: attention(q_, k_, v_, q_segment_ids=seg, kv_segment_ids=seg,
+                                                  causal=causal, implementation=impl,
+                                                  splash_block_size=128)
+  out, ref = run("splash")(q, k, v), run("xla")(q, k, v)
+  np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=2e-5, rtol=2e-5)
+  assert np.isfinite(np.asarray(out)).all()
+  loss = lambda impl: lambda *a: jnp.sum(jnp.sin(run(impl)(*a)) * valid[..., None, None])
+  for ga, gb in zip(jax.grad(loss("splash"), argnums=(0, 1, 2))(q, k, v),
+                    jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_with_block_skipping_equals_full_row_encoder():
+  """The Penguin-Encoder on a packed row of three images: splash (blocks between images
+  skipped) and the xla backend (every pair of the row) give the same features."""
+  from penguin_jax import hf, patches as P
+  from penguin_jax.configs import EncoderConfig
+  from penguin_jax.encoder import PenguinEncoder
+  cfg = EncoderConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16)
+  lay = P.pack_items([(1, 10, 12), (1, 6, 4), (2, 8, 8)], [1, 1, 2], max_patches=512)
+  seg = jnp.asarray(lay["patch_segment_ids"][None])
+  pos = jnp.asarray(lay["patch_positions"][None])
+  pix = jnp.asarray(np.random.RandomState(0).randn(1, 512, cfg.patch_dim).astype(np.float32))
+  params = hf.init_params(PenguinEncoder(cfg), jax.random.PRNGKey(0))
+  out = {impl: PenguinEncoder(dataclasses.replace(cfg, attention=impl, splash_block_size=128))
+         .apply({"params": params}, pix, seg, pos) for impl in ("splash", "xla")}
+  valid = np.asarray(seg[0]) > 0
+  np.testing.assert_allclose(np.asarray(out["splash"])[0][valid], np.asarray(out["xla"])[0][valid],
+                             atol=1e-4, rtol=1e-4)
