@@ -46,9 +46,13 @@ def base(variant: str) -> mlc.ConfigDict:
   c.model = model_sizes(variant)
   c.model.use_teacher = False
   c.model.dtype = "float32" if tiny else "bfloat16"       # compute; master weights fp32
-  c.model.attention = "xla"
+  # Qwen3's 151,936 rows; tiny: the demo corpus's SentencePiece tokenizer (1,024 pieces).
+  c.model.vocab_size = 1024 if tiny else 151_936
+  c.model.attention = "auto"       # splash on TPU, cudnn on GPU, xla on CPU (layers.attention)
   c.model.scan_layers = not tiny
-  c.model.remat_policy = "none" if tiny else "full"       # gradient checkpointing
+  # Gradient checkpointing (layers.REMAT_POLICIES). 8b: the saved layer inputs (4.5 GiB
+  # per row for the LLM) go to host memory, or 8b does not fit v5e-64 (launch.aot).
+  c.model.remat_policy = {"tiny": "none", "2b": "full", "8b": "offload"}[variant]
   # Initialisation (not resuming): where each module comes from.
   c.init = mlc.ConfigDict()
   c.init.encoder_from_qwen3 = ""   # HF dir of a text-only Qwen3 (the paper's init); "" = random
@@ -65,7 +69,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.seq_len = 512 if tiny else 16384
   c.data.max_patches = 640 if tiny else 20480
   c.data.max_visual_tokens = 384 if tiny else 10240
-  c.data.global_batch = 4 if tiny else 128
+  c.data.global_batch = 4 if tiny else 128   # rows per optimizer step (DESIGN 3: 128)
+  # Rows each data-parallel chip processes at once; the step accumulates gradients over
+  # global_batch / (rows_per_chip x data-parallel chips) micro-batches. 0 = all at once.
+  c.data.rows_per_chip = 0 if tiny else 1
   c.data.packing = "best_fit"
   c.data.packing_bins = 16 if tiny else 256
   c.data.workers = 0 if tiny else 8
@@ -86,7 +93,6 @@ def base(variant: str) -> mlc.ConfigDict:
   c.optim.warmup_frac = 0.03
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
-  c.optim.grad_accum = 1
 
   c.loss = mlc.ConfigDict()
   c.loss.scope = "batch"
@@ -95,7 +101,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.loss.reconstruction_weight = 3.0
   c.loss.relation_scope = "image"
 
-  c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state
+  # split over every chip (ZeRO-3). -1 = the remaining devices.
+  c.mesh = mlc.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1} if tiny else
+                          {"data": 1, "fsdp": -1, "tensor": 1})
   if tiny:
     c.optim.lr = mlc.ConfigDict({k: v * 3 for k, v in c.optim.lr.items()})
   return c

@@ -11,7 +11,8 @@ Labels follow Hugging Face: aligned with the inputs, -100 = ignore; the loss shi
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -39,79 +40,273 @@ def cross_entropy(logits, targets):
   return jnp.where(targets >= 0, lse - tgt, 0.0)
 
 
-def chunked_cross_entropy(hidden, targets, head_fn: Callable, chunk_size: int = 1024):
-  """CE of head_fn(hidden) without materialising all logits.
+# The LM head fused with the cross-entropy (`lm_head_cross_entropy`). Logits exist for one
+# tile of `chunk` tokens x one vocabulary slice at a time, in the forward and again in the
+# backward (a custom VJP: softmax - one-hot, no autodiff through the loops). The loops run
+# per device (shard_map) with the vocabulary slice outermost:
+#   forward   per slice: gather that slice of the head weight over the embed axis (fsdp),
+#             then every token tile updates running [rows, tokens] max / sum-exp / target
+#             logit (an online logsumexp);
+#   backward  per slice: gather it again, accumulate dh over the tiles and that slice's
+#             weight gradient, then reduce-scatter the slice's gradient over the devices
+#             that hold other rows.
+# So no device ever holds more than one slice of the weight or of its gradient, and the
+# collectives move each weight byte once per pass: one all-gather forward, one backward,
+# one reduce-scatter of the gradient (never logits). A vocabulary split over `act_vocab`
+# (tensor) adds one reduction of [rows, tokens] statistics and of dh at the end.
+_H, _T, _W = ("batch", None, None), ("batch", None), ("embed", "act_vocab")
+VOCAB_SLICE = 8192   # target columns per vocabulary slice (rounded to a multiple of 128)
 
-  hidden [n, e], targets [n] -> per-token loss [n]. Logits exist for `chunk_size` tokens
-  at a time, forward and backward (each chunk is rematerialised).
-  """
-  n = hidden.shape[0]
-  if n <= chunk_size:  # one chunk: nothing to save by rematerialising
-    return cross_entropy(head_fn(hidden), targets)
-  chunk = chunk_size
+
+def _axes(logical: str) -> tuple:
+  """The mesh axes (of more than one device) that a logical axis maps to."""
+  from penguin_jax.sharding import axis_size, mesh_axes
+  a = mesh_axes(logical)
+  a = () if a is None else ((a,) if isinstance(a, str) else tuple(a))
+  return tuple(x for x in a if axis_size(x) > 1)
+
+
+def _chunked(x, chunk):
+  """[b, n, ...] -> [n/chunk, b, chunk, ...] (n padded with zeros / IGNORE_INDEX)."""
+  n = x.shape[1]
   pad = (-n) % chunk
-  h = jnp.pad(hidden, ((0, pad), (0, 0))).reshape(-1, chunk, hidden.shape[-1])
-  t = jnp.pad(targets, (0, pad), constant_values=IGNORE_INDEX).reshape(-1, chunk)
-
-  @jax.checkpoint
-  def one(args):
-    hc, tc = args
-    return cross_entropy(head_fn(hc), tc)
-
-  return jax.lax.map(one, (h, t)).reshape(-1)[:n]
+  fill = IGNORE_INDEX if jnp.issubdtype(x.dtype, jnp.integer) else 0
+  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+  return jnp.moveaxis(x.reshape(x.shape[0], -1, chunk, *x.shape[2:]), 1, 0)
 
 
-def reduce_token_loss(token_loss, mask, segment_ids, scope: str):
+def _unchunked(x, n):
+  """[n/chunk, b, chunk, ...] -> [b, n, ...]."""
+  x = jnp.moveaxis(x, 0, 1)
+  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :n]
+
+
+def _vocab_slices(vocab_local: int, target: int = VOCAB_SLICE):
+  """(number of slices, columns per slice): slices of a multiple of 128 columns; the last
+  one is shifted back to end at the vocabulary's end and skips the columns it repeats."""
+  n = -(-vocab_local // target)
+  width = -(-vocab_local // n)
+  width = min(vocab_local, -(-width // 128) * 128)
+  return -(-vocab_local // width), width
+
+
+def _slice_of(w_local, j, width, eax):
+  """Slice j of this device's head weight, gathered over the embed axes: (weight
+  [e, width], first column, mask of the columns this slice owns)."""
+  vl = w_local.shape[1]
+  start = jnp.minimum(j * width, vl - width)
+  wj = jax.lax.dynamic_slice_in_dim(w_local, start, width, axis=1)
+  if eax:
+    wj = jax.lax.all_gather(wj, eax, axis=0, tiled=True)
+  owns = start + jnp.arange(width) >= j * width
+  return wj, start, owns
+
+
+def _target_in_slice(t, start, width, owns, vocab_local, vax):
+  """Column of each target inside the slice, and whether the slice owns it."""
+  v0 = jax.lax.axis_index(vax) * vocab_local if vax else 0
+  col = t - v0 - start
+  inside = (t >= 0) & (col >= 0) & (col < width)
+  return col, inside & owns[jnp.clip(col, 0, width - 1)]
+
+
+@jax.named_scope("lm_head_loss")
+def _ce_local_fwd(h, t, w, *, chunk):
+  """Per device: h [b, n, e], t [b, n], w [e_local, V_local] -> (loss, lse) [b, n] f32."""
+  vax, eax = _axes("act_vocab"), _axes("embed")
+  n, vl = h.shape[1], w.shape[1]
+  hc, tc = _chunked(h, chunk), _chunked(t, chunk)               # [nt, b, c, e], [nt, b, c]
+  n_slices, width = _vocab_slices(vl)
+
+  def slice_body(carry, j):
+    m, s, tl = carry                                            # [nt, b, c] each
+    wj, start, owns = _slice_of(w, j, width, eax)
+
+    def tile(_, x):
+      hh, tt = x
+      lg = jnp.einsum("bce,ev->bcv", hh, wj, preferred_element_type=jnp.float32)
+      lg = jnp.where(owns, lg, -jnp.inf)
+      col, hit = _target_in_slice(tt, start, width, owns, vl, vax)
+      tgt = jnp.take_along_axis(lg, jnp.clip(col, 0, width - 1)[..., None], -1)[..., 0]
+      mj = jnp.max(lg, axis=-1)
+      return None, (mj, jnp.sum(jnp.exp(lg - mj[..., None]), -1), jnp.where(hit, tgt, 0.0))
+
+    _, (mj, sj, tj) = jax.lax.scan(tile, None, (hc, tc))
+    mn = jnp.maximum(m, mj)
+    return (mn, s * jnp.exp(m - mn) + sj * jnp.exp(mj - mn), tl + tj), None
+
+  init = (jnp.full(tc.shape, -jnp.inf), jnp.zeros(tc.shape), jnp.zeros(tc.shape))
+  (m, s, tl), _ = jax.lax.scan(slice_body, init, jnp.arange(n_slices))
+  if vax:  # combine the vocabulary shards' statistics, once
+    mm = jax.lax.pmax(m, vax)
+    s, tl, m = jax.lax.psum(s * jnp.exp(m - mm), vax), jax.lax.psum(tl, vax), mm
+  lse = m + jnp.log(s)
+  loss = jnp.where(tc >= 0, lse - tl, 0.0)
+  return _unchunked(loss, n), _unchunked(lse, n)
+
+
+@jax.named_scope("lm_head_loss")
+def _ce_local_bwd(h, t, w, lse, g, *, chunk):
+  """Per device: -> dh [b, n, e] (h.dtype), dw [e_local, V_local] (w.dtype), the weight
+  gradient summed over every device's rows."""
+  vax, bax, eax = _axes("act_vocab"), _axes("batch"), _axes("embed")
+  n, e, vl = h.shape[1], h.shape[2], w.shape[1]
+  hc, tc = _chunked(h, chunk), _chunked(t, chunk)
+  lc, gc = _chunked(lse, chunk), _chunked(g, chunk)
+  gc = jnp.where(tc >= 0, gc, 0.0)
+  n_slices, width = _vocab_slices(vl)
+  scatter = tuple(a for a in eax if a in bax)   # the gradient's embed split, summed on the way
+  rest = tuple(a for a in bax if a not in eax)
+
+  def slice_body(carry, j):
+    dh, dw = carry
+    wj, start, owns = _slice_of(w, j, width, eax)
+
+    def tile(dwj, x):
+      hh, tt, ll, gg = x
+      lg = jnp.einsum("bce,ev->bcv", hh, wj, preferred_element_type=jnp.float32)
+      col, hit = _target_in_slice(tt, start, width, owns, vl, vax)
+      onehot = (jnp.arange(width) == col[..., None]) & hit[..., None]
+      p = jnp.where(owns, jnp.exp(lg - ll[..., None]), 0.0)
+      dl = ((p - onehot) * gg[..., None]).astype(wj.dtype)     # d loss / d logits
+      dhh = jnp.einsum("bcv,ev->bce", dl, wj, preferred_element_type=jnp.float32)
+      return dwj + jnp.einsum("bce,bcv->ev", hh, dl, preferred_element_type=jnp.float32), dhh
+
+    dwj, dhj = jax.lax.scan(tile, jnp.zeros((e, width), jnp.float32), (hc, tc, lc, gc))
+    dwj = dwj.astype(wj.dtype)    # reduced in the weight's dtype, as XLA reduces the other
+    if rest:                      # gradients of bf16 matmuls
+      dwj = jax.lax.psum(dwj, rest)
+    if scatter:
+      dwj = jax.lax.psum_scatter(dwj, scatter, scatter_dimension=0, tiled=True)
+    if len(scatter) < len(eax):   # embed axes that do not split rows: keep our part
+      raise ValueError("the fused LM-head loss needs the `embed` mesh axes among the `batch` "
+                       f"ones (rules map embed -> {eax}, batch -> {bax})")
+    dwj = jnp.where(owns, dwj.astype(jnp.float32), 0.0)
+    cur = jax.lax.dynamic_slice_in_dim(dw, start, width, axis=1)
+    return (dh + dhj, jax.lax.dynamic_update_slice_in_dim(dw, cur + dwj, start, axis=1)), None
+
+  init = (jnp.zeros(hc.shape, jnp.float32), jnp.zeros((w.shape[0], vl), jnp.float32))
+  (dh, dw), _ = jax.lax.scan(slice_body, init, jnp.arange(n_slices))
+  if vax:
+    dh = jax.lax.psum(dh, vax)
+  return _unchunked(dh, n).astype(h.dtype), dw.astype(w.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lm_head_cross_entropy(hidden, targets, kernel, chunk_size: int = 1024):
+  """Per-token cross-entropy of the LM head, logits = hidden @ kernel.
+
+  hidden [b, n, e]; targets [b, n] (IGNORE_INDEX: no loss); kernel [e, vocab] in the
+  compute dtype, sharded like the parameter it comes from. Returns [b, n] float32. See
+  the comment above for what runs where and what it communicates.
+  """
+  return _lm_head_ce_fwd(hidden, targets, kernel, chunk_size)[0]
+
+
+def _lm_head_ce_fwd(hidden, targets, kernel, chunk_size):
+  from penguin_jax.sharding import per_device
+  chunk = min(chunk_size, hidden.shape[1])
+  fwd = per_device(functools.partial(_ce_local_fwd, chunk=chunk), (_H, _T, _W), [_T, _T])
+  loss, lse = fwd(hidden, targets, kernel)
+  return loss, (hidden, targets, kernel, lse)
+
+
+def _lm_head_ce_bwd(chunk_size, res, g):
+  from penguin_jax.sharding import per_device
+  hidden, targets, kernel, lse = res
+  chunk = min(chunk_size, hidden.shape[1])
+  bwd = per_device(functools.partial(_ce_local_bwd, chunk=chunk), (_H, _T, _W, _T, _T),
+                   [_H, _W])
+  dh, dw = bwd(hidden, targets, kernel, lse, g)
+  return dh, None, dw
+
+
+lm_head_cross_entropy.defvjp(_lm_head_ce_fwd, _lm_head_ce_bwd)
+
+
+def label_layout(labels, segment_ids, max_label_tokens: Optional[int] = None):
+  """Where the LM head runs: (positions [b, n] or None, targets [b, n], segment ids
+  [b, n], dropped label tokens). With a static `max_label_tokens` budget per row, the
+  head runs on that many gathered positions instead of all s (image tokens and prompts
+  carry no labels, so this saves most of a VLM's LM-head FLOPs); labels beyond the budget
+  are dropped and counted. A function of the data alone (see `lm_normalizer`)."""
+  b, s = labels.shape
+  seg = segment_ids if segment_ids is not None else jnp.ones_like(labels)
+  targets = shifted_targets(labels, segment_ids)                     # [b, s]
+  if max_label_tokens is None or max_label_tokens >= s:
+    return None, targets, seg, jnp.zeros((), jnp.int32)
+  k = max_label_tokens
+  valid = targets != IGNORE_INDEX
+  n_valid = jnp.sum(valid, axis=1)                                   # [b]
+  pos = jax.vmap(lambda v: jnp.nonzero(v, size=k, fill_value=0)[0])(valid)  # [b, k]
+  keep = jnp.arange(k)[None, :] < n_valid[:, None]
+  targets = jnp.where(keep, jnp.take_along_axis(targets, pos, axis=1), IGNORE_INDEX)
+  return pos, targets, jnp.take_along_axis(seg, pos, axis=1), jnp.sum(jnp.maximum(n_valid - k, 0))
+
+
+def _sequence_keys(segment_ids, max_id=None):
+  """A global id per (row, segment): [b, n] -> flat [b*n] keys, number of keys.
+  `max_id`: bound on the ids (default n; a gathered row's ids go up to the full length)."""
+  b, n = segment_ids.shape
+  m = (n if max_id is None else max_id) + 1
+  return (jnp.arange(b)[:, None] * m + segment_ids).reshape(-1), b * m
+
+
+def reduce_token_loss(token_loss, mask, segment_ids, scope: str, denominator=None,
+                      max_segment_id=None):
   """Reduce per-token losses [b, s] (mask: counted tokens) by DESIGN 2.4's scopes.
 
   "batch":    sum over label tokens / number of label tokens.
   "sequence": mean per sequence (each packed sequence separately), then mean over
               sequences that have at least one label token.
+  `denominator` replaces the count (number of label tokens / sequences) by that of a
+  larger batch (gradient accumulation: every micro-batch divides by the global count).
   """
   mask = mask.astype(jnp.float32)
+  if scope not in ("batch", "sequence"):
+    raise ValueError(f"unknown loss reduction scope {scope!r}: use 'batch' or 'sequence'")
+  if denominator is None:
+    denominator = _token_loss_count(mask, segment_ids, scope, max_segment_id)
   if scope == "batch":
-    return jnp.sum(token_loss * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-  if scope == "sequence":
-    b, s = token_loss.shape
-    key = (jnp.arange(b)[:, None] * (s + 1) + segment_ids).reshape(-1)
-    counts = jax.ops.segment_sum(mask.reshape(-1), key, num_segments=b * (s + 1))
-    per_tok = mask.reshape(-1) / jnp.maximum(counts[key], 1.0)
-    n_seq = jnp.sum(counts > 0)
-    return jnp.sum(token_loss.reshape(-1) * per_tok) / jnp.maximum(n_seq, 1)
-  raise ValueError(f"unknown loss reduction scope {scope!r}: use 'batch' or 'sequence'")
+    return jnp.sum(token_loss * mask) / jnp.maximum(denominator, 1.0)
+  key, n = _sequence_keys(segment_ids, max_segment_id)
+  counts = jax.ops.segment_sum(mask.reshape(-1), key, num_segments=n)
+  per_tok = mask.reshape(-1) / jnp.maximum(counts[key], 1.0)
+  return jnp.sum(token_loss.reshape(-1) * per_tok) / jnp.maximum(denominator, 1.0)
 
 
-def lm_loss(hidden, labels, segment_ids, head_fn: Callable, *, scope: str = "batch",
-            chunk_size: int = 1024, max_label_tokens: Optional[int] = None):
+def _token_loss_count(mask, segment_ids, scope, max_segment_id=None):
+  mask = mask.astype(jnp.float32)
+  if scope == "batch":
+    return jnp.sum(mask)
+  key, n = _sequence_keys(segment_ids, max_segment_id)
+  return jnp.sum(jax.ops.segment_sum(mask.reshape(-1), key, num_segments=n) > 0).astype(jnp.float32)
+
+
+def lm_normalizer(labels, segment_ids, scope: str = "batch",
+                  max_label_tokens: Optional[int] = None):
+  """The denominator of `lm_loss` for this batch, from the data alone: label tokens
+  ("batch") or sequences with a label token ("sequence")."""
+  _, targets, seg, _ = label_layout(labels, segment_ids, max_label_tokens)
+  return _token_loss_count(targets != IGNORE_INDEX, seg, scope, labels.shape[1])
+
+
+def lm_loss(hidden, labels, segment_ids, head_kernel, *, scope: str = "batch",
+            chunk_size: int = 1024, max_label_tokens: Optional[int] = None,
+            denominator=None):
   """Next-token cross-entropy with the LM head computed only where it is needed.
 
-  hidden [b, s, e]; labels, segment_ids [b, s]; head_fn: [n, e] -> [n, vocab].
-  max_label_tokens: static budget of label tokens per row. The head then runs on that
-  many gathered positions instead of all s (image tokens and prompts carry no labels, so
-  this saves most of a VLM's LM-head FLOPs). Label tokens beyond the budget are dropped
-  and counted in `dropped_label_tokens`; None = no gathering.
-  Returns (loss, metrics dict with `label_tokens` and `dropped_label_tokens`).
+  hidden [b, s, e]; labels, segment_ids [b, s]; head_kernel [e, vocab] (the LM head, or
+  the tied embedding transposed). `max_label_tokens`: see `label_layout`; `denominator`:
+  see `reduce_token_loss`. Returns (loss, metrics with `label_tokens` and
+  `dropped_label_tokens`).
   """
-  b, s, e = hidden.shape
-  targets = shifted_targets(labels, segment_ids)                     # [b, s]
-  valid = targets != IGNORE_INDEX
-  n_valid = jnp.sum(valid, axis=1)                                   # [b]
-  seg = segment_ids if segment_ids is not None else jnp.ones_like(labels)
-  if max_label_tokens is not None and max_label_tokens < s:
-    k = max_label_tokens
-    pos = jax.vmap(lambda v: jnp.nonzero(v, size=k, fill_value=0)[0])(valid)  # [b, k]
-    keep = jnp.arange(k)[None, :] < n_valid[:, None]
+  pos, targets, seg, dropped = label_layout(labels, segment_ids, max_label_tokens)
+  if pos is not None:
     hidden = jnp.take_along_axis(hidden, pos[..., None], axis=1)     # [b, k, e]
-    targets = jnp.where(keep, jnp.take_along_axis(targets, pos, axis=1), IGNORE_INDEX)
-    seg = jnp.take_along_axis(seg, pos, axis=1)
-    dropped = jnp.sum(jnp.maximum(n_valid - k, 0))
-  else:
-    dropped = jnp.zeros((), jnp.int32)
-  n = hidden.shape[1]
-  tok = chunked_cross_entropy(hidden.reshape(b * n, e), targets.reshape(-1), head_fn,
-                              chunk_size).reshape(b, n)
+  tok = lm_head_cross_entropy(hidden, targets, head_kernel.astype(hidden.dtype), chunk_size)
   mask = targets != IGNORE_INDEX
-  loss = reduce_token_loss(tok, mask, seg, scope)
+  loss = reduce_token_loss(tok, mask, seg, scope, denominator, labels.shape[1])
   return loss, {"label_tokens": jnp.sum(mask), "dropped_label_tokens": dropped}
 
 
@@ -122,9 +317,12 @@ def smooth_l1(x, y, beta: float):
   return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
 
 
-def _masked_mean(x, mask):
+def _masked_mean(x, mask, denominator=None):
+  """Mean of x over mask; `denominator` replaces the mask's count (gradient accumulation:
+  every micro-batch divides by the count of the whole batch)."""
   mask = mask.astype(jnp.float32)
-  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  denominator = jnp.sum(mask) if denominator is None else denominator
+  return jnp.sum(x * mask) / jnp.maximum(denominator, 1.0)
 
 
 def _safe_norm(x, eps, keepdims=False):
@@ -136,23 +334,26 @@ def _l2_normalize(x, eps=1e-12):  # as torch F.normalize
   return x / _safe_norm(x, eps, keepdims=True)
 
 
-def amplitude_loss(student, teacher, valid, beta: float = 1e-3):
+def amplitude_loss(student, teacher, valid, beta: float = 1e-3, denominator=None):
   """smooth-L1(student, teacher, beta), mean over the elements of valid tokens.
   student, teacher [b, V, d]; valid [b, V] bool."""
   per = smooth_l1(student.astype(jnp.float32), teacher.astype(jnp.float32), beta)
-  return _masked_mean(jnp.mean(per, axis=-1), valid)
+  return _masked_mean(jnp.mean(per, axis=-1), valid, denominator)
 
 
-def direction_loss(student, teacher, valid, eps: float = 1e-8):
-  """1 - mean over valid tokens of cosine(student, teacher)."""
+def direction_loss(student, teacher, valid, eps: float = 1e-8, denominator=None):
+  """1 - mean over valid tokens of cosine(student, teacher). With a `denominator` (the
+  whole batch's token count) the micro-batch's share: sum(1 - cos) / denominator."""
   s = student.astype(jnp.float32)
   t = teacher.astype(jnp.float32)
   cos = jnp.sum(s * t, -1) / (_safe_norm(s, eps) * _safe_norm(t, eps))
-  return 1.0 - _masked_mean(cos, valid)
+  if denominator is None:
+    return 1.0 - _masked_mean(cos, valid)
+  return _masked_mean(1.0 - cos, valid, denominator)
 
 
 def relation_loss(student, teacher, token_segment_ids, scope: str = "image",
-                  beta: float = 1e-3):
+                  beta: float = 1e-3, denominator=None):
   """smooth-L1 between token-to-token similarity (Gram) matrices of L2-normalised
   student and teacher features, mean over the pairs in scope.
 
@@ -163,30 +364,53 @@ def relation_loss(student, teacher, token_segment_ids, scope: str = "image",
   """
   s = _l2_normalize(student.astype(jnp.float32))
   t = _l2_normalize(teacher.astype(jnp.float32))
-  valid = token_segment_ids != 0
   if scope == "image":
     gs = jnp.einsum("bid,bjd->bij", s, s)
     gt = jnp.einsum("bid,bjd->bij", t, t)
-    pair = (token_segment_ids[:, :, None] == token_segment_ids[:, None, :]) & valid[:, :, None]
   elif scope == "batch":
     s = s.reshape(-1, s.shape[-1])
     t = t.reshape(-1, t.shape[-1])
-    v = valid.reshape(-1)
     gs, gt = s @ s.T, t @ t.T
-    pair = v[:, None] & v[None, :]
   else:
     raise ValueError(f"unknown relation loss scope {scope!r}: use 'image' or 'batch'")
-  return _masked_mean(smooth_l1(gs, gt, beta), pair)
+  return _masked_mean(smooth_l1(gs, gt, beta), _relation_pairs(token_segment_ids, scope),
+                      denominator)
+
+
+def _relation_pairs(token_segment_ids, scope: str):
+  """The token pairs that the relation loss compares: [b, V, V] ("image") or
+  [b*V, b*V] ("batch") bool."""
+  valid = token_segment_ids != 0
+  if scope == "image":
+    return (token_segment_ids[:, :, None] == token_segment_ids[:, None, :]) & valid[:, :, None]
+  v = valid.reshape(-1)
+  return v[:, None] & v[None, :]
+
+
+def reconstruction_normalizers(token_segment_ids, relation_scope: str = "image") -> dict:
+  """The denominators of the reconstruction losses for this batch, from the data alone:
+  valid visual tokens (amplitude, direction) and compared pairs (relation)."""
+  valid = token_segment_ids != 0
+  if relation_scope == "image":  # sum over frames of tokens^2, without the [b, V, V] mask
+    key, n = _sequence_keys(token_segment_ids)
+    per = jax.ops.segment_sum(valid.reshape(-1).astype(jnp.float32), key, num_segments=n)
+    pairs = jnp.sum(per * per)
+  else:
+    pairs = jnp.sum(valid).astype(jnp.float32) ** 2
+  return {"tokens": jnp.sum(valid).astype(jnp.float32), "pairs": pairs}
 
 
 def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="image",
-                        beta: float = 1e-3):
+                        beta: float = 1e-3, normalizers: Optional[dict] = None):
   """amplitude + direction + relation (DESIGN 1.4), each returned too.
-  student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e]."""
+  student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e].
+  `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation)."""
   valid = token_segment_ids != 0
+  n = normalizers or {}
   parts = {
-      "amplitude": amplitude_loss(student, teacher, valid, beta),
-      "direction": direction_loss(student, teacher, valid),
-      "relation": relation_loss(student, teacher, token_segment_ids, relation_scope, beta),
+      "amplitude": amplitude_loss(student, teacher, valid, beta, n.get("tokens")),
+      "direction": direction_loss(student, teacher, valid, denominator=n.get("tokens")),
+      "relation": relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
+                                n.get("pairs")),
   }
   return parts["amplitude"] + parts["direction"] + parts["relation"], parts

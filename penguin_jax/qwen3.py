@@ -47,6 +47,16 @@ class Qwen3ForCausalLM(nn.Module):
       out = self.lm_head(hidden)
     return out.astype(jnp.float32)
 
+  def head_kernel(self):
+    """The LM head as one [e, vocab] matrix in the compute dtype: the tied embedding
+    transposed, or lm_head's kernel (for `losses.lm_loss`, which fuses it with the
+    cross-entropy)."""
+    if self.cfg.tie_word_embeddings:
+      w = self.embed_tokens.embedding.T
+    else:
+      w = self.lm_head.variables["params"]["kernel"]
+    return w.astype(self.cfg.dtype)
+
   def hidden_states(self, inputs_embeds, segment_ids=None, positions=None):
     """Decoder body: [b, s, e] embeddings -> [b, s, e] final-normed hidden states."""
     b, s = inputs_embeds.shape[:2]

@@ -71,6 +71,10 @@ class PenguinVL(nn.Module):
   def logits(self, hidden):
     return self.llm.logits(hidden)
 
+  def head_kernel(self):
+    """The LLM's LM head as an [e, vocab] matrix (see `Qwen3ForCausalLM.head_kernel`)."""
+    return self.llm.head_kernel()
+
   def __call__(self, input_ids, segment_ids=None, positions=None, *, patches=None,
                patch_segment_ids=None, patch_positions=None, merge_index=None,
                merge_weight=None, visual_positions=None, return_hidden: bool = False):

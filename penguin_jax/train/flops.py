@@ -1,57 +1,94 @@
-"""Model FLOPs per step and MFU.
+"""Model FLOPs per step, by module and kind, and MFU.
 
-FLOPs of a matmul-dominated network ~ 2 * params * tokens forward. Per module and token:
-  trainable                       6 N  (forward 2N, backward to activations 2N, to weights 2N)
-  frozen, gradients flow through  4 N  (the LLM of stage 1: the encoder's gradient passes it)
-  frozen, no gradient             2 N  (the teacher)
-plus attention scores: forward 4 * layers * heads * head_dim * context per token, times
-3 (or 2 / 1 as above). Tokens: the LLM sees every slot of the batch (padding included,
-static shapes); the encoder and teacher see every patch slot. Embedding tables are not
-counted (a gather), the LM head is (as computed on `label_positions` slots).
-MFU = model FLOPs per second / (devices * peak FLOP/s per device).
+A matmul with N weights costs 2N FLOPs per token forward. Per module and token:
+  trainable                       6N  (forward 2N, backward to activations 2N, to weights 2N)
+  frozen, gradients flow through  4N  (the LLM of stage 1: the encoder's gradient passes it)
+  frozen, no gradient             2N  (the teacher)
+Attention scores and values cost 4 * heads * head_dim FLOPs per query-key pair and layer
+forward, times the same 3 / 2 / 1. Pairs are counted where the model attends:
+  encoder  every image / video frame is its own bidirectional segment: sum over frames
+           of patches^2 (`segment_pairs` of the batch; without a batch, the layout the
+           AOT report assumes: rows filled with frames of `frame_patches` patches);
+  LLM      causal within each packed sequence: sum over sequences of n(n+1)/2 (without
+           a batch: one sequence per row, the usual causal s(s+1)/2).
+Tokens: the LLM sees every slot of the row (static shapes), the encoder and teacher every
+patch slot, the projector every visual-token slot, the LM head every label slot
+(`loss.max_label_tokens`) or every position. Embedding lookups are not counted (gathers).
+
+`hardware` adds what the step recomputes: with remat policy "full" the forward of the
+layer stacks runs again in the backward pass (x 4/3 for trainable towers).
+MFU = model FLOPs per second / (devices x peak FLOP/s per device).
 """
 from __future__ import annotations
 
 import jax
+import numpy as np
 
-# bf16 dense peak FLOP/s per device (vendor figures).
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-              "TPU v6 lite": 918e12, "TPU v6e": 918e12, "NVIDIA H100": 989e12,
-              "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+from penguin_jax.train import hardware
 
-
-def peak_flops_per_device(override: float = 0.0) -> float:
+def peak_flops_per_device(override: float = 0.0, device_kind: str | None = None) -> float:
+  """bf16 peak FLOP/s of one device (`hardware.py`'s table); 0.0 if unknown (CPU)."""
   if override:
     return override
-  kind = jax.devices()[0].device_kind
-  for k, v in PEAK_FLOPS.items():
-    if kind.startswith(k):
-      return v
-  return 0.0  # unknown (e.g. CPU): MFU not reported
+  return hardware.peak_flops(device_kind or jax.devices()[0].device_kind)
 
 
-def _tower(params_count: int, layers: int, heads: int, head_dim: int, context: int, tokens: int,
-           mult: int) -> float:
-  attn = 4 * layers * heads * head_dim * context
-  return mult / 2 * (2 * params_count + attn) * tokens
+def segment_pairs(segment_ids, causal: bool = False) -> int:
+  """Query-key pairs that attention computes over packed rows [rows, n] (id 0 = padding,
+  not counted): sum of n^2 per segment, or n(n+1)/2 when causal."""
+  seg = np.asarray(segment_ids)
+  total = 0
+  for row in seg.reshape(-1, seg.shape[-1]):
+    _, n = np.unique(row[row > 0], return_counts=True)
+    n = n.astype(np.int64)
+    total += int(np.sum(n * (n + 1) // 2 if causal else n * n))
+  return total
 
 
-def step_flops(counts: dict, cfg, batch_shape: dict, trainable, teacher_cfg=None,
-               teacher_params: int = 0, label_positions: int | None = None) -> float:
-  """counts: parameter count per top-level module (embedding excluded for the LLM)."""
-  b, s = batch_shape["tokens"]
-  p = batch_shape["patches"][1]
-  mult = lambda m: 6 if m in trainable else 4
+def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, patches: int,
+               visual_tokens: int, trainable, label_positions: int | None = None,
+               encoder_pairs: int | None = None, llm_pairs: int | None = None,
+               frame_patches: int | None = None) -> dict:
+  """FLOPs of one step over `rows` rows. counts: parameters per top-level module
+  (`llm_body` = the LLM without its embedding, `teacher`). Returns {"encoder": {"matmul",
+  "attention"}, "projector", "llm", "lm_head", "teacher": {...}, "model": total,
+  "hardware": total with remat recompute}."""
   enc, llm = cfg.encoder, cfg.llm
-  f = _tower(counts.get("vision_encoder", 0), enc.num_layers, enc.num_heads, enc.head_dim,
-             p, b * p, mult("vision_encoder"))
-  f += _tower(counts.get("vision_projector", 0), 0, 0, 0, 0, b * batch_shape["visual"][1],
-              mult("vision_projector"))
-  f += _tower(counts.get("llm_body", 0), llm.num_layers, llm.num_heads, llm.head_dim, s, b * s,
-              mult("llm"))
-  head = llm.hidden_size * llm.vocab_size
-  f += mult("llm") * head * b * (label_positions or s)
+  if encoder_pairs is None:
+    n = max(1, min(frame_patches or patches, patches))
+    encoder_pairs = rows * (patches // n * n * n + (patches % n) ** 2)
+  if llm_pairs is None:
+    llm_pairs = rows * seq_len * (seq_len + 1) // 2
+  attn = lambda c, pairs: 4 * c.num_layers * c.num_heads * c.head_dim * pairs  # forward
+
+  # 3: trains; 2: frozen but a trainable module upstream needs the gradient through it
+  # (the LLM of stage 1); 1: forward only. Upstream order: encoder -> projector -> LLM.
+  t = set(trainable)
+  m_enc = 3 if "vision_encoder" in t else 1
+  m_proj = 3 if "vision_projector" in t else (2 if m_enc == 3 else 1)
+  m_llm = 3 if "llm" in t else (2 if 3 in (m_enc, m_proj) else 1)
+  out = {
+      "encoder": {"matmul": m_enc * 2.0 * counts.get("vision_encoder", 0) * rows * patches,
+                  "attention": m_enc * float(attn(enc, encoder_pairs))},
+      "projector": {"matmul": m_proj * 2.0 * counts.get("vision_projector", 0) * rows * visual_tokens,
+                    "attention": 0.0},
+      "llm": {"matmul": m_llm * 2.0 * counts.get("llm_body", 0) * rows * seq_len,
+              "attention": m_llm * float(attn(llm, llm_pairs))},
+      "lm_head": {"matmul": m_llm * 2.0 * llm.hidden_size * llm.vocab_size * rows
+                  * (label_positions or seq_len), "attention": 0.0},
+  }
+  if "vision_distill_layer" in counts:
+    out["distill"] = {"matmul": 3 * 2.0 * counts["vision_distill_layer"] * rows * visual_tokens,
+                      "attention": 0.0}
   if teacher_cfg is not None:
-    f += _tower(teacher_params, teacher_cfg.num_layers, teacher_cfg.num_heads,
-                teacher_cfg.head_dim, p, b * p, 2)
-  return float(f)
+    tc = teacher_cfg
+    out["teacher"] = {"matmul": 2.0 * counts.get("teacher", 0) * rows * patches,
+                      "attention": float(attn(tc, encoder_pairs))}
+  model = sum(v["matmul"] + v["attention"] for v in out.values())
+  recompute = 0.0
+  for name, c, m in (("encoder", enc, m_enc), ("llm", llm, m_llm)):
+    if c.remat_policy == "full" and m > 1:   # the layers' forward runs again in the backward
+      recompute += (out[name]["matmul"] + out[name]["attention"]) / m
+  out["model"] = model
+  out["hardware"] = model + recompute
+  return out

@@ -31,9 +31,11 @@ def module_labels(params) -> dict:
 def make_optimizer(params, learning_rates: Mapping[str, float], total_steps: int, *,
                    trainable=None, warmup_frac: float = 0.03, weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
-                   grad_clip: float | None = 1.0, grad_accum: int = 1):
+                   grad_clip: float | None = 1.0):
   """AdamW per module. `learning_rates`: peak LR per module name; `trainable`: module
-  names to train (default: those with a learning rate). Returns (optimizer, schedules)."""
+  names to train (default: those with a learning rate). `params` may be abstract or
+  boxed (only the top-level names are read). Returns (optimizer, schedules). Gradient
+  accumulation is the train step's (`step.make_train_step(grad_accum=)`)."""
   names = list(params)
   trainable = set(trainable if trainable is not None else learning_rates)
   unknown = (set(learning_rates) | trainable) - set(names)
@@ -52,6 +54,4 @@ def make_optimizer(params, learning_rates: Mapping[str, float], total_steps: int
   opt = optax.multi_transform(transforms, module_labels)
   if grad_clip:
     opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
-  if grad_accum > 1:
-    opt = optax.MultiSteps(opt, every_k_schedule=grad_accum)
   return opt, schedules

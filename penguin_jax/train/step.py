@@ -1,5 +1,12 @@
 """The VLM training loss and step: encoder -> merge -> projector -> scatter -> Qwen3 ->
-next-token cross-entropy on label tokens (+ reconstruction losses in stage 1a)."""
+next-token cross-entropy on label tokens (+ reconstruction losses in stage 1a).
+
+Gradient accumulation happens inside the step (as MaxText does): the step receives the
+whole global batch, splits it into `grad_accum` micro-batches and scans over them. Every
+micro-batch divides its losses by the *global* batch's counts (label tokens, sequences,
+visual tokens, relation pairs: `loss_normalizers`, a function of the data alone), so the
+summed loss and gradient are exactly those of one step over the global batch.
+"""
 from __future__ import annotations
 
 import functools
@@ -9,6 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+from flax import linen as nn
 
 from penguin_jax import losses
 from penguin_jax.teacher import teacher_targets
@@ -20,57 +28,118 @@ MODEL_INPUTS = ("input_ids", "segment_ids", "positions", "patches", "patch_segme
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array
+  step: jax.Array                 # optimizer steps taken (skipped ones included)
   params: Any
   opt_state: Any
+  nonfinite_in_a_row: Any = 0     # consecutive steps whose update was skipped
+  skipped_total: Any = 0          # all skipped updates (the trainer reads these on log steps)
+
+
+def _segments(batch):
+  seg = batch.get("segment_ids")
+  return jnp.ones_like(batch["labels"]) if seg is None else seg
+
+
+def loss_normalizers(batch, *, scope: str = "batch", max_label_tokens: Optional[int] = None,
+                     reconstruction: bool = False, relation_scope: str = "image") -> dict:
+  """The denominators of the batch's losses (see the module docstring)."""
+  out = {"lm": losses.lm_normalizer(batch["labels"], _segments(batch), scope, max_label_tokens)}
+  if reconstruction:
+    out["reconstruction"] = losses.reconstruction_normalizers(batch["token_segment_ids"],
+                                                              relation_scope)
+  return out
 
 
 def vlm_loss(params, batch, *, model: PenguinVL, scope: str = "batch",
              max_label_tokens: Optional[int] = None, chunk_size: int = 1024,
              teacher_features=None, reconstruction_weight: float = 0.0,
-             relation_scope: str = "image"):
+             relation_scope: str = "image", normalizers: Optional[dict] = None):
   """Scalar loss and metrics for one batch (see vlm.py for the batch's arrays;
   `labels` [b, s] with -100 = ignore). `teacher_features` [b, V, teacher_e] turns on the
-  reconstruction losses (DESIGN 1.4), weighted by `reconstruction_weight`."""
+  reconstruction losses (DESIGN 1.4), weighted by `reconstruction_weight`.
+  `normalizers`: `loss_normalizers` of the global batch when this is a micro-batch."""
+  n = normalizers or {}
   inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
   hidden, merged = model.apply({"params": params}, **inputs, return_hidden=True)
-  head = lambda h: model.apply({"params": params}, h, method=PenguinVL.logits)
-  seg = batch.get("segment_ids")
-  if seg is None:
-    seg = jnp.ones_like(batch["labels"])
-  loss, metrics = losses.lm_loss(hidden, batch["labels"], seg, head, scope=scope,
-                                 chunk_size=chunk_size, max_label_tokens=max_label_tokens)
+  kernel = model.apply({"params": params}, method=PenguinVL.head_kernel)      # [e, vocab]
+  with jax.named_scope("lm_head_loss"):
+    loss, metrics = losses.lm_loss(hidden, batch["labels"], _segments(batch), kernel,
+                                   scope=scope, chunk_size=chunk_size,
+                                   max_label_tokens=max_label_tokens, denominator=n.get("lm"))
   metrics = {"lm_loss": loss, **metrics}
   if teacher_features is not None:
     student = model.apply({"params": params}, merged, method=PenguinVL.distill)
-    tok_seg = batch["token_segment_ids"]
-    rec, parts = losses.reconstruction_loss(student, teacher_features, tok_seg,
-                                            relation_scope=relation_scope)
+    with jax.named_scope("reconstruction_loss"):
+      rec, parts = losses.reconstruction_loss(student, teacher_features,
+                                              batch["token_segment_ids"],
+                                              relation_scope=relation_scope,
+                                              normalizers=n.get("reconstruction"))
     loss = loss + reconstruction_weight * rec
     metrics.update(parts)
   metrics["loss"] = loss
   return loss, metrics
 
 
+def split_micro_batches(batch: dict, k: int) -> dict:
+  """[rows, ...] -> [k, rows/k, ...]: micro-batch i takes rows i, i+k, i+2k, ... so each
+  device keeps its own rows (no data moves; rows are split over devices in blocks)."""
+  def split(x):
+    rows = x.shape[0]
+    if rows % k:
+      raise ValueError(f"a batch of {rows} rows does not split into {k} micro-batches")
+    y = jnp.swapaxes(x.reshape(rows // k, k, *x.shape[1:]), 0, 1)
+    return nn.with_logical_constraint(y, (None, "batch") + (None,) * (x.ndim - 1))
+  return jax.tree.map(split, batch)
+
+
 def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *,
-                    teacher=None, **loss_kw):
+                    teacher=None, grad_accum: int = 1, **loss_kw):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
   need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
-  reconstruction targets. A non-finite loss or gradient leaves params and optimizer state
-  unchanged and sets metrics["skipped"] = 1."""
-  def step(state: TrainState, batch, teacher_params=None):
-    kw = dict(loss_kw)
+  reconstruction targets (computed under stop_gradient, outside the differentiated
+  function). `grad_accum`: micro-batches per step (see the module docstring). A
+  non-finite loss or gradient leaves params and optimizer state unchanged and sets
+  metrics["skipped"] = 1."""
+  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
+                 max_label_tokens=loss_kw.get("max_label_tokens"),
+                 reconstruction=teacher is not None or "teacher_features" in loss_kw,
+                 relation_scope=loss_kw.get("relation_scope", "image"))
+
+  def loss_and_grads(params, batch, teacher_params, normalizers):
+    kw = dict(loss_kw, normalizers=normalizers)
     if teacher is not None:
-      kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
-    grad_fn = jax.value_and_grad(functools.partial(vlm_loss, model=model, **kw), has_aux=True)
-    (loss, metrics), grads = grad_fn(state.params, batch)
+      with jax.named_scope("teacher"):
+        kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
+    fn = functools.partial(vlm_loss, model=model, **kw)
+    return jax.value_and_grad(fn, has_aux=True)(params, batch)
+
+  def step(state: TrainState, batch, teacher_params=None):
+    if grad_accum == 1:
+      (loss, metrics), grads = loss_and_grads(state.params, batch, teacher_params, None)
+    else:
+      micro = split_micro_batches(batch, grad_accum)
+      per_micro = jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro)
+      normalizers = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
+
+      def body(acc, mb):
+        (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers)
+        return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), metrics
+
+      zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      grads, metrics = jax.lax.scan(body, zero, micro)
+      metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)  # shares of the global loss
+      loss = metrics["loss"]
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    metrics["grad_norm"] = grad_norm
-    metrics["skipped"] = (~ok).astype(jnp.int32)
-    return TrainState(state.step + 1,       # batches consumed, skipped ones included
-                      keep(params, state.params), keep(opt_state, state.opt_state)), metrics
+    skipped = (~ok).astype(jnp.int32)
+    new = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
+                     nonfinite_in_a_row=(state.nonfinite_in_a_row + 1) * skipped,
+                     skipped_total=state.skipped_total + skipped)
+    metrics.update(grad_norm=grad_norm, skipped=skipped,
+                   nonfinite_in_a_row=new.nonfinite_in_a_row, skipped_total=new.skipped_total)
+    return new, metrics
   return step

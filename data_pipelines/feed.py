@@ -1,0 +1,63 @@
+"""This process's data shards -> global batches on the device mesh.
+
+The global batch of `global_batch` rows is cut into `num_shards` data shards (a fixed
+number, so that the global batches and an exact resume do not depend on how many
+processes read them); each process reads its own shards with the Grain pipeline and
+contributes their rows to the global arrays, which get the shapes, dtypes and shardings
+of the training program's `abstract_batch`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from data_pipelines import pipeline as pipe
+
+
+class DataFeed:
+
+  def __init__(self, paths, tokenizer, scfg, cfg, abstract_batch: dict):
+    import jax
+    self.pid, self.nproc = jax.process_index(), jax.process_count()
+    d = cfg.data
+    self.num_shards = d.num_shards or self.nproc
+    if self.num_shards % self.nproc or d.global_batch % self.num_shards:
+      raise ValueError(f"config.data.num_shards={self.num_shards} must be a multiple of the "
+                       f"{self.nproc} processes and divide global_batch={d.global_batch}")
+    if d.global_batch % self.nproc:
+      raise ValueError(f"config.data.global_batch={d.global_batch} must be a multiple of the "
+                       f"{self.nproc} processes")
+    pcfg = pipe.PipelineConfig(seq_len=d.seq_len, max_patches=d.max_patches,
+                               max_visual_tokens=d.max_visual_tokens,
+                               batch_size=d.global_batch // self.num_shards,
+                               packing=d.packing, num_packing_bins=d.packing_bins,
+                               seed=cfg.seed, worker_count=d.workers)
+    per = self.num_shards // self.nproc
+    self.shards = list(range(self.pid * per, (self.pid + 1) * per))
+    self.iters = [iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, s, self.num_shards))
+                  for s in self.shards]
+    self.spec = abstract_batch
+
+  def next(self, poison: bool = False):
+    """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
+    pixels (testing the non-finite path)."""
+    import jax
+    parts = [next(it) for it in self.iters]
+    local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
+             for k, s in self.spec.items()}
+    if poison:
+      local["patches"] = local["patches"] * np.asarray(np.nan, local["patches"].dtype)
+    batch = {k: jax.make_array_from_process_local_data(s.sharding, local[k], s.shape)
+             for k, s in self.spec.items()}
+    return batch, local
+
+  def get_state(self) -> dict:
+    """Iterator states of all shards (gathered from every process), for checkpoints."""
+    from penguin_jax.train.checkpoint import gather_json
+    return {"shards": gather_json([it.get_state() for it in self.iters])}
+
+  def set_state(self, data_state: dict):
+    if len(data_state["shards"]) != self.num_shards:
+      raise ValueError(f"the checkpoint has {len(data_state['shards'])} data shards, this run "
+                       f"{self.num_shards}: set config.data.num_shards={len(data_state['shards'])}")
+    for it, s in zip(self.iters, self.shards):
+      it.set_state(data_state["shards"][s])

@@ -1,0 +1,235 @@
+"""The training program: what `launch.train` runs and `launch.aot` compiles, built once.
+
+`build(cfg, mesh)` turns a stage config (configs/stageN.py) and a device mesh into the
+model, the optimizer, the abstract train state with its shardings, the global batch's
+shapes and shardings and the jitted train step, so that the program compiled ahead of
+time for a TPU topology is exactly the one that trains (MaxText builds its step once for
+train.py and train_compile.py in the same way).
+
+Shardings come from the logical axis names of the parameters (`sharding.LOGICAL_RULES`).
+The optimizer state is initialised on the *boxed* abstract parameters, so Adam's mu and
+nu carry their parameter's names and are sharded like it; nothing is left to XLA's
+choice (which replicates them).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from penguin_jax import hf
+from penguin_jax.configs import EncoderConfig, Qwen3Config, VLMConfig
+from penguin_jax.sharding import LOGICAL_RULES, params_shardings
+from penguin_jax.teacher import TeacherConfig, ViTTeacher
+from penguin_jax.train import flops as flops_lib
+from penguin_jax.train.optim import make_optimizer
+from penguin_jax.train.step import TrainState, make_train_step
+from penguin_jax.vlm import PenguinVL
+
+
+def model_config(cfg, vocab_size: Optional[int] = None,
+                 image_token_id: Optional[int] = None) -> tuple[VLMConfig, Optional[TeacherConfig]]:
+  """The VLM (and teacher) configs of a stage config. `vocab_size` / `image_token_id`
+  default to the config's (the tokenizer's, when one is at hand)."""
+  m = cfg.model
+  rt = dict(dtype=jnp.dtype(m.dtype), param_dtype=jnp.float32, attention=m.attention,
+            scan_layers=m.scan_layers, remat_policy=m.remat_policy)
+  vcfg = VLMConfig(llm=Qwen3Config(vocab_size=vocab_size or m.vocab_size, **m.llm.to_dict(), **rt),
+                   encoder=EncoderConfig(**m.encoder.to_dict(), **rt),
+                   teacher_hidden_size=m.teacher.hidden_size if m.use_teacher else None)
+  if image_token_id is not None:
+    vcfg = dataclasses.replace(vcfg, image_token_index=image_token_id)
+  tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"]) if m.use_teacher else None
+  return vcfg, tcfg
+
+
+def batch_shapes(cfg, vcfg: VLMConfig) -> dict:
+  """name -> (shape, dtype) of one global batch (see vlm.py / data_pipelines.pipeline).
+  Pixel patches travel in the compute dtype (the release feeds bf16 pixels to a bf16
+  model)."""
+  d = cfg.data
+  B, S, P, V = d.global_batch, d.seq_len, d.max_patches, d.max_visual_tokens
+  i32 = np.dtype(np.int32)
+  return {
+      "input_ids": ((B, S), i32), "labels": ((B, S), i32), "segment_ids": ((B, S), i32),
+      "positions": ((B, S), i32),
+      "patches": ((B, P, vcfg.encoder.patch_dim), np.dtype(vcfg.encoder.dtype)),
+      "patch_segment_ids": ((B, P), i32), "patch_positions": ((B, P, 2), i32),
+      "merge_index": ((B, V, 4), i32), "merge_weight": ((B, V, 4), np.dtype(np.float32)),
+      "visual_positions": ((B, V), i32), "token_segment_ids": ((B, V), i32),
+  }
+
+
+def grad_accum_steps(cfg, mesh: Mesh) -> int:
+  """Micro-batches per step: the global batch over (data-parallel chips x rows_per_chip);
+  `data.rows_per_chip = 0` = the whole global batch at once."""
+  dp = mesh.shape["data"] * mesh.shape["fsdp"]
+  B, r = cfg.data.global_batch, cfg.data.rows_per_chip
+  if B % dp:
+    raise ValueError(f"config.data.global_batch={B} must be a multiple of the data-parallel "
+                     f"size {dp} (mesh data x fsdp); change the batch or --config.mesh")
+  if not r:
+    return 1
+  if B % (dp * r):
+    raise ValueError(f"config.data.global_batch={B} is not a whole number of micro-batches "
+                     f"of rows_per_chip={r} x {dp} data-parallel chips")
+  return B // (dp * r)
+
+
+@dataclasses.dataclass
+class TrainProgram:
+  """Everything about one training run that does not depend on data or weights."""
+  cfg: Any
+  mesh: Mesh
+  model: PenguinVL
+  model_config: VLMConfig
+  teacher: Optional[nn.Module]
+  teacher_config: Optional[TeacherConfig]
+  optimizer: optax.GradientTransformation
+  schedules: dict
+  trainable: tuple
+  grad_accum: int
+  abstract_params_boxed: Any          # with logical-axis metadata
+  state_shardings: TrainState         # NamedShardings
+  abstract_state: TrainState          # ShapeDtypeStructs with shardings
+  abstract_batch: dict                # ShapeDtypeStructs with shardings
+  abstract_teacher: Any               # teacher params (None without a teacher)
+  train_step: Any                     # jitted (state, batch, teacher_params) -> (state, metrics)
+
+  @contextlib.contextmanager
+  def context(self):
+    """The mesh and the logical-axis rules that tracing the model needs."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(LOGICAL_RULES):
+      yield
+
+  def init_params(self, rng):
+    """Random parameters, created in place on their shards."""
+    with self.context():
+      return jax.jit(lambda r: hf.init_params(self.model, r),
+                     out_shardings=self.state_shardings.params)(rng)
+
+  def init_opt_state(self, params):
+    """The optimizer state, sharded like the parameters (never replicated)."""
+    with self.context():
+      return jax.jit(self.optimizer.init, out_shardings=self.state_shardings.opt_state)(params)
+
+  def new_state(self, params) -> TrainState:
+    """A step-0 train state around `params` (already on their shards)."""
+    zero = lambda: jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings.step)
+    return TrainState(zero(), params, self.init_opt_state(params), zero(), zero())  # 3 buffers:
+    # the step donates the state
+
+  def init_state(self, rng) -> TrainState:
+    return self.new_state(self.init_params(rng))
+
+  def init_teacher(self, rng):
+    if self.teacher is None:
+      return None
+    args, _ = hf.init_inputs(self.model_config.encoder)
+    shardings = jax.tree.map(lambda x: x.sharding, self.abstract_teacher)
+    with self.context():
+      return jax.jit(lambda r: nn.unbox(self.teacher.init(r, *args)["params"]),
+                     out_shardings=shardings)(rng)
+
+  def lower(self):
+    """The train step lowered for the abstract state, batch and teacher (no data)."""
+    with self.context():
+      return self.train_step.lower(self.abstract_state, self.abstract_batch,
+                                   self.abstract_teacher)
+
+  def param_counts(self) -> dict:
+    """Parameters per top-level module; `llm_body` = the LLM without its embedding."""
+    counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
+              for k, v in self.abstract_state.params.items()}
+    llm = self.model_config.llm
+    counts["llm_body"] = counts.get("llm", 0) - llm.vocab_size * llm.hidden_size
+    if self.abstract_teacher is not None:
+      counts["teacher"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_teacher))
+    return counts
+
+  def flops(self, encoder_pairs=None, llm_pairs=None, frame_patches=None) -> dict:
+    """Model FLOPs of one step, by module and kind (see `flops.step_flops`)."""
+    d = self.cfg.data
+    return flops_lib.step_flops(
+        self.param_counts(), self.model_config, self.teacher_config,
+        rows=d.global_batch, seq_len=d.seq_len, patches=d.max_patches,
+        visual_tokens=d.max_visual_tokens, trainable=set(self.trainable),
+        label_positions=self.cfg.loss.max_label_tokens or None,
+        encoder_pairs=encoder_pairs, llm_pairs=llm_pairs,
+        frame_patches=frame_patches or max_frame_patches(self.cfg))
+
+
+def _values(boxed):
+  """The arrays (or shapes) inside logical-axis boxes, without applying constraints."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, boxed,
+                      is_leaf=is_box)
+
+
+def max_frame_patches(cfg) -> int:
+  """The largest image a row of this config can hold, in patches (the layout the AOT
+  report assumes for encoder attention): max_tokens x image merge^2, at most a row."""
+  d = cfg.data
+  return int(min(d.max_tokens * d.image_merge_size ** 2, d.max_patches))
+
+
+def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
+          image_token_id: Optional[int] = None) -> TrainProgram:
+  """The training program of stage config `cfg` on `mesh` (see the module docstring)."""
+  vcfg, tcfg = model_config(cfg, vocab_size, image_token_id)
+  model = PenguinVL(vcfg)
+  grad_accum = grad_accum_steps(cfg, mesh)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
+    boxed = hf.abstract_params(model, boxed=True)
+    modules = list(boxed)
+    lr = {k: float(v) for k, v in cfg.optim.lr.items() if k in modules}
+    trainable = tuple(t for t in cfg.optim.trainable if t in modules)
+    opt, schedules = make_optimizer(boxed, lr, cfg.total_steps, trainable=trainable,
+                                    warmup_frac=cfg.optim.warmup_frac,
+                                    weight_decay=cfg.optim.weight_decay,
+                                    grad_clip=cfg.optim.grad_clip)
+    opt_boxed = jax.eval_shape(opt.init, boxed)   # mu, nu keep their parameter's names
+    scalar, replicated = jax.ShapeDtypeStruct((), jnp.int32), NamedSharding(mesh, PartitionSpec())
+    state_sh = TrainState(replicated, params_shardings(boxed, mesh),
+                          params_shardings(opt_boxed, mesh), replicated, replicated)
+    abstract_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+        TrainState(scalar, _values(boxed), _values(opt_boxed), scalar, scalar), state_sh)
+
+    row_sharding = lambda ndim: NamedSharding(
+        mesh, PartitionSpec(*nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1))))
+    abstract_batch = {k: jax.ShapeDtypeStruct(shape, dt, sharding=row_sharding(len(shape)))
+                      for k, (shape, dt) in batch_shapes(cfg, vcfg).items()}
+
+    teacher = abstract_teacher = None
+    teacher_sh = None
+    if tcfg is not None:
+      teacher = ViTTeacher(tcfg)
+      args, _ = hf.init_inputs(vcfg.encoder)
+      t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.PRNGKey(0), *args)["params"])
+      teacher_sh = params_shardings(t_boxed, mesh)
+      abstract_teacher = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                      _values(t_boxed), teacher_sh)
+
+  loss_kw = dict(scope=cfg.loss.scope, chunk_size=cfg.loss.chunk_size,
+                 max_label_tokens=cfg.loss.max_label_tokens or None)
+  if teacher is not None:
+    loss_kw.update(reconstruction_weight=cfg.loss.reconstruction_weight,
+                   relation_scope=cfg.loss.relation_scope)
+  step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum, **loss_kw)
+  batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
+  train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
+                       out_shardings=(state_sh, None), donate_argnums=0)
+  return TrainProgram(cfg=cfg, mesh=mesh, model=model, model_config=vcfg, teacher=teacher,
+                      teacher_config=tcfg, optimizer=opt, schedules=schedules,
+                      trainable=trainable, grad_accum=grad_accum,
+                      abstract_params_boxed=boxed, state_shardings=state_sh,
+                      abstract_state=abstract_state, abstract_batch=abstract_batch,
+                      abstract_teacher=abstract_teacher, train_step=train_step)
