@@ -1,6 +1,8 @@
 """penguin-jax: a JAX/Flax training stack for Penguin-VL."""
 from setuptools import find_packages, setup
 
+AOT = ["jax[tpu]", "matplotlib"]
+
 setup(
     name="penguin-jax",
     version="0.1.0",
@@ -33,12 +35,16 @@ setup(
         "tensorboardX",          # TensorBoard event files without TensorFlow
     ],
     extras_require={
+        # launch.aot: libtpu's compiler for compile-only TPU devices, pinned by jax's own
+        # `tpu` extra to the libtpu that the installed jax expects; matplotlib for sweeps.
+        "aot": AOT,
         "test": [
             "pytest>=8",
             # Pinned exactly: a CPU wheel of this version is found locally; an
             # unpinned torch would pull a multi-GB CUDA build.
             "torch==2.13.0",
             "transformers>=4.51",  # first release with Qwen3
+            *AOT,                  # the AOT tests compile for TPU topologies on the CPU
         ],
     },
 )
