@@ -176,6 +176,20 @@ def _grid():
       yield stage, variant, topo, dict(combo)
 
 
+def code_fingerprint() -> str:
+  """A hash of the code that builds the step (penguin_jax/, configs/): a cached result
+  is reused only for the same code, jax and libtpu."""
+  import hashlib
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  h = hashlib.sha256()
+  for folder in ("penguin_jax", "configs"):
+    for dirpath, _, files in sorted(os.walk(os.path.join(root, folder))):
+      for name in sorted(f for f in files if f.endswith(".py")):
+        with open(os.path.join(dirpath, name), "rb") as f:
+          h.update(name.encode() + f.read())
+  return h.hexdigest()[:16]
+
+
 def _key(stage, variant, topo, overrides, vers) -> str:
   return json.dumps({"stage": stage, "variant": variant, "topology": topo,
                      "overrides": dict(sorted(overrides.items())),
@@ -239,7 +253,7 @@ def _sweep() -> int:
   os.makedirs(FLAGS.out, exist_ok=True)
   cache_path = FLAGS.cache or os.path.join(FLAGS.out, "cache.jsonl")
   cache = _load_cache(cache_path)
-  vers = aot.versions()
+  vers = {**aot.versions(), "code": code_fingerprint()}
   if any(hardware.parse_slice(t).chip is not None for t in FLAGS.topologies):
     problem = hardware.libtpu_problem()
     if problem:

@@ -34,6 +34,7 @@ from penguin_jax.configs import (LLM_MODEL_TYPE, VLM_MODEL_TYPE, EncoderConfig, 
                                  VLMConfig, config_from_hf_dict)
 from penguin_jax.encoder import PenguinEncoder
 from penguin_jax.qwen3 import Qwen3ForCausalLM
+from penguin_jax.teacher import TeacherConfig
 from penguin_jax.vlm import PenguinVL, dummy_inputs
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,9 @@ def init_inputs(cfg) -> tuple[tuple, dict]:
   if isinstance(cfg, VLMConfig):
     d = dummy_inputs(cfg)
     return (d.pop("input_ids"),), d
-  if isinstance(cfg, EncoderConfig):
-    return (jnp.zeros((1, 4, cfg.patch_dim)), jnp.ones((1, 4), jnp.int32),
+  if isinstance(cfg, (EncoderConfig, TeacherConfig)):   # patches in
+    patch_dim = cfg.num_channels * cfg.patch_size ** 2
+    return (jnp.zeros((1, 4, patch_dim)), jnp.ones((1, 4), jnp.int32),
             jnp.zeros((1, 4, 2), jnp.int32)), {}
   return (jnp.zeros((1, 4), jnp.int32),), {}
 

@@ -36,7 +36,7 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("kv", None),                   # head_dim
     ("vocab", "tensor"),
     ("patch", None),                # 3*14*14 pixel values of one patch
-    ("teacher_embed", None),
+    ("teacher_embed", "fsdp"),      # the frozen teacher's width, split like `embed`
     ("norm", None),
     ("layers", None),               # the stacked axis of nn.scan
 )

@@ -34,6 +34,7 @@ class TeacherConfig:
   rope_theta: float = 10_000.0
   dtype: object = jnp.float32
   param_dtype: object = jnp.float32
+  attention: str = "auto"           # layers.attention backend
 
   @property
   def head_dim(self) -> int:
@@ -54,7 +55,8 @@ class _ViTBlock(nn.Module):
     k = dense((c.num_heads, c.head_dim), "k_proj", ("teacher_embed", "heads", "kv"))(h)
     v = dense((c.num_heads, c.head_dim), "v_proj", ("teacher_embed", "heads", "kv"))(h)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    a = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=False)
+    a = attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=False,
+                  implementation=c.attention)
     x = x + dense(c.hidden_size, "out_proj", ("heads", "kv", "teacher_embed"), axis=(-2, -1))(a)
     h = ln("layer_norm2")(x)
     h = nn.gelu(dense(c.intermediate_size, "fc1", ("teacher_embed", "mlp"))(h), approximate=True)

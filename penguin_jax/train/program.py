@@ -46,7 +46,9 @@ def model_config(cfg, vocab_size: Optional[int] = None,
                    teacher_hidden_size=m.teacher.hidden_size if m.use_teacher else None)
   if image_token_id is not None:
     vcfg = dataclasses.replace(vcfg, image_token_index=image_token_id)
-  tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"]) if m.use_teacher else None
+  # The teacher is frozen: kept in the compute dtype (the release runs it in bf16).
+  tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"], param_dtype=rt["dtype"],
+                       attention=m.attention) if m.use_teacher else None
   return vcfg, tcfg
 
 
@@ -132,11 +134,9 @@ class TrainProgram:
   def init_teacher(self, rng):
     if self.teacher is None:
       return None
-    args, _ = hf.init_inputs(self.model_config.encoder)
     shardings = jax.tree.map(lambda x: x.sharding, self.abstract_teacher)
     with self.context():
-      return jax.jit(lambda r: nn.unbox(self.teacher.init(r, *args)["params"]),
-                     out_shardings=shardings)(rng)
+      return jax.jit(lambda r: hf.init_params(self.teacher, r), out_shardings=shardings)(rng)
 
   def lower(self):
     """The train step lowered for the abstract state, batch and teacher (no data)."""
@@ -212,8 +212,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
     teacher_sh = None
     if tcfg is not None:
       teacher = ViTTeacher(tcfg)
-      args, _ = hf.init_inputs(vcfg.encoder)
-      t_boxed = jax.eval_shape(lambda: teacher.init(jax.random.PRNGKey(0), *args)["params"])
+      t_boxed = hf.abstract_params(teacher, boxed=True)
       teacher_sh = params_shardings(t_boxed, mesh)
       abstract_teacher = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                       _values(t_boxed), teacher_sh)
@@ -223,7 +222,8 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   if teacher is not None:
     loss_kw.update(reconstruction_weight=cfg.loss.reconstruction_weight,
                    relation_scope=cfg.loss.relation_scope)
-  step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum, **loss_kw)
+  step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum,
+                            trainable=trainable, **loss_kw)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
                        out_shardings=(state_sh, None), donate_argnums=0)

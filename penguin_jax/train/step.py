@@ -93,12 +93,15 @@ def split_micro_batches(batch: dict, k: int) -> dict:
 
 
 def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *,
-                    teacher=None, grad_accum: int = 1, **loss_kw):
+                    teacher=None, grad_accum: int = 1, trainable=None, **loss_kw):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
   need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
   reconstruction targets (computed under stop_gradient, outside the differentiated
-  function). `grad_accum`: micro-batches per step (see the module docstring). A
-  non-finite loss or gradient leaves params and optimizer state unchanged and sets
+  function). `grad_accum`: micro-batches per step (see the module docstring).
+  `trainable`: the top-level modules to differentiate (default all); the others are
+  constants of the step (the LLM of stage 1 passes gradients through, but its weight
+  gradients are never computed), and the optimizer sees zeros for them. A non-finite
+  loss or gradient leaves params and optimizer state unchanged and sets
   metrics["skipped"] = 1."""
   norm_kw = dict(scope=loss_kw.get("scope", "batch"),
                  max_label_tokens=loss_kw.get("max_label_tokens"),
@@ -106,12 +109,18 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
                  relation_scope=loss_kw.get("relation_scope", "image"))
 
   def loss_and_grads(params, batch, teacher_params, normalizers):
+    """(loss, metrics), gradients of the trainable modules."""
     kw = dict(loss_kw, normalizers=normalizers)
     if teacher is not None:
       with jax.named_scope("teacher"):
         kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
     fn = functools.partial(vlm_loss, model=model, **kw)
-    return jax.value_and_grad(fn, has_aux=True)(params, batch)
+    frozen = {k: jax.lax.stop_gradient(v) for k, v in params.items() if not _trains(k)}
+    train = {k: v for k, v in params.items() if _trains(k)}
+    return jax.value_and_grad(lambda t, b: fn({**frozen, **t}, b), has_aux=True)(train, batch)
+
+  def _trains(module):
+    return trainable is None or module in trainable
 
   def step(state: TrainState, batch, teacher_params=None):
     if grad_accum == 1:
@@ -125,12 +134,15 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
         (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers)
         return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), metrics
 
-      zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+      zero = {k: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), v)
+              for k, v in state.params.items() if _trains(k)}
       grads, metrics = jax.lax.scan(body, zero, micro)
       metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)  # shares of the global loss
       loss = metrics["loss"]
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    grads = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
+             for k, v in state.params.items()}          # frozen modules: zeros (ignored)
     with jax.named_scope("optimizer"):
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
