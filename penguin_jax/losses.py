@@ -1,7 +1,8 @@
 """Losses, as pure functions of arrays.
 
 * Language-model cross-entropy (DESIGN 2.4) with the "batch" and "sequence" reduction
-  scopes, computed with the LM head only where labels are (`lm_loss`).
+  scopes, the LM head fused into it and computed only where labels are (`lm_loss`,
+  `lm_head_cross_entropy`); denominators can be a larger batch's (gradient accumulation).
 * The reconstruction (distillation) losses of stage 1a (DESIGN 1.4): `amplitude_loss`,
   `direction_loss`, `relation_loss` (scope "image" = block-diagonal, or "batch" = the
   release's all-pairs Gram) and their sum `reconstruction_loss`.

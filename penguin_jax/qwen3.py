@@ -2,7 +2,8 @@
 
 `Qwen3ForCausalLM` takes token ids (or ready embeddings, which is how the VLM feeds it
 visual features) and returns logits, or the final hidden states when the caller computes
-the LM head itself (see `losses.chunked_cross_entropy`: the head only where labels are).
+the LM head itself (see `losses.lm_loss`: the head fused with the cross-entropy, only
+where labels are).
 
 Packed rows: `segment_ids` [b, s] (1, 2, ... per packed sequence, 0 = padding) restrict
 attention to one sequence; `positions` [b, s] restart at 0 for each sequence.

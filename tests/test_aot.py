@@ -128,3 +128,23 @@ def test_usage_errors_are_one_line():
   r = _aot("--config=configs/stage3.py:tiny", "--topology=v9-3")
   assert r.returncode == 2 and "unknown topology 'v9-3'" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_missing_or_mismatched_libtpu_says_what_to_install(monkeypatch):
+  from importlib import metadata
+  from penguin_jax.train import hardware
+  real = metadata.version
+  jax_version = real("jax")
+
+  def fake(name, have=None):
+    if name == "libtpu":
+      if have is None:
+        raise metadata.PackageNotFoundError(name)
+      return have
+    return real(name)
+  monkeypatch.setattr(metadata, "version", fake)
+  assert f'pip install "jax[tpu]=={jax_version}"' in hardware.libtpu_problem()
+  monkeypatch.setattr(metadata, "version", lambda n: fake(n, "0.0.1"))
+  assert "libtpu 0.0.1 does not match jax" in hardware.libtpu_problem()
+  monkeypatch.setattr(metadata, "version", real)
+  assert hardware.libtpu_problem() is None         # the test extra installed the right one

@@ -15,8 +15,9 @@ Tokens: the LLM sees every slot of the row (static shapes), the encoder and teac
 patch slot, the projector every visual-token slot, the LM head every label slot
 (`loss.max_label_tokens`) or every position. Embedding lookups are not counted (gathers).
 
-`hardware` adds what the step recomputes: with remat policy "full" the forward of the
-layer stacks runs again in the backward pass (x 4/3 for trainable towers).
+`hardware` adds what the step recomputes: with remat policy "full" or "offload" the
+forward of the layer stacks runs again in the backward pass (x 4/3 for trainable towers;
+"dots" policies save the matmuls and recompute little).
 MFU = model FLOPs per second / (devices x peak FLOP/s per device).
 """
 from __future__ import annotations
@@ -25,6 +26,9 @@ import jax
 import numpy as np
 
 from penguin_jax.train import hardware
+
+RECOMPUTE_ALL = ("full", "offload")   # remat policies that save nothing inside a layer
+
 
 def peak_flops_per_device(override: float = 0.0, device_kind: str | None = None) -> float:
   """bf16 peak FLOP/s of one device (`hardware.py`'s table); 0.0 if unknown (CPU)."""
@@ -87,7 +91,7 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
   model = sum(v["matmul"] + v["attention"] for v in out.values())
   recompute = 0.0
   for name, c, m in (("encoder", enc, m_enc), ("llm", llm, m_llm)):
-    if c.remat_policy == "full" and m > 1:   # the layers' forward runs again in the backward
+    if c.remat_policy in RECOMPUTE_ALL and m > 1:   # the layers' forward runs again
       recompute += (out[name]["matmul"] + out[name]["attention"]) / m
   out["model"] = model
   out["hardware"] = model + recompute

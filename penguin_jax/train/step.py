@@ -139,11 +139,11 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
       grads, metrics = jax.lax.scan(body, zero, micro)
       metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)  # shares of the global loss
       loss = metrics["loss"]
-    grad_norm = optax.tree.norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    grads = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
-             for k, v in state.params.items()}          # frozen modules: zeros (ignored)
     with jax.named_scope("optimizer"):
+      grad_norm = optax.tree.norm(grads)
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      grads = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
+               for k, v in state.params.items()}        # frozen modules: zeros (ignored)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
