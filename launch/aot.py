@@ -240,7 +240,8 @@ def _status(rep) -> str:
     return f"error: {rep['error']}"
   m = rep["memory"]
   if not rep["fits"]:
-    return f"does not fit ({rep.get('oom', '')}), compile {rep['compile_s']:.0f} s"
+    why = rep.get("oom") or f"peak {m['peak'] / GiB:.2f} of {m['usable'] / GiB:.2f} GiB"
+    return f"does not fit ({why}), compile {rep['compile_s']:.0f} s"
   p = rep.get("prediction", {})
   used = f"{100 * m['fraction']:.0f}% of {m['usable'] / GiB:.2f} GiB" if m.get("usable") else \
       f"{m['peak'] / GiB:.2f} GiB"
@@ -349,7 +350,7 @@ def _plot(rows, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5))
   lines = {}
   for r in rows:
     if r.get("hbm_used_gib") in ("", None) or "chips" not in r:
@@ -357,19 +358,31 @@ def _plot(rows, path):
     chip = r["topology"].split("-")[0].split(":")[0]
     lines.setdefault((r["config"], chip), []).append(r)
   markers = {"v5e": "o", "v5p": "s", "v6e": "^", "v4": "D"}
+  configs = sorted({config for config, _ in lines})
+  colors = {c: plt.cm.tab10(i % 10) for i, c in enumerate(configs)}   # one colour per model/stage
+  usable = {}
   for (config, chip), pts in sorted(lines.items()):
     pts = sorted(pts, key=lambda r: r["chips"])
     x = [r["chips"] for r in pts]
-    kw = dict(marker=markers.get(chip, "x"), label=f"{config} {chip}")
+    kw = dict(marker=markers.get(chip, "x"), color=colors[config], label=f"{config} {chip}")
     ax1.plot(x, [r["hbm_used_gib"] for r in pts], **kw)
     ax2.plot(x, [r["tokens_per_s_per_chip"] or 0 for r in pts], **kw)
+    if pts[0].get("hbm_usable_gib"):
+      usable[chip] = pts[0]["hbm_usable_gib"]
+  for chip, gib in sorted(usable.items()):   # what the compiler allows per chip
+    ax1.axhline(gib, color="grey", lw=0.8, ls="--")
+    ax1.annotate(f"{chip} usable", (1.0, gib), xycoords=("axes fraction", "data"), ha="right",
+                 va="bottom", fontsize=7, color="grey")
+  ticks = sorted({r["chips"] for pts in lines.values() for r in pts})
   ax1.set(xscale="log", xlabel="chips", ylabel="HBM per chip (GiB, compiler peak)",
-          title="memory per chip")
+          title="memory per chip (dashed: usable HBM)")
   ax2.set(xscale="log", xlabel="chips", ylabel="predicted tokens/s per chip",
           title="predicted throughput per chip")
   for ax in (ax1, ax2):
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
-  ax2.legend(fontsize=7, ncol=2)
+  ax2.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 

@@ -127,7 +127,7 @@ def main(argv):
   writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind)
-  stop = {"signal": None}
+  stop, seen_skips = {"signal": None}, int(state.skipped_total)
   signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
   try:
     with program.context():
@@ -142,10 +142,14 @@ def main(argv):
         if not (log_now or save_now):
           continue                       # metrics stay on the device until a log step
         m = jax.device_get(metrics)
+        new_skips, seen_skips = int(m["skipped_total"]) - seen_skips, int(m["skipped_total"])
         if m["skipped"]:
           log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
-                      "skipped (%d in a row)", step, m["loss"], m["grad_norm"],
-                      m["nonfinite_in_a_row"])
+                      "skipped (%d in a row, %d since the last check)", step, m["loss"],
+                      m["grad_norm"], m["nonfinite_in_a_row"], new_skips)
+        elif new_skips:
+          log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
+                      step, new_skips)
         if m["nonfinite_in_a_row"] >= cfg.max_nonfinite_in_a_row:
           log.error("stopping: %d non-finite steps in a row; the last good checkpoint is "
                     "step %s in %s", m["nonfinite_in_a_row"], mgr.latest_step(), mgr.directory)
