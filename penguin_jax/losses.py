@@ -1,7 +1,7 @@
 """Losses, as pure functions of arrays.
 
 * Language-model cross-entropy (DESIGN 2.4) with the "batch" and "sequence" reduction
-  scopes, the LM head fused into it and computed only where labels are (`lm_loss`,
+  scopes (both as the release reduces them), the LM head fused into it and computed only where labels are (`lm_loss`,
   `lm_head_cross_entropy`); denominators can be a larger batch's (gradient accumulation).
 * The reconstruction (distillation) losses of stage 1a (DESIGN 1.4): `amplitude_loss`,
   `direction_loss`, `relation_loss` (scope "image" = block-diagonal, or "batch" = the
@@ -258,10 +258,14 @@ def reduce_token_loss(token_loss, mask, segment_ids, scope: str, denominator=Non
   """Reduce per-token losses [b, s] (mask: counted tokens) by DESIGN 2.4's scopes.
 
   "batch":    sum over label tokens / number of label tokens.
-  "sequence": mean per sequence (each packed sequence separately), then mean over
-              sequences that have at least one label token.
+  "sequence": mean per sequence (each packed sequence separately), then divided by the
+              number of packed sequences, counting those without a label token too
+              (they add 0 to the sum and 1 to the count). This is the release's choice
+              (`penguinvl/model/loss.py` with the trainer's `num_items_in_batch` = number
+              of `position_ids == 0`, DESIGN 2.4), not a mean over labelled sequences.
   `denominator` replaces the count (number of label tokens / sequences) by that of a
   larger batch (gradient accumulation: every micro-batch divides by the global count).
+  Without one, the sequences are those of `segment_ids` (ids > 0; 0 is padding).
   """
   mask = mask.astype(jnp.float32)
   if scope not in ("batch", "sequence"):
@@ -277,17 +281,27 @@ def reduce_token_loss(token_loss, mask, segment_ids, scope: str, denominator=Non
 
 
 def _token_loss_count(mask, segment_ids, scope, max_segment_id=None):
-  mask = mask.astype(jnp.float32)
+  """"batch": label tokens of `mask`; "sequence": packed sequences of `segment_ids`."""
   if scope == "batch":
-    return jnp.sum(mask)
+    return jnp.sum(mask.astype(jnp.float32))
+  return sequence_count(segment_ids, max_segment_id)
+
+
+def sequence_count(segment_ids, max_segment_id=None):
+  """Number of packed sequences in [b, s] segment ids (ids > 0; 0 is padding), with or
+  without label tokens: the release's "sequence" denominator (DESIGN 2.4)."""
   key, n = _sequence_keys(segment_ids, max_segment_id)
-  return jnp.sum(jax.ops.segment_sum(mask.reshape(-1), key, num_segments=n) > 0).astype(jnp.float32)
+  present = jax.ops.segment_sum((segment_ids > 0).reshape(-1).astype(jnp.float32), key,
+                                num_segments=n)
+  return jnp.sum(present > 0).astype(jnp.float32)
 
 
 def lm_normalizer(labels, segment_ids, scope: str = "batch",
                   max_label_tokens: Optional[int] = None):
-  """The denominator of `lm_loss` for this batch, from the data alone: label tokens
-  ("batch") or sequences with a label token ("sequence")."""
+  """The denominator of `lm_loss` for this batch, from the data alone: label tokens the
+  head sees ("batch") or every packed sequence, labelled or not ("sequence")."""
+  if scope == "sequence":
+    return sequence_count(segment_ids if segment_ids is not None else jnp.ones_like(labels))
   _, targets, seg, _ = label_layout(labels, segment_ids, max_label_tokens)
   return _token_loss_count(targets != IGNORE_INDEX, seg, scope, labels.shape[1])
 
@@ -307,6 +321,8 @@ def lm_loss(hidden, labels, segment_ids, head_kernel, *, scope: str = "batch",
     hidden = jnp.take_along_axis(hidden, pos[..., None], axis=1)     # [b, k, e]
   tok = lm_head_cross_entropy(hidden, targets, head_kernel.astype(hidden.dtype), chunk_size)
   mask = targets != IGNORE_INDEX
+  if denominator is None:   # from the whole rows: a gathered row lacks label-less sequences
+    denominator = lm_normalizer(labels, segment_ids, scope, max_label_tokens)
   loss = reduce_token_loss(tok, mask, seg, scope, denominator, labels.shape[1])
   return loss, {"label_tokens": jnp.sum(mask), "dropped_label_tokens": dropped}
 

@@ -92,6 +92,33 @@ def test_lm_loss_scopes_against_torch(scope, budget):
   np.testing.assert_allclose(loss, ref, rtol=1e-5)
 
 
+@pytest.mark.parametrize("budget", [None, 6])
+def test_sequence_scope_counts_label_less_sequences_like_the_release(budget):
+  """DESIGN 2.4: the release divides each token's loss by (its sequence's label tokens x
+  the number of packed sequences, i.e. of position_ids == 0), also counting a sequence
+  without a label token. Expected value built by hand from torch's per-token CE."""
+  rs = np.random.RandomState(5)
+  s, e, v = 12, 8, 40
+  hidden = rs.randn(1, s, e).astype(np.float32)
+  w = rs.randn(e, v).astype(np.float32)
+  labels = rs.randint(0, v, size=(1, s))
+  seg = np.array([[1] * 4 + [2] * 3 + [3] * 4 + [0]])       # three sequences and padding
+  labels[0, :2] = -100                                      # sequence 1: 2 label tokens
+  labels[0, 4:7] = -100                                     # sequence 2: none (a prompt only)
+  labels[0, 7] = -100                                       # sequence 3: 3 label tokens
+  labels[0, 11] = -100
+  toks = _torch_token_ce(hidden, w, labels, seg)
+  assert sorted({g for _, g, _ in toks}) == [1, 3]           # sequence 2 adds no loss
+  n_seq = 3                                                 # position_ids == 0 three times
+  per_seq = {g: [l for _, gg, l in toks if gg == g] for g in (1, 3)}
+  expected = sum(l / (len(per_seq[g]) * n_seq) for _, g, l in toks)
+  loss, _ = losses.lm_loss(jnp.asarray(hidden), jnp.asarray(labels), jnp.asarray(seg),
+                           jnp.asarray(w), scope="sequence", chunk_size=4, max_label_tokens=budget)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  assert abs(float(loss) - np.mean([np.mean(x) for x in per_seq.values()])) > 1e-3
+  assert float(losses.lm_normalizer(jnp.asarray(labels), jnp.asarray(seg), "sequence")) == 3.0
+
+
 def test_label_budget_counts_dropped_tokens():
   hidden, w, labels, seg = _ce_setup()
   _, m = losses.lm_loss(jnp.asarray(hidden), jnp.asarray(labels), jnp.asarray(seg),
