@@ -86,6 +86,12 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.max_tokens = 64 if tiny else 10240
   c.data.fps = 1.0
   c.data.max_frames = 180
+  # Image normalisation (DESIGN 2.1). A checkpoint's preprocessor_config.json (the file or
+  # its folder, e.g. a released encoder's) wins over image_mean / image_std; the run
+  # records the values it used here, in its checkpoints' config.
+  c.data.preprocessor_config = ""
+  c.data.image_mean = (0.5, 0.5, 0.5)   # the released checkpoints' values
+  c.data.image_std = (0.5, 0.5, 0.5)
 
   c.optim = mlc.ConfigDict()
   c.optim.lr = mlc.ConfigDict({"vision_encoder": 1e-3, "vision_projector": 1e-3})

@@ -1,14 +1,17 @@
-"""Images (DESIGN 2.1): decode, resize within a token budget, CLIP normalisation, patches in
-the release's order.
+"""Images (DESIGN 2.1): decode, resize within a token budget, normalisation with the
+checkpoint's mean / std, patches in the release's order.
 
 An image is one key frame of the TRA budget (`tra.allocate_frame_sizes`) with its own merge
 size: kept at native resolution (sides rounded to multiples of 14 * merge) when the budget
 allows, else downscaled with the aspect ratio kept; bicubic resize (PIL, on uint8, as the
-release's image processor); rescale by 1/255; CLIP mean / std.
+release's image processor); rescale by 1/255; mean / std from the checkpoint's
+`preprocessor_config.json` (`read_preprocessor_config`), 0.5 / 0.5 as the released
+Penguin-Encoder and VLMs say when there is none.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 
 import numpy as np
@@ -16,9 +19,30 @@ import numpy as np
 from data_pipelines import tra
 from data_pipelines.errors import BadSample
 
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+RELEASE_MEAN = RELEASE_STD = (0.5, 0.5, 0.5)  # the released checkpoints' preprocessor_config.json
+# OpenAI-CLIP: what the release's processor class falls back to when a config omits them
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PATCH = 14
+
+
+def read_preprocessor_config(path: str):
+  """(image_mean, image_std) from a checkpoint's `preprocessor_config.json` (`path` is the
+  file or a directory holding it, e.g. a released encoder folder); None when there is none.
+  A field the file omits falls back to CLIP, as the release's processor does. Raises
+  ValueError for a patch size other than 14 or a malformed mean / std."""
+  f = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else path
+  if not os.path.isfile(f):
+    return None
+  with open(f) as fh:
+    pc = json.load(fh)
+  if pc.get("patch_size", PATCH) != PATCH:
+    raise ValueError(f"{f}: patch_size {pc['patch_size']}; Penguin-VL uses {PATCH}")
+  mean = tuple(float(x) for x in pc.get("image_mean", CLIP_MEAN))
+  std = tuple(float(x) for x in pc.get("image_std", CLIP_STD))
+  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+    raise ValueError(f"{f}: image_mean / image_std must be 3 numbers (std > 0), got {mean} / {std}")
+  return mean, std
 
 
 def load_image(path_or_bytes) -> np.ndarray:
@@ -70,12 +94,14 @@ def resize_bicubic(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
   return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
 
 
-def to_patches(frames: np.ndarray, merge_size: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+def to_patches(frames: np.ndarray, merge_size: int, mean=RELEASE_MEAN,
+               std=RELEASE_STD) -> tuple[np.ndarray, tuple[int, int, int]]:
   """uint8 [t, H, W, 3] (H, W multiples of 14 * merge) -> (float32 [t*gh*gw, 3*14*14]
   normalised patches in merge-block order, grid (t, gh, gw)). Each patch is laid out
   (channel, row, col), as the release's Conv2d patch embedding reads it."""
   t, H, W, _ = frames.shape
-  x = (frames.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD        # [t, H, W, 3]
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  x = (frames.astype(np.float32) / 255.0 - mean) / std                  # [t, H, W, 3]
   gh, gw, m = H // PATCH, W // PATCH, merge_size
   x = x.reshape(t, gh // m, m, PATCH, gw // m, m, PATCH, 3)
   x = x.transpose(0, 1, 4, 2, 5, 7, 3, 6)                               # t, bh, bw, m, m, c, p, p
@@ -83,8 +109,8 @@ def to_patches(frames: np.ndarray, merge_size: int) -> tuple[np.ndarray, tuple[i
 
 
 def process_image(rgb: np.ndarray, *, merge_size: int = 1, min_tokens: int = 16,
-                  max_tokens: int = 16384):
+                  max_tokens: int = 16384, mean=RELEASE_MEAN, std=RELEASE_STD):
   """uint8 [H, W, 3] -> (patches [n, 588], grid (1, gh, gw)); n / merge^2 LLM tokens."""
   h, w = rgb.shape[:2]
   th, tw = target_size(h, w, merge_size, min_tokens, max_tokens)
-  return to_patches(resize_bicubic(rgb, th, tw)[None], merge_size)
+  return to_patches(resize_bicubic(rgb, th, tw)[None], merge_size, mean, std)

@@ -30,6 +30,8 @@ class SampleConfig:
   max_frames: int = 180
   use_tra: bool = True
   max_length: Optional[int] = None   # text tokens (incl. visual tokens); None: no limit
+  image_mean: tuple = images.RELEASE_MEAN   # normalisation (DESIGN 2.1): the checkpoint's
+  image_std: tuple = images.RELEASE_STD     # preprocessor_config.json, else the release's 0.5
 
 
 def media_of(sample: dict) -> tuple[list, list]:
@@ -62,7 +64,8 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
     patches, grids, merges, visuals = [], [], [], []
     for rgb in image_arrays:
       p, g = images.process_image(rgb, merge_size=cfg.image_merge_size,
-                                  min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens)
+                                  min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens,
+                                  mean=cfg.image_mean, std=cfg.image_std)
       patches.append(p)
       grids.append(g)
       merges.append(cfg.image_merge_size)
@@ -70,7 +73,8 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
     if video_frames is not None:
       p, gs, _ = video.process_video(video_frames, merge_size=cfg.video_merge_size,
                                      min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens,
-                                     use_tra=cfg.use_tra)
+                                     use_tra=cfg.use_tra, mean=cfg.image_mean,
+                                     std=cfg.image_std)
       patches.append(p)
       grids += gs
       merges += [cfg.video_merge_size] * len(gs)

@@ -75,7 +75,8 @@ def load_video(path, fps: float = 1.0, max_frames: int = 180):
 
 
 def process_video(frames: np.ndarray, *, merge_size: int = 2, min_tokens: int = 16,
-                  max_tokens: int = 16384, use_tra: bool = True):
+                  max_tokens: int = 16384, use_tra: bool = True,
+                  mean=images.RELEASE_MEAN, std=images.RELEASE_STD):
   """uint8 [N, H, W, 3] -> (patches [sum, 588], per-frame grids [(1, gh, gw)], frame types).
 
   TRA on: key frames by `tra.detect_key_frames`, intermediates get 1/16 of the area.
@@ -88,7 +89,7 @@ def process_video(frames: np.ndarray, *, merge_size: int = 2, min_tokens: int = 
                                    max_tokens=max_tokens)
   patches, grids = [], []
   for frame, (th, tw) in zip(frames, sizes):
-    p, g = images.to_patches(images.resize_bicubic(frame, th, tw)[None], merge_size)
+    p, g = images.to_patches(images.resize_bicubic(frame, th, tw)[None], merge_size, mean, std)
     patches.append(p)
     grids.append(g)
   return np.concatenate(patches), grids, types

@@ -53,11 +53,20 @@ def prepare_data(cfg, workdir: str):
   from jax.experimental import multihost_utils
   from data_pipelines import build as build_lib, demo_data, sample as sample_lib
   from data_pipelines.tokenizer import Qwen3Tokenizer, SentencePieceTokenizer
+  from data_pipelines.images import read_preprocessor_config
   d = cfg.data
+  if d.preprocessor_config:
+    norm = read_preprocessor_config(d.preprocessor_config)
+    if norm is None:
+      raise FileNotFoundError(f"config.data.preprocessor_config: no preprocessor_config.json "
+                              f"at {d.preprocessor_config}")
+    d.image_mean, d.image_std = norm   # recorded in the run's config (its checkpoints)
+    log.info("image normalisation from %s: mean %s, std %s", d.preprocessor_config, *norm)
   scfg = sample_lib.SampleConfig(image_merge_size=d.image_merge_size,
                                  video_merge_size=d.video_merge_size, min_tokens=d.min_tokens,
                                  max_tokens=d.max_tokens, fps=d.fps, max_frames=d.max_frames,
-                                 max_length=d.seq_len)
+                                 max_length=d.seq_len, image_mean=tuple(d.image_mean),
+                                 image_std=tuple(d.image_std))
   if not d.demo:
     if not d.train_files:
       raise ValueError("config.data.train_files is empty: build shards with "
