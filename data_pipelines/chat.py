@@ -29,6 +29,26 @@ from data_pipelines.tokenizer import IMAGE_TOKEN, Tokenizer
 IGNORE_INDEX = -100
 VIDEO_TAG = "<video>"
 THINK_SCAFFOLD = "<think>\n\n</think>\n\n"
+# The same format as a Jinja chat template, for exported tokenizers
+# (`tokenizer.apply_chat_template`): `<|im_start|>{role}\n{content}<|im_end|>\n` per
+# message; list content as the release's template writes it (an image item is `<image>\n`,
+# to be expanded to the image's tokens by the processor); the generation prompt opens an
+# assistant turn with the empty think block unless `enable_thinking` (Qwen3's name) or
+# `add_think_prompt` (the release's) is true.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' -}}"
+    "{%- if message['content'] is string -%}{{- message['content'] -}}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{- '<image>\n' -}}"
+    "{%- elif item['type'] == 'text' -%}{{- item['text'] -}}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}"
+    "{%- if not ((enable_thinking is defined and enable_thinking) or "
+    "(add_think_prompt is defined and add_think_prompt)) -%}"
+    "{{- '<think>\n\n</think>\n\n' -}}{%- endif -%}{%- endif -%}")
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
 

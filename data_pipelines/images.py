@@ -11,38 +11,16 @@ Penguin-Encoder and VLMs say when there is none.
 from __future__ import annotations
 
 import io
-import json
 import os
 
 import numpy as np
 
 from data_pipelines import tra
 from data_pipelines.errors import BadSample
-
-RELEASE_MEAN = RELEASE_STD = (0.5, 0.5, 0.5)  # the released checkpoints' preprocessor_config.json
-# OpenAI-CLIP: what the release's processor class falls back to when a config omits them
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PATCH = 14
-
-
-def read_preprocessor_config(path: str):
-  """(image_mean, image_std) from a checkpoint's `preprocessor_config.json` (`path` is the
-  file or a directory holding it, e.g. a released encoder folder); None when there is none.
-  A field the file omits falls back to CLIP, as the release's processor does. Raises
-  ValueError for a patch size other than 14 or a malformed mean / std."""
-  f = os.path.join(path, "preprocessor_config.json") if os.path.isdir(path) else path
-  if not os.path.isfile(f):
-    return None
-  with open(f) as fh:
-    pc = json.load(fh)
-  if pc.get("patch_size", PATCH) != PATCH:
-    raise ValueError(f"{f}: patch_size {pc['patch_size']}; Penguin-VL uses {PATCH}")
-  mean = tuple(float(x) for x in pc.get("image_mean", CLIP_MEAN))
-  std = tuple(float(x) for x in pc.get("image_std", CLIP_STD))
-  if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-    raise ValueError(f"{f}: image_mean / image_std must be 3 numbers (std > 0), got {mean} / {std}")
-  return mean, std
+# The normalisation constants and the checkpoint's preprocessor_config.json live with the
+# other checkpoint files' code (penguin_jax/preprocessor.py); re-exported here.
+from penguin_jax.preprocessor import CLIP_MEAN, CLIP_STD, PATCH, RELEASE_MEAN, RELEASE_STD  # noqa: F401
+from penguin_jax.preprocessor import read as read_preprocessor_config  # noqa: F401
 
 
 def load_image(path_or_bytes) -> np.ndarray:

@@ -192,3 +192,74 @@ class SentencePieceTokenizer:
 
   def token_to_id(self, token: str) -> int:
     return _token_to_id(self, token)
+
+
+# --------------------------------------------------------------------------- HF export
+def _hf_backend(tok) -> "tokenizers.Tokenizer":
+  """The tokenizer as a `tokenizers.Tokenizer` that encodes text to the same ids.
+  Qwen3: the loaded tokenizer.json, or the offline vocabulary's ranks turned into BPE
+  merges by transformers' own converter, with Qwen's NFC. SentencePiece: its BPE pieces
+  and merges (transformers' extractor) with SentencePiece's whitespace handling as this
+  project trains it (spaces become "▁" and start a piece, no dummy prefix, byte
+  fallback); the chat symbols are added tokens, split off first as SentencePiece does."""
+  try:
+    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor, TikTokenConverter
+  except ImportError as e:
+    raise ImportError("exporting a tokenizer needs transformers: pip install transformers") from e
+  if isinstance(tok, Qwen3Tokenizer):
+    if tok.kind == "tokenizers":
+      return HFTokenizer.from_str(tok._b.to_str())
+    t = TikTokenConverter(vocab_file=default_vocab_file(), pattern=QWEN_PATTERN,
+                          extra_special_tokens=list(QWEN3_SPECIAL_TOKENS) + [IMAGE_TOKEN]).converted()
+    t.normalizer = normalizers.NFC()
+    return t
+  ex = SentencePieceExtractor(tok.model_file)
+  kw = ex.extract(BPE)
+  t = HFTokenizer(BPE(kw["vocab"], kw["merges"], unk_token=ex.proto.trainer_spec.unk_piece,
+                      fuse_unk=True, byte_fallback=True))
+  t.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+  t.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+  t.add_tokens([AddedToken(a.content, normalized=False, special=a.content != "\n")
+                for a in kw["additional_special_tokens"]])
+  return t
+
+
+def save_hf(tok, out_dir: str, chat_template: str, model_max_length: int) -> list[str]:
+  """Write the tokenizer as `transformers.AutoTokenizer.from_pretrained(out_dir)` loads
+  it: tokenizer.json, tokenizer_config.json (added tokens with `<image>` special, the chat
+  template, eos / pad) and, for Qwen3, vocab.json + merges.txt for the slow
+  `Qwen2Tokenizer` (the release loads it with use_fast=False). Returns the files."""
+  import json
+  os.makedirs(out_dir, exist_ok=True)
+  t = _hf_backend(tok)
+  files = [os.path.join(out_dir, "tokenizer.json")]
+  t.save(files[0])
+  qwen = isinstance(tok, Qwen3Tokenizer)
+  if qwen:
+    files += t.model.save(out_dir)          # vocab.json, merges.txt
+  added = {str(i): {"content": a.content, "lstrip": False, "normalized": False, "rstrip": False,
+                    "single_word": False, "special": a.special}
+           for i, a in sorted(t.get_added_tokens_decoder().items())}
+  specials = [a["content"] for a in added.values() if a["special"]]
+  cfg = {
+      "tokenizer_class": "Qwen2Tokenizer" if qwen else "PreTrainedTokenizerFast",
+      "added_tokens_decoder": added,
+      "additional_special_tokens": [s for s in specials if s not in ("<|endoftext|>", "<|im_end|>")],
+      "bos_token": None,
+      "eos_token": "<|im_end|>",
+      "pad_token": "<|endoftext|>",
+      "unk_token": None if qwen else "<unk>",
+      "chat_template": chat_template,
+      "model_max_length": int(model_max_length),
+      "clean_up_tokenization_spaces": False,
+      "split_special_tokens": False,
+      "add_bos_token": False,
+      "add_prefix_space": False,
+      "errors": "replace",
+  }
+  files.append(os.path.join(out_dir, "tokenizer_config.json"))
+  with open(files[-1], "w") as f:
+    json.dump(cfg, f, indent=2, ensure_ascii=False)
+  return files

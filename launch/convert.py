@@ -3,6 +3,15 @@
   python -m launch.convert hf-to-orbax --hf_dir=Qwen3-1.7B --out=ckpt/qwen3_1_7b [--dtype=bfloat16] [--scan_layers]
   python -m launch.convert orbax-to-hf --ckpt=ckpt/qwen3_1_7b --out=hf_out [--dtype=bfloat16]
   python -m launch.convert qwen3-to-encoder --hf_dir=Qwen3-0.6B --out=penguin_encoder_init
+  python -m launch.convert workdir-to-hf --workdir=/tmp/stage3 --out=penguin_vl_hf [--step=N]
+      [--dtype=bfloat16] [--keep_distill_head] [--encoder_ref=ORG/NAME]
+
+`workdir-to-hf` exports a training run (any stage, any mesh, scanned or not; the latest
+checkpoint or --step) to a folder that the release's `PenguinVLQwen3ForCausalLM` /
+`load_pretrained_model` and `penguin_jax.from_pretrained` load as it is: config.json,
+safetensors, the encoder folder `penguin_encoder/` (config, preprocessor_config with the
+run's normalisation, weights), the tokenizer with `<image>` and the chat template, and a
+README.md. Only the parameters are read from the checkpoint (no optimizer state).
 
 The HF side is config.json + safetensors in the release's layout (DESIGN.md 1.5); the
 model_type (qwen3, penguinvl_vision_encoder, penguinvl_qwen3) picks the model.
@@ -43,8 +52,23 @@ def main(argv=None) -> int:
   c.add_argument("--out", required=True)
   c.add_argument("--seed", type=int, default=0)
   c.add_argument("--patch_size", type=int, default=14)
+  w = sub.add_parser("workdir-to-hf", help="training run -> HF directory the release loads")
+  w.add_argument("--workdir", required=True, help="the run's workdir (or its checkpoints folder)")
+  w.add_argument("--out", required=True)
+  w.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  w.add_argument("--dtype", default="bfloat16", help="tensor dtype (default bfloat16, as released)")
+  w.add_argument("--keep_distill_head", action="store_true",
+                 help="keep the stage-1 distill head (dropped by default: inference does not use it)")
+  w.add_argument("--teacher", default=None,
+                 help="with --keep_distill_head: the release's `vision_encoder_teacher` "
+                      "(default DAMO-NLP-SG/VL3-SigLIP-NaViT)")
+  w.add_argument("--encoder_ref", default=None,
+                 help="what config.json names as the encoder (default: the exported encoder "
+                      "folder's absolute path; give the hub id when you publish it)")
+  w.add_argument("--max_shard_gb", type=float, default=5.0)
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
+  logging.getLogger("absl").setLevel(logging.ERROR)
 
   from penguin_jax import checkpoints, hf  # after arg parsing: --help stays fast
   t0 = time.time()
@@ -57,6 +81,8 @@ def main(argv=None) -> int:
       model, params = checkpoints.load_params(args.ckpt)
       hf.save_pretrained(model, params, args.out, dtype=_dtype(args.dtype),
                          max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
+    elif args.cmd == "workdir-to-hf":
+      model, params = export_run(args)
     else:
       model, params = hf.encoder_from_qwen3(args.hf_dir, jax.random.PRNGKey(args.seed),
                                             patch_size=args.patch_size)
@@ -68,6 +94,80 @@ def main(argv=None) -> int:
   print(f"{args.cmd}: {type(model).__name__} with {n:,} parameters -> {args.out} "
         f"({time.time() - t0:.1f}s)")
   return 0
+
+
+def export_run(args):
+  """`workdir-to-hf`: the run's parameters, config and tokenizer -> an HF directory."""
+  import dataclasses
+  import os
+  from ml_collections import ConfigDict
+  from data_pipelines.chat import CHAT_TEMPLATE
+  from data_pipelines.tokenizer import save_hf
+  from launch.train import run_tokenizer
+  from penguin_jax import hf, preprocessor
+  from penguin_jax.train import checkpoint as ckpt
+  from penguin_jax.train.program import model_config
+
+  dtype = _dtype(args.dtype)
+  step, run, params = ckpt.read_run(args.workdir, args.step, dtype=dtype)
+  cfg = ConfigDict(run)
+  workdir = args.workdir.rstrip("/")
+  if os.path.basename(workdir) == "checkpoints":
+    workdir = os.path.dirname(workdir)
+  tok = run_tokenizer(cfg, workdir)
+  vocab = params["llm"]["embed_tokens"]["embedding"].shape[0]
+  vcfg, _ = model_config(cfg, vocab_size=vocab, image_token_id=tok.image_token_id)
+  has_head = "vision_distill_layer" in params
+  if args.keep_distill_head and not has_head:
+    raise ValueError(f"{args.workdir}: --keep_distill_head, but this run ({cfg.stage}) has no "
+                     "distill head")
+  if has_head and not args.keep_distill_head:
+    params = {k: v for k, v in params.items() if k != "vision_distill_layer"}
+    vcfg = dataclasses.replace(vcfg, teacher_hidden_size=None)
+    logging.info("distill head dropped (inference does not use it; --keep_distill_head keeps it)")
+  elif has_head:
+    vcfg = dataclasses.replace(vcfg, teacher_name=args.teacher or vcfg.teacher_name)
+  d = cfg.data
+  model = hf.build_model(vcfg)
+  hf.save_pretrained(
+      model, params, args.out, dtype=dtype, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3),
+      encoder_ref=args.encoder_ref,
+      preprocessor_config=preprocessor.make(d.image_mean, d.image_std, d.min_tokens, d.max_tokens),
+      extra_config={"loss_reduction_scope": cfg.loss.scope, "tokenizer_model_max_length": d.seq_len,
+                    "max_frames": d.max_frames, "penguin_jax_run": {
+                        "workdir": os.path.abspath(workdir), "stage": cfg.stage,
+                        "variant": cfg.variant, "step": step}})
+  save_hf(tok, args.out, CHAT_TEMPLATE, d.seq_len)
+  with open(os.path.join(args.out, "README.md"), "w") as f:
+    f.write(_README.format(stage=cfg.stage, variant=cfg.variant, step=step,
+                           workdir=os.path.abspath(workdir), dtype=np_name(dtype),
+                           head="kept" if has_head and args.keep_distill_head else "none",
+                           out=os.path.abspath(args.out)))
+  return model, params
+
+
+def np_name(dtype) -> str:
+  import numpy as np
+  return np.dtype(dtype).name
+
+
+_README = """# Penguin-VL, exported by penguin-jax
+
+- run: `{workdir}`, stage `{stage}:{variant}`, step {step}
+- tensors: {dtype}; distill head: {head}
+- encoder: `penguin_encoder/` (a standalone Penguin-Encoder checkpoint; `mm_vision_encoder`
+  in config.json names it by absolute path: after moving this folder, export again or
+  point it to the new place)
+
+PyTorch, with the Penguin-VL release (github tencent-ailab/Penguin-VL) on the path:
+
+```python
+from penguinvl.model import load_pretrained_model
+tokenizer, model, processor, _ = load_pretrained_model("{out}", None, "penguinvl", device_map="cpu")
+```
+
+JAX: `model, params = penguin_jax.from_pretrained("{out}")`.
+"""
 
 
 if __name__ == "__main__":

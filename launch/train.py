@@ -46,13 +46,26 @@ def _setup_jax():
   return jax
 
 
+def run_tokenizer(cfg, workdir: str):
+  """The tokenizer a run trains with: the demo corpus's SentencePiece model (built by
+  `prepare_data`), else the Qwen3 tokenizer of `data.tokenizer` (offline when empty)."""
+  from data_pipelines.tokenizer import Qwen3Tokenizer, SentencePieceTokenizer
+  d = cfg.data
+  if d.demo:
+    spm = os.path.join(d.demo_dir or os.path.join(workdir, "demo_data"), "spm.model")
+    if not os.path.isfile(spm):
+      raise FileNotFoundError(f"{spm}: the demo tokenizer of this run is missing")
+    return SentencePieceTokenizer(spm)
+  return Qwen3Tokenizer.load(d.tokenizer or None)
+
+
 def prepare_data(cfg, workdir: str):
   """-> (ArrayRecord paths, tokenizer, SampleConfig). For `data.demo`, generates the demo
   corpus, trains a small SentencePiece tokenizer on it and builds it (once, process 0)."""
   import jax
   from jax.experimental import multihost_utils
   from data_pipelines import build as build_lib, demo_data, sample as sample_lib
-  from data_pipelines.tokenizer import Qwen3Tokenizer, SentencePieceTokenizer
+  from data_pipelines.tokenizer import SentencePieceTokenizer
   from data_pipelines.images import read_preprocessor_config
   d = cfg.data
   if d.preprocessor_config:
@@ -75,7 +88,7 @@ def prepare_data(cfg, workdir: str):
     if missing:
       raise FileNotFoundError(f"config.data.train_files: {len(missing)} of "
                               f"{len(d.train_files)} files not found, e.g. {missing[0]}")
-    return list(d.train_files), Qwen3Tokenizer.load(d.tokenizer or None), scfg
+    return list(d.train_files), run_tokenizer(cfg, workdir), scfg
   root = d.demo_dir or os.path.join(workdir, "demo_data")
   done = os.path.join(root, "ready.json")
   if jax.process_index() == 0 and not os.path.isfile(done):
@@ -92,8 +105,7 @@ def prepare_data(cfg, workdir: str):
   multihost_utils.sync_global_devices("demo data")
   with open(done) as f:
     stats = json.load(f)
-  tok = SentencePieceTokenizer(os.path.join(root, "spm.model"))
-  return [os.path.join(root, "ar", s) for s in stats["shards"]], tok, scfg
+  return [os.path.join(root, "ar", s) for s in stats["shards"]], run_tokenizer(cfg, workdir), scfg
 
 
 def build_program(cfg, image_token_id=None):

@@ -169,6 +169,12 @@ class EncoderConfig(TransformerConfig):
     return cls(**{k: getattr(llm, k) for k in fields}, patch_size=patch_size)
 
 
+# DESIGN 1.5 / 1.6: the names the release writes for the encoder and the stage-1 teacher.
+RELEASE_ENCODER = "tencent/Penguin-Encoder"
+RELEASE_TEACHER = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
+ENCODER_DIRNAME = "penguin_encoder"   # our exports' encoder folder; the release needs "penguin"
+
+
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
   """Penguin-VL: encoder -> merge -> projector -> Qwen3 (DESIGN 1)."""
@@ -179,13 +185,20 @@ class VLMConfig:
   # Width of the frozen teacher for the reconstruction losses (DESIGN 1.4); None: no
   # distill head. 1152 for the release's VL3-SigLIP-NaViT.
   teacher_hidden_size: Optional[int] = None
+  # The release's `vision_encoder_teacher`: the teacher's hub id or folder (stage 1).
+  teacher_name: str = RELEASE_TEACHER
 
   def replace_runtime(self, **runtime) -> "VLMConfig":
     """Set runtime fields (dtype, attention, ...) on both towers at once."""
     return dataclasses.replace(self, llm=dataclasses.replace(self.llm, **runtime),
                                encoder=dataclasses.replace(self.encoder, **runtime))
 
-  def to_hf_dict(self) -> dict:
+  def to_hf_dict(self, encoder_ref: str = ENCODER_DIRNAME) -> dict:
+    """The release's config.json (DESIGN 1.5). `encoder_ref` is what the release resolves
+    to the encoder's folder (a hub id, or a path it reads from the working directory):
+    `mm_vision_encoder` and `vision_encoder` both name it. The encoder's own config is
+    also kept inline (`vision_encoder_config`, ignored by the release) so that the folder
+    alone describes the model."""
     d = self.llm.to_hf_dict()
     d.update(
         model_type=VLM_MODEL_TYPE,
@@ -193,34 +206,43 @@ class VLMConfig:
         image_token_index=self.image_token_index,
         vision_projector_type=self.projector_type,
         vision_hidden_size=self.encoder.hidden_size,
-        # The release names a separate encoder directory in `vision_encoder`; we also keep
-        # the encoder's own config inline so one directory is self-contained.
-        vision_encoder="vision_encoder",
+        mm_vision_encoder=encoder_ref,     # read first; its presence makes the release build the encoder
+        vision_encoder=encoder_ref,
+        mm_vision_select_layer=-1,
+        mm_vision_select_feature="patch",
         vision_encoder_config=self.encoder.to_hf_dict(),
         use_reconstruct=self.teacher_hidden_size is not None,
     )
-    if self.teacher_hidden_size is not None:
-      d["teacher_hidden_size"] = self.teacher_hidden_size
+    if self.teacher_hidden_size is not None:   # the release requires a teacher to build
+      d.update(vision_encoder_teacher=self.teacher_name,
+               teacher_hidden_size=self.teacher_hidden_size)
     return d
 
   @classmethod
-  def from_hf_dict(cls, d: dict, encoder_dict: Optional[dict] = None, **runtime) -> "VLMConfig":
+  def from_hf_dict(cls, d: dict, encoder_dict: Optional[dict] = None,
+                   teacher_hidden_size: Optional[int] = None, **runtime) -> "VLMConfig":
+    """`encoder_dict`: the encoder folder's config.json (else the inline copy).
+    `teacher_hidden_size`: the distill head's width when the config says
+    `use_reconstruct` without one (released stage-1 configs; hf.py reads it from the
+    tensors)."""
     enc = encoder_dict if encoder_dict is not None else d.get("vision_encoder_config")
     if enc is None:
       raise ValueError(
           "penguinvl_qwen3 config.json has no `vision_encoder_config` and no encoder "
-          "config.json was found at its `vision_encoder` path "
-          f"({d.get('vision_encoder')!r}); put the encoder's config.json there.")
+          f"config.json was found for {d.get('mm_vision_encoder') or d.get('vision_encoder')!r}")
+    width = d.get("teacher_hidden_size") or teacher_hidden_size
     return cls(
         llm=Qwen3Config.from_hf_dict(d, **runtime),
         encoder=EncoderConfig.from_hf_dict(enc, **runtime),
         projector_type=d.get("vision_projector_type", "mlp2x_gelu"),
         image_token_index=int(d.get("image_token_index", 151_669)),
-        teacher_hidden_size=d.get("teacher_hidden_size"),
+        teacher_hidden_size=int(width) if d.get("use_reconstruct") and width else None,
+        teacher_name=d.get("vision_encoder_teacher") or RELEASE_TEACHER,
     )
 
 
-def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None, **runtime):
+def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None,
+                        teacher_hidden_size: Optional[int] = None, **runtime):
   """The config for a `config.json` dict, dispatched on its `model_type`."""
   mt = d.get("model_type")
   if mt == LLM_MODEL_TYPE:
@@ -228,7 +250,7 @@ def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None, **runtime)
   if mt == ENCODER_MODEL_TYPE:
     return EncoderConfig.from_hf_dict(d, **runtime)
   if mt == VLM_MODEL_TYPE:
-    return VLMConfig.from_hf_dict(d, encoder_dict, **runtime)
+    return VLMConfig.from_hf_dict(d, encoder_dict, teacher_hidden_size, **runtime)
   raise ValueError(f"unknown model_type {mt!r}; expected one of {LLM_MODEL_TYPE!r}, "
                    f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}")
 

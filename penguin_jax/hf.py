@@ -29,9 +29,10 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from penguin_jax import safetensors_io
-from penguin_jax.configs import (LLM_MODEL_TYPE, VLM_MODEL_TYPE, EncoderConfig, Qwen3Config,
-                                 VLMConfig, config_from_hf_dict)
+from penguin_jax import preprocessor, safetensors_io
+from penguin_jax.configs import (ENCODER_DIRNAME, ENCODER_MODEL_TYPE, LLM_MODEL_TYPE,
+                                 VLM_MODEL_TYPE, EncoderConfig, Qwen3Config, VLMConfig,
+                                 config_from_hf_dict)
 from penguin_jax.encoder import PenguinEncoder
 from penguin_jax.qwen3 import Qwen3ForCausalLM
 from penguin_jax.teacher import TeacherConfig
@@ -40,6 +41,11 @@ from penguin_jax.vlm import PenguinVL, dummy_inputs
 log = logging.getLogger(__name__)
 
 VLM_ENCODER_PREFIX = "model.vision_encoder.vision_encoder."
+DISTILL_KEY = "vision_distill_layer.weight"   # an attribute of the release's ForCausalLM
+# Other spellings of a tensor met in checkpoints -> ours (DESIGN 1.5 writes the distill
+# head under `model.`; the release's module puts it at the top level).
+KEY_ALIASES = {"model.vision_distill_layer.weight": "vision_distill_layer.weight",
+               "model.vision_distill_layer.bias": "vision_distill_layer.bias"}
 
 
 class Entry(NamedTuple):
@@ -255,21 +261,26 @@ def hf_to_params(tensors: dict[str, np.ndarray], cfg, dtype=None, source: str = 
     raise AssertionError(f"key map misses parameters {sorted(missing_paths)[:5]}")
   unused = [k for k in tensors if k not in used]
   if unused:
-    log.info("%s: %d tensors not used by this model (e.g. %s)", source, len(unused), unused[:3])
+    log.warning("%s: %d tensor(s) loaded by no module of this model and ignored: %s%s",
+                source, len(unused), ", ".join(unused[:8]), " ..." if len(unused) > 8 else "")
   return scan_layout(traverse_util.unflatten_dict(flat), cfg)
 
 
-def params_to_hf(params: dict, cfg, dtype=None) -> dict[str, np.ndarray]:
-  """Our parameter tree -> HF tensors (NumPy)."""
+def _hf_tensors(params: dict, cfg, entries: list[Entry], dtype=None):
+  """(HF key, NumPy tensor) one at a time, so that a writer holds one shard, not a copy
+  of the model (the layers of a scanned model are views of the stacked arrays)."""
   flat = traverse_util.flatten_dict(unscan_layout(jax.device_get(params), cfg))
-  out = {}
-  for e in _entries(cfg):
+  for e in entries:
     if e.path not in flat:
       raise KeyError(f"parameter {'/'.join(e.path)} missing for HF key {e.hf_key!r}")
     x = np.asarray(flat[e.path])
     x = _to_hf(e, x, _hf_shape(e, x.shape))
-    out[e.hf_key] = np.ascontiguousarray(x.astype(dtype) if dtype is not None else x)
-  return out
+    yield e.hf_key, np.ascontiguousarray(x.astype(dtype) if dtype is not None else x)
+
+
+def params_to_hf(params: dict, cfg, dtype=None) -> dict[str, np.ndarray]:
+  """Our parameter tree -> HF tensors (NumPy)."""
+  return dict(_hf_tensors(params, cfg, _entries(cfg), dtype))
 
 
 # --------------------------------------------------------------------------- files
@@ -302,75 +313,190 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
   return out
 
 
-def config_from_hf(path: str, **runtime):
+def hf_cache_dirs() -> list[str]:
+  """Where Hugging Face keeps downloaded models: $HF_HUB_CACHE, else $HF_HOME/hub, else
+  ~/.cache/huggingface/hub (huggingface_hub's order)."""
+  if os.environ.get("HF_HUB_CACHE"):
+    return [os.environ["HF_HUB_CACHE"]]
+  home = os.environ.get("HF_HOME") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+  return [os.path.join(home, "hub")]
+
+
+def _cached_snapshot(repo_id: str) -> list[str]:
+  """The snapshot folders of `ORG/NAME` in the local HF cache, the `main` one first."""
+  out = []
+  for cache in hf_cache_dirs():
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    ref = os.path.join(repo, "refs", "main")
+    if os.path.isfile(ref):
+      with open(ref) as f:
+        out.append(os.path.join(repo, "snapshots", f.read().strip()))
+    out += sorted(glob.glob(os.path.join(repo, "snapshots", "*")), key=os.path.getmtime,
+                  reverse=True)
+  return out or [os.path.join(hf_cache_dirs()[0], "models--" + repo_id.replace("/", "--"),
+                              "snapshots", "*")]
+
+
+def encoder_dir_candidates(model_dir: str, d: dict) -> list[str]:
+  """Where a VLM config.json's encoder may be, in the order tried: the model folder (the
+  name relative to it, then its last component: an exported folder that was moved), the
+  name as the release reads it (absolute, or from the working directory), and the local
+  HF cache for a hub id. `mm_vision_encoder` first, as the release reads it."""
+  out = []
+  for name in dict.fromkeys(n for n in (d.get("mm_vision_encoder"), d.get("vision_encoder"))
+                            if isinstance(n, str) and n):
+    if not os.path.isabs(name):
+      out.append(os.path.join(model_dir, name))
+    out.append(os.path.join(model_dir, os.path.basename(name.rstrip("/"))))
+    out.append(os.path.abspath(name))
+    if not os.path.isabs(name) and name.count("/") == 1 and not name.startswith("."):
+      out += _cached_snapshot(name)
+  return list(dict.fromkeys(out))
+
+
+def resolve_encoder_dir(model_dir: str, d: dict, vision_encoder_dir: Optional[str] = None):
+  """The encoder folder of a VLM directory (with its config.json), or None when none is
+  found but the config carries the encoder's config inline. Raises FileNotFoundError
+  listing the places looked at."""
+  looked = [vision_encoder_dir] if vision_encoder_dir else encoder_dir_candidates(model_dir, d)
+  for c in looked:
+    if os.path.isfile(os.path.join(c, "config.json")):
+      return c
+  if vision_encoder_dir or "vision_encoder_config" not in d:
+    name = d.get("mm_vision_encoder") or d.get("vision_encoder")
+    raise FileNotFoundError(
+        f"{model_dir}: vision encoder {name!r} not found; looked for config.json in "
+        + ", ".join(looked) + ". Download it (huggingface-cli download NAME), or pass "
+        "vision_encoder_dir=FOLDER")
+  return None
+
+
+def config_from_hf(path: str, vision_encoder_dir: Optional[str] = None,
+                   tensors: Optional[dict] = None, **runtime):
   """Our config for an HF directory, dispatched on `model_type`. A VLM's encoder config
-  comes from `vision_encoder_config`, else from the `vision_encoder` sub-directory."""
+  comes from its encoder folder (`resolve_encoder_dir`), else the inline
+  `vision_encoder_config`; a stage-1 config (`use_reconstruct`) gets its distill head's
+  width from `tensors` when it does not state one (released configs name the teacher)."""
   d = read_config(path)
-  enc = None
-  if (d.get("model_type") == VLM_MODEL_TYPE and "vision_encoder_config" not in d
-      and isinstance(d.get("vision_encoder"), str)):
-    cand = os.path.join(path, d["vision_encoder"])
-    if os.path.isfile(os.path.join(cand, "config.json")):
-      enc = read_config(cand)
+  enc, width = None, None
+  if d.get("model_type") == VLM_MODEL_TYPE:
+    enc_dir = resolve_encoder_dir(path, d, vision_encoder_dir)
+    if enc_dir is not None:
+      enc = read_config(enc_dir)
+      if enc.get("model_type") != ENCODER_MODEL_TYPE:
+        log.warning("%s: encoder config model_type %r, expected %r", enc_dir,
+                    enc.get("model_type"), ENCODER_MODEL_TYPE)
+    if d.get("use_reconstruct") and tensors is not None and DISTILL_KEY in tensors:
+      width = int(tensors[DISTILL_KEY].shape[0])   # PyTorch Linear: (out = teacher width, in)
   try:
-    return config_from_hf_dict(d, enc, **runtime)
+    return config_from_hf_dict(d, enc, teacher_hidden_size=width, **runtime)
   except ValueError as e:
     raise ValueError(f"{path}: {e}") from None
 
 
-def from_pretrained(path: str, dtype=jnp.float32, **runtime):
-  """Load an HF directory -> (model, params).
+def from_pretrained(path: str, dtype=jnp.float32, vision_encoder_dir: Optional[str] = None,
+                    **runtime):
+  """Load an HF directory -> (model, params): ours, or one laid out as the release
+  publishes it (encoder named by hub id, found in the local HF cache).
 
   `dtype` is the parameter dtype (also the compute dtype unless `runtime` says
   otherwise); `runtime` sets other runtime fields, e.g. attention="splash", scan_layers=True.
+  `vision_encoder_dir` overrides where a VLM's encoder folder is looked for.
   """
   runtime = {"param_dtype": dtype, "dtype": runtime.pop("compute_dtype", dtype), **runtime}
-  cfg = config_from_hf(path, **runtime)
-  params = hf_to_params(read_tensors(path), cfg, dtype=np.dtype(dtype), source=path)
+  tensors = {KEY_ALIASES.get(k, k): v for k, v in read_tensors(path).items()}
+  cfg = config_from_hf(path, vision_encoder_dir, tensors, **runtime)
+  params = hf_to_params(tensors, cfg, dtype=np.dtype(dtype), source=path)
   return build_model(cfg), jax.tree.map(jnp.asarray, params)
 
 
-def save_pretrained(model, params, out_dir: str, dtype=None,
-                    max_shard_bytes: int = 5 * 1024 ** 3) -> str:
-  """Write `config.json` + safetensors (sharded with an index above `max_shard_bytes`).
-  An LLM loads in transformers' Qwen3ForCausalLM; a VLM uses the release's key names."""
-  cfg = model.cfg
-  os.makedirs(out_dir, exist_ok=True)
-  tensors = params_to_hf(params, cfg, dtype=dtype)
-  hf_cfg = cfg.to_hf_dict()
-  if dtype is not None:
-    hf_cfg["torch_dtype"] = np.dtype(dtype).name
-  else:
-    hf_cfg["torch_dtype"] = np.dtype(next(iter(tensors.values())).dtype).name
-  with open(os.path.join(out_dir, "config.json"), "w") as fh:
-    json.dump(hf_cfg, fh, indent=2)
-  if isinstance(cfg, VLMConfig):  # the release reads the encoder's config from here
-    enc_dir = os.path.join(out_dir, hf_cfg["vision_encoder"])
-    os.makedirs(enc_dir, exist_ok=True)
-    with open(os.path.join(enc_dir, "config.json"), "w") as fh:
-      json.dump(cfg.encoder.to_hf_dict(), fh, indent=2)
-  shards, cur, size = [], {}, 0
-  for k in tensors:  # insertion order = key map order: layers stay together
-    if cur and size + tensors[k].nbytes > max_shard_bytes:
-      shards.append(cur)
-      cur, size = {}, 0
-    cur[k] = tensors[k]
-    size += tensors[k].nbytes
-  shards.append(cur)
+def _write_safetensors(out_dir: str, tensors, sizes: list[int], max_shard_bytes: int):
+  """Write (key, array) pairs as `model.safetensors`, or as shards of at most
+  `max_shard_bytes` with `model.safetensors.index.json`; `sizes` (bytes, in order) plan
+  the shards so that only one shard is in memory."""
   for old in glob.glob(os.path.join(out_dir, "model*.safetensors*")):
     os.remove(old)
-  if len(shards) == 1:
-    safetensors_io.save_file(shards[0], os.path.join(out_dir, "model.safetensors"))
-  else:
-    weight_map = {}
-    for i, sh in enumerate(shards):
-      name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      safetensors_io.save_file(sh, os.path.join(out_dir, name))
-      weight_map.update({k: name for k in sh})
-    total = sum(t.nbytes for t in tensors.values())
+  plan, cur = [], 0
+  for n in sizes:
+    if not plan or (cur and cur + n > max_shard_bytes):
+      plan.append(0)
+      cur = 0
+    plan[-1] += 1
+    cur += n
+  names = (["model.safetensors"] if len(plan) == 1 else
+           [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))])
+  it, weight_map = iter(tensors), {}
+  for name, count in zip(names, plan):
+    shard = dict(next(it) for _ in range(count))
+    safetensors_io.save_file(shard, os.path.join(out_dir, name))
+    weight_map.update({k: name for k in shard})
+    del shard
+  if len(plan) > 1:
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as fh:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)
+      json.dump({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, fh, indent=2)
+
+
+def _sizes(cfg, entries, dtype) -> list[int]:
+  """Bytes of each entry's tensor in `dtype` (from the model's shapes, nothing computed)."""
+  shapes = traverse_util.flatten_dict(abstract_params(build_model(_unscanned(cfg))))
+  return [math.prod(shapes[e.path].shape) * np.dtype(dtype).itemsize for e in entries]
+
+
+def _write_json(path: str, d: dict):
+  with open(path, "w") as fh:
+    json.dump(d, fh, indent=2)
+
+
+def save_pretrained(model, params, out_dir: str, dtype=None,
+                    max_shard_bytes: int = 5 * 1024 ** 3, *, encoder_ref: Optional[str] = None,
+                    preprocessor_config: Optional[dict] = None,
+                    extra_config: Optional[dict] = None) -> str:
+  """Write `config.json` + safetensors (sharded with an index above `max_shard_bytes`).
+  An LLM loads in transformers' Qwen3ForCausalLM. A VLM directory is what the release's
+  `PenguinVLQwen3ForCausalLM.from_pretrained` loads unchanged (DESIGN 1.5): the encoder
+  folder `penguin_encoder/` (its config.json, preprocessor_config.json and weights, a
+  standalone encoder checkpoint), `preprocessor_config.json` also beside config.json, and
+  `mm_vision_encoder` / `vision_encoder` = `encoder_ref`, by default the encoder folder's
+  absolute path (the release resolves it from the working directory; from_pretrained here
+  also finds it inside the folder after a move). `preprocessor_config`: the image
+  settings (default: the release's, `preprocessor.make()`); `extra_config`: more
+  config.json fields (e.g. `loss_reduction_scope`)."""
+  cfg = model.cfg
+  os.makedirs(out_dir, exist_ok=True)
+  params = jax.device_get(params)          # once; the writers take views of it
+  entries = _entries(cfg)
+  dtype = np.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype)
+  dtype_name = dtype.name
+  if isinstance(cfg, VLMConfig):
+    enc_dir = os.path.join(os.path.abspath(out_dir), ENCODER_DIRNAME)
+    encoder_ref = encoder_ref or enc_dir
+    _check_release_encoder_name(encoder_ref)
+    hf_cfg = cfg.to_hf_dict(encoder_ref)
+    pp = preprocessor_config or preprocessor.make()
+    preprocessor.write(out_dir, pp)          # the release's AutoProcessor(model folder)
+    preprocessor.write(enc_dir, pp)          # its PenguinVLImageProcessor(encoder)
+    enc_cfg = {**cfg.encoder.to_hf_dict(), "torch_dtype": dtype_name}
+    _write_json(os.path.join(enc_dir, "config.json"), enc_cfg)
+    enc_entries = encoder_entries(cfg.encoder, "", ("vision_encoder",))
+    _write_safetensors(enc_dir, _hf_tensors(params, cfg, enc_entries, dtype),
+                       _sizes(cfg, enc_entries, dtype), max_shard_bytes)
+  else:
+    hf_cfg = cfg.to_hf_dict()
+  hf_cfg.update(extra_config or {}, torch_dtype=dtype_name)
+  _write_json(os.path.join(out_dir, "config.json"), hf_cfg)
+  _write_safetensors(out_dir, _hf_tensors(params, cfg, entries, dtype),
+                     _sizes(cfg, entries, dtype), max_shard_bytes)
   return out_dir
+
+
+def _check_release_encoder_name(name: str):
+  """The release picks the encoder class by substring, "clip" and "siglip" before
+  "penguin" (DESIGN 1.5): a name with those would build the wrong encoder there."""
+  if "penguin" not in name.lower() or "clip" in name or "siglip" in name:
+    log.warning("encoder name %r: the release picks its encoder class by substring and "
+                "needs 'penguin' without 'clip' / 'siglip'; pass encoder_ref= (e.g. the "
+                "hub id you will publish the encoder under)", name)
 
 
 def encoder_from_qwen3(path: str, rng=None, patch_size: int = 14, dtype=jnp.float32, **runtime):

@@ -55,7 +55,7 @@ def test_saved_vlm_uses_release_key_names(saved_vlm):
   assert "lm_head.weight" not in keys  # tied
   cfg = json.load(open(path / "config.json"))
   assert cfg["model_type"] == "penguinvl_qwen3" and cfg["image_token_index"] == IMG
-  enc_cfg = json.load(open(path / "vision_encoder" / "config.json"))
+  enc_cfg = json.load(open(path / "penguin_encoder" / "config.json"))
   assert enc_cfg["model_type"] == "penguinvl_vision_encoder" and enc_cfg["hidden_size"] == 64
 
 

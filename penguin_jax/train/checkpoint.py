@@ -53,18 +53,50 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None)
   return step, out.state, out.data
 
 
+def _run_manager(path: str) -> ocp.CheckpointManager:
+  """Read-only manager of another run: `path` is its workdir or its checkpoints folder."""
+  root = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{path}: no checkpoints folder (expected a training workdir)")
+  return ocp.CheckpointManager(os.path.abspath(root), item_names=("state", "data", "config"),
+                               options=ocp.CheckpointManagerOptions(create=False))
+
+
+def read_run(path: str, step: int | None = None, modules=None, dtype=None):
+  """-> (step, run config dict, params) of a training run's checkpoint (default: the
+  latest), for export and stage-to-stage initialisation. Only the parameters are read,
+  as host NumPy arrays (cast to `dtype` while reading when given): never the optimizer
+  state, whatever mesh the run was trained on. `modules`: only these top-level modules."""
+  import numpy as np
+  mgr = _run_manager(path)
+  steps = mgr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"{path}: no checkpoint there")
+  step = max(steps) if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f"{path}: no checkpoint at step {step} (it has {sorted(steps)})")
+  state_dir = os.path.join(mgr.directory, str(step), "state")
+  tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
+  params_md = tree["params"]
+  if modules is not None:
+    missing = [m for m in modules if m not in params_md]
+    if missing:
+      raise KeyError(f"{path}: modules {missing} not in its checkpoint (it has {sorted(params_md)})")
+    params_md = {m: params_md[m] for m in modules}
+  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), params_md)
+  item = jax.tree.map(lambda _: 0, params_md)
+  params = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={"params": item}, restore_args={"params": args}, partial_restore=True))["params"]
+  config = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  mgr.close()
+  return step, config, params
+
+
 def restore_params(path: str, modules):
   """Parameters of some modules from another run's latest checkpoint (stage to stage
   initialisation). `path`: that run's workdir or its checkpoints folder."""
-  root = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
-  mgr = ocp.CheckpointManager(os.path.abspath(root), item_names=("state", "data", "config"))
-  step = mgr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"init_from {path}: no checkpoint there")
-  tree = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  params = tree.state["params"]
-  missing = [m for m in modules if m not in params]
-  if missing:
-    raise KeyError(f"init_from {path}: modules {missing} not in its checkpoint "
-                   f"(it has {sorted(params)})")
-  return {m: params[m] for m in modules}, step
+  try:
+    step, _, params = read_run(path, modules=list(modules))
+  except (FileNotFoundError, KeyError) as e:
+    raise type(e)(f"init_from {e.args[0]}") from None
+  return params, step
