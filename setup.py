@@ -38,6 +38,8 @@ setup(
         # launch.aot: libtpu's compiler for compile-only TPU devices, pinned by jax's own
         # `tpu` extra to the libtpu that the installed jax expects; matplotlib for sweeps.
         "aot": AOT,
+        # launch.convert workdir-to-hf: the tokenizer for AutoTokenizer (its converters)
+        "export": ["transformers>=4.51"],
         "test": [
             "pytest>=8",
             # Pinned exactly: a CPU wheel of this version is found locally; an

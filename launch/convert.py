@@ -5,6 +5,7 @@
   python -m launch.convert qwen3-to-encoder --hf_dir=Qwen3-0.6B --out=penguin_encoder_init
   python -m launch.convert workdir-to-hf --workdir=/tmp/stage3 --out=penguin_vl_hf [--step=N]
       [--dtype=bfloat16] [--keep_distill_head] [--encoder_ref=ORG/NAME]
+  python -m launch.convert set-encoder --hf_dir=penguin_vl_hf [--encoder_ref=ORG/NAME]
 
 `workdir-to-hf` exports a training run (any stage, any mesh, scanned or not; the latest
 checkpoint or --step) to a folder that the release's `PenguinVLQwen3ForCausalLM` /
@@ -12,6 +13,8 @@ checkpoint or --step) to a folder that the release's `PenguinVLQwen3ForCausalLM`
 safetensors, the encoder folder `penguin_encoder/` (config, preprocessor_config with the
 run's normalisation, weights), the tokenizer with `<image>` and the chat template, and a
 README.md. Only the parameters are read from the checkpoint (no optimizer state).
+The release finds the encoder by the absolute path in `mm_vision_encoder`; after moving
+the folder, `set-encoder` points it to the new place (or to a hub id).
 
 The HF side is config.json + safetensors in the release's layout (DESIGN.md 1.5); the
 model_type (qwen3, penguinvl_vision_encoder, penguinvl_qwen3) picks the model.
@@ -66,7 +69,14 @@ def main(argv=None) -> int:
                  help="what config.json names as the encoder (default: the exported encoder "
                       "folder's absolute path; give the hub id when you publish it)")
   w.add_argument("--max_shard_gb", type=float, default=5.0)
+  r = sub.add_parser("set-encoder", help="point an exported VLM's config.json to its encoder "
+                                         "(after a move) or to a hub id")
+  r.add_argument("--hf_dir", required=True)
+  r.add_argument("--encoder_ref", default=None,
+                 help="default: the absolute path of HF_DIR/penguin_encoder")
   args = p.parse_args(argv)
+  if args.cmd == "set-encoder":
+    return set_encoder(args.hf_dir, args.encoder_ref)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -87,7 +97,7 @@ def main(argv=None) -> int:
       model, params = hf.encoder_from_qwen3(args.hf_dir, jax.random.PRNGKey(args.seed),
                                             patch_size=args.patch_size)
       hf.save_pretrained(model, params, args.out)
-  except (FileNotFoundError, KeyError, ValueError) as e:
+  except (FileNotFoundError, KeyError, ValueError, ImportError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
   n = sum(x.size for x in jax.tree.leaves(params))
@@ -146,6 +156,26 @@ def export_run(args):
   return model, params
 
 
+def set_encoder(hf_dir: str, encoder_ref=None) -> int:
+  """Rewrite `mm_vision_encoder` / `vision_encoder` of an exported VLM's config.json."""
+  import json
+  import os
+  from penguin_jax.configs import ENCODER_DIRNAME
+  f = os.path.join(hf_dir, "config.json")
+  ref = encoder_ref or os.path.abspath(os.path.join(hf_dir, ENCODER_DIRNAME))
+  if not os.path.isfile(f) or (encoder_ref is None and not os.path.isdir(ref)):
+    print(f"error: {hf_dir}: no config.json and {ENCODER_DIRNAME}/ there (not an exported "
+          "Penguin-VL folder)", file=sys.stderr)
+    return 2
+  with open(f) as fh:
+    d = json.load(fh)
+  d["mm_vision_encoder"] = d["vision_encoder"] = ref
+  with open(f, "w") as fh:
+    json.dump(d, fh, indent=2)
+  print(f"{f}: encoder -> {ref}")
+  return 0
+
+
 def np_name(dtype) -> str:
   import numpy as np
   return np.dtype(dtype).name
@@ -155,9 +185,10 @@ _README = """# Penguin-VL, exported by penguin-jax
 
 - run: `{workdir}`, stage `{stage}:{variant}`, step {step}
 - tensors: {dtype}; distill head: {head}
-- encoder: `penguin_encoder/` (a standalone Penguin-Encoder checkpoint; `mm_vision_encoder`
-  in config.json names it by absolute path: after moving this folder, export again or
-  point it to the new place)
+- encoder: `penguin_encoder/` (a standalone Penguin-Encoder checkpoint). `mm_vision_encoder`
+  in config.json names it by absolute path, as the release resolves it from any working
+  directory; after moving this folder run
+  `python -m launch.convert set-encoder --hf_dir=NEW_PLACE` (penguin_jax finds it anyway)
 
 PyTorch, with the Penguin-VL release (github tencent-ailab/Penguin-VL) on the path:
 

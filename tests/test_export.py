@@ -160,6 +160,13 @@ def test_exported_config_meets_design_1_5_and_survives_a_move(runs, tmp_path, mo
   os.rename(out, hidden)
   try:
     _, after = penguin_jax.from_pretrained(str(moved))
+    # and for the release, whose name lookup does not look inside the folder: set-encoder
+    from launch import convert
+    assert not os.path.isdir(json.load(open(moved / "config.json"))["mm_vision_encoder"])
+    assert convert.main(["set-encoder", f"--hf_dir={moved}"]) == 0
+    name = json.load(open(moved / "config.json"))["mm_vision_encoder"]
+    assert name == str(moved / "penguin_encoder")
+    assert PretrainedConfig.get_config_dict(name)[0]["model_type"] == "penguinvl_vision_encoder"
   finally:
     os.rename(hidden, out)
   np.testing.assert_array_equal(after["llm"]["norm"]["scale"], before["llm"]["norm"]["scale"])
