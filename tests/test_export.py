@@ -271,7 +271,7 @@ def stage1_run(tmp_path_factory):
   return root / "run"
 
 
-def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path):
+def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path, capsys):
   _, run, params = ckpt.read_run(str(stage1_run))
   width = params["vision_distill_layer"]["linear"]["kernel"].shape[-1]
   plain = _export(stage1_run, tmp_path / "plain", "--dtype=float32")
@@ -286,6 +286,12 @@ def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path):
   assert model.cfg.teacher_hidden_size == width
   np.testing.assert_array_equal(loaded["vision_distill_layer"]["linear"]["kernel"],
                                 params["vision_distill_layer"]["linear"]["kernel"])
+  # a chosen step: this one, or a one-line error naming the steps there are
+  _export(stage1_run, tmp_path / "step2", "--step=2")
+  from launch import convert
+  assert convert.main(["workdir-to-hf", f"--workdir={stage1_run}", f"--out={tmp_path / 'x'}",
+                       "--step=7"]) == 2
+  assert "no checkpoint at step 7 (it has [2])" in capsys.readouterr().err
   # bfloat16 by default, as the release's checkpoints
   bf = _export(stage1_run, tmp_path / "bf16")
   assert json.load(open(bf / "config.json"))["torch_dtype"] == "bfloat16"
