@@ -20,7 +20,9 @@ def _encode(model, params, patches, seg, pos, index, weight):
 def encode_images(model: PenguinEncoder, params, pixel_values, grid_sizes, merge_sizes):
   """pixel_values [N, C*14*14] in the release's patch order; grid_sizes [n, 3] (t, h, w)
   in patches; merge_sizes [n]. Returns merged features [sum t*h*w/m^2, hidden] (NumPy),
-  as the release's `PenguinVLVisionEncoderModel.forward`."""
+  as the release's `PenguinVLVisionEncoderModel.forward`. The teacher (`ViTTeacher`,
+  VL3-SigLIP-NaViT) takes the same call and returns its merged features, as
+  transformers' `VideoLlama3VisionModel.forward`."""
   pixel_values = np.asarray(pixel_values, np.float32)
   grid_sizes = np.asarray(grid_sizes).reshape(-1, 3)
   merge_sizes = np.asarray(merge_sizes).reshape(-1)

@@ -20,7 +20,7 @@ CONFIG_FILE = "model_config.json"
 
 
 def _scan(cfg) -> bool:
-  return cfg.llm.scan_layers if isinstance(cfg, VLMConfig) else cfg.scan_layers
+  return cfg.llm.scan_layers if isinstance(cfg, VLMConfig) else getattr(cfg, "scan_layers", False)
 
 
 def save_params(path: str, model, params) -> str:

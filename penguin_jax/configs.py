@@ -6,6 +6,9 @@ Three frozen dataclasses, one per module of the paper:
 * `EncoderConfig` the Penguin-Encoder (Qwen3 layers, bidirectional, 2D RoPE),
                   `model_type: penguinvl_vision_encoder`.
 * `VLMConfig`     Penguin-VL = encoder + projector + LLM, `model_type: penguinvl_qwen3`.
+* `TeacherConfig` VL3-SigLIP-NaViT, the frozen teacher of stage 1a (DESIGN 1.6),
+                  `model_type: video_llama_3_vision` (transformers) or
+                  `videollama3_vision_encoder` (the hub checkpoint's remote code).
 
 Besides the checkpoint's sizes, each config carries *runtime* fields (dtypes, attention
 backend, layer scan, remat policy). They never go to `config.json` and can be changed with
@@ -26,6 +29,7 @@ _RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_po
 LLM_MODEL_TYPE = "qwen3"
 ENCODER_MODEL_TYPE = "penguinvl_vision_encoder"
 VLM_MODEL_TYPE = "penguinvl_qwen3"
+TEACHER_MODEL_TYPES = ("video_llama_3_vision", "videollama3_vision_encoder")  # DESIGN 1.6
 
 
 def _rope_theta(d: dict, default: float) -> float:
@@ -169,6 +173,64 @@ class EncoderConfig(TransformerConfig):
     return cls(**{k: getattr(llm, k) for k in fields}, patch_size=patch_size)
 
 
+@dataclasses.dataclass(frozen=True)
+class TeacherConfig:
+  """VL3-SigLIP-NaViT (DESIGN 1.6). Defaults: the released teacher's sizes."""
+  hidden_size: int = 1152
+  intermediate_size: int = 4304
+  num_layers: int = 27
+  num_heads: int = 16
+  patch_size: int = 14
+  num_channels: int = 3
+  layer_norm_eps: float = 1e-6
+  rope_theta: float = 10_000.0
+  # --- runtime (not saved) ---
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  attention: str = "auto"           # layers.attention backend
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    return self.num_channels * self.patch_size * self.patch_size
+
+  def to_hf_dict(self) -> dict:
+    """transformers' native `VideoLlama3VisionConfig`."""
+    return {
+        "model_type": TEACHER_MODEL_TYPES[0],
+        "architectures": ["VideoLlama3VisionModel"],
+        "hidden_size": self.hidden_size,
+        "intermediate_size": self.intermediate_size,
+        "num_hidden_layers": self.num_layers,
+        "num_attention_heads": self.num_heads,
+        "num_channels": self.num_channels,
+        "patch_size": self.patch_size,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": self.layer_norm_eps,
+        "attention_dropout": 0.0,
+        "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "axial"},
+        "torch_dtype": _dtype_name(self.param_dtype),
+    }
+
+  @classmethod
+  def from_hf_dict(cls, d: dict, **overrides) -> "TeacherConfig":
+    """Either layout: the native config or the hub's remote-code one (no rope field:
+    theta 1e4, DESIGN 1.6)."""
+    if d.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+      raise ValueError(f"teacher hidden_act {d['hidden_act']!r}; VL3-SigLIP-NaViT uses "
+                       "gelu_pytorch_tanh")
+    kw = dict(hidden_size=int(d["hidden_size"]), intermediate_size=int(d["intermediate_size"]),
+              num_layers=int(d["num_hidden_layers"]), num_heads=int(d["num_attention_heads"]),
+              patch_size=int(d.get("patch_size", 14)), num_channels=int(d.get("num_channels", 3)),
+              layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)),
+              rope_theta=_rope_theta(d, 10_000.0))
+    kw.update(overrides)
+    return cls(**kw)
+
+
 # DESIGN 1.5 / 1.6: the names the release writes for the encoder and the stage-1 teacher.
 RELEASE_ENCODER = "tencent/Penguin-Encoder"
 RELEASE_TEACHER = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
@@ -251,8 +313,12 @@ def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None,
     return EncoderConfig.from_hf_dict(d, **runtime)
   if mt == VLM_MODEL_TYPE:
     return VLMConfig.from_hf_dict(d, encoder_dict, teacher_hidden_size, **runtime)
+  if mt in TEACHER_MODEL_TYPES:
+    return TeacherConfig.from_hf_dict(
+        d, **{k: v for k, v in runtime.items() if k in ("dtype", "param_dtype", "attention")})
   raise ValueError(f"unknown model_type {mt!r}; expected one of {LLM_MODEL_TYPE!r}, "
-                   f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}")
+                   f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}, "
+                   + ", ".join(repr(t) for t in TEACHER_MODEL_TYPES))
 
 
 # The paper's sizes (DESIGN 1.1).

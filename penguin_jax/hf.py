@@ -7,6 +7,10 @@ One key map per module, built from the config:
            encoder.layers.{i}...., encoder.norm.weight
   projector model.vision_projector.readout.{0,2}.{weight,bias}
   distill  vision_distill_layer.{weight,bias}
+  teacher  embeddings.patch_embedding.{weight,bias}, encoder.layers.{i}.{layer_norm1,
+           layer_norm2, self_attn.{q,k,v,out}_proj, mlp.fc1, mlp.fc2}.{weight,bias},
+           post_layernorm.{weight,bias} (VL3-SigLIP-NaViT, DESIGN 1.6; the same names in
+           transformers' VideoLlama3VisionModel and the hub's remote-code layout)
 
 A PyTorch Linear weight is (out, in); our kernels are (in..., out...), e.g. q_proj
 [embed, heads, head_dim]. The Conv2d patch embedding (out, 3, 14, 14) is our
@@ -31,11 +35,11 @@ from flax import traverse_util
 
 from penguin_jax import preprocessor, safetensors_io
 from penguin_jax.configs import (ENCODER_DIRNAME, ENCODER_MODEL_TYPE, LLM_MODEL_TYPE,
-                                 VLM_MODEL_TYPE, EncoderConfig, Qwen3Config, VLMConfig,
-                                 config_from_hf_dict)
+                                 VLM_MODEL_TYPE, EncoderConfig, Qwen3Config, TeacherConfig,
+                                 VLMConfig, config_from_hf_dict)
 from penguin_jax.encoder import PenguinEncoder
 from penguin_jax.qwen3 import Qwen3ForCausalLM
-from penguin_jax.teacher import TeacherConfig
+from penguin_jax.teacher import ViTTeacher
 from penguin_jax.vlm import PenguinVL, dummy_inputs
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ KEY_ALIASES = {"model.vision_distill_layer.weight": "vision_distill_layer.weight
 class Entry(NamedTuple):
   """One tensor: HF key, our (unscanned) parameter path, how to convert.
   kind "copy": same array. kind "linear": HF (out, in) <-> ours (in..., out...), with
-  `n_out` trailing output dims; `hf_shape` overrides the 2D HF shape (Conv2d)."""
+  `n_out` trailing output dims; `hf_shape` overrides the 2D HF shape (Conv2d).
+  kind "flat": HF (n,) <-> ours (heads, head_dim), a per-head bias."""
   hf_key: str
   path: tuple
   kind: str = "copy"
@@ -99,6 +104,27 @@ def encoder_entries(cfg: EncoderConfig, hf_prefix: str = "", path_prefix: tuple 
   return out
 
 
+def teacher_entries(cfg: TeacherConfig) -> list[Entry]:
+  conv = (cfg.hidden_size, cfg.num_channels, cfg.patch_size, cfg.patch_size)
+  out = [Entry("embeddings.patch_embedding.weight", ("patch_embedding", "kernel"), "linear", 1, conv),
+         Entry("embeddings.patch_embedding.bias", ("patch_embedding", "bias"))]
+  for i in range(cfg.num_layers):
+    h, p = f"encoder.layers.{i}.", (f"layers_{i}",)
+    for ln in ("layer_norm1", "layer_norm2"):
+      out += [Entry(h + ln + ".weight", p + (ln, "scale")), Entry(h + ln + ".bias", p + (ln, "bias"))]
+    for n in ("q_proj", "k_proj", "v_proj"):
+      out += [Entry(h + f"self_attn.{n}.weight", p + (n, "kernel"), "linear", 2),
+              Entry(h + f"self_attn.{n}.bias", p + (n, "bias"), "flat")]
+    out += [Entry(h + "self_attn.out_proj.weight", p + ("out_proj", "kernel"), "linear"),
+            Entry(h + "self_attn.out_proj.bias", p + ("out_proj", "bias"))]
+    for n in ("fc1", "fc2"):
+      out += [Entry(h + f"mlp.{n}.weight", p + (n, "kernel"), "linear"),
+              Entry(h + f"mlp.{n}.bias", p + (n, "bias"))]
+  out += [Entry("post_layernorm.weight", ("post_layernorm", "scale")),
+          Entry("post_layernorm.bias", ("post_layernorm", "bias"))]
+  return out
+
+
 def vlm_entries(cfg: VLMConfig) -> list[Entry]:
   out = llm_entries(cfg.llm, ("llm",))
   out += encoder_entries(cfg.encoder, VLM_ENCODER_PREFIX, ("vision_encoder",))
@@ -116,6 +142,8 @@ def vlm_entries(cfg: VLMConfig) -> list[Entry]:
 def _hf_shape(e: Entry, flax_shape: tuple) -> tuple:
   if e.kind == "copy":
     return tuple(flax_shape)
+  if e.kind == "flat":
+    return (math.prod(flax_shape),)
   if e.hf_shape is not None:
     return tuple(e.hf_shape)
   n_in = len(flax_shape) - e.n_out
@@ -125,6 +153,8 @@ def _hf_shape(e: Entry, flax_shape: tuple) -> tuple:
 def _to_flax(e: Entry, t: np.ndarray, flax_shape: tuple) -> np.ndarray:
   if e.kind == "copy":
     return t
+  if e.kind == "flat":
+    return t.reshape(flax_shape)
   out = t.shape[0]
   return t.reshape(out, -1).T.reshape(flax_shape)
 
@@ -132,6 +162,8 @@ def _to_flax(e: Entry, t: np.ndarray, flax_shape: tuple) -> np.ndarray:
 def _to_hf(e: Entry, x: np.ndarray, hf_shape: tuple) -> np.ndarray:
   if e.kind == "copy":
     return x
+  if e.kind == "flat":
+    return x.reshape(hf_shape)
   return x.reshape(-1, hf_shape[0]).T.reshape(hf_shape)
 
 
@@ -172,6 +204,8 @@ def unscan_layout(params: dict, cfg) -> dict:
 
 
 def _towers(cfg):
+  if isinstance(cfg, TeacherConfig):   # its layers are never scanned
+    return []
   return [cfg.llm, cfg.encoder] if isinstance(cfg, VLMConfig) else [cfg]
 
 
@@ -190,6 +224,8 @@ def build_model(cfg):
     return PenguinEncoder(cfg)
   if isinstance(cfg, Qwen3Config):
     return Qwen3ForCausalLM(cfg)
+  if isinstance(cfg, TeacherConfig):
+    return ViTTeacher(cfg)
   raise TypeError(f"no model for config {type(cfg).__name__}")
 
 
@@ -230,10 +266,14 @@ def _entries(cfg) -> list[Entry]:
     return vlm_entries(cfg)
   if isinstance(cfg, EncoderConfig):
     return encoder_entries(cfg)
+  if isinstance(cfg, TeacherConfig):
+    return teacher_entries(cfg)
   return llm_entries(cfg)
 
 
 def _unscanned(cfg):
+  if isinstance(cfg, TeacherConfig):
+    return cfg
   if isinstance(cfg, VLMConfig):
     return cfg.replace_runtime(scan_layers=False)
   return dataclasses.replace(cfg, scan_layers=False)

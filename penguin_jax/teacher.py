@@ -1,44 +1,42 @@
-"""The frozen teacher vision encoder of stage 1a's reconstruction losses (DESIGN 1.4).
+"""The frozen teacher of stage 1a's reconstruction losses: VL3-SigLIP-NaViT (DESIGN 1.6).
 
-Interface: any Flax module called as
+VideoLLaMA3's vision encoder, as the release distils from it: a SigLIP-so400m-sized ViT
+(Conv2d patch embedding, no absolute positions, 27 pre-norm LayerNorm blocks with biased
+q/k/v/out projections and a tanh-GELU MLP, post-layernorm) with its own 2D RoPE
+(`teacher_rope_2d`: a true [row, col, row, col] rotation, not the student's quirk), the
+same per-frame bidirectional attention as the student and the same merge. Weights load
+with `penguin_jax.from_pretrained` from transformers' `VideoLlama3VisionModel` layout or
+the hub checkpoint's remote-code one (hf.py).
+
+Interface: the module is called as
     teacher(patches [b, P, C*14*14], patch_segment_ids [b, P], patch_positions [b, P, 2])
         -> per-patch features [b, P, teacher_hidden]
 over the *same* packed patches as the student. `teacher_targets` merges them with the
 student's merge plan and stops gradients, so student and teacher tokens line up 1:1.
-
-`ViTTeacher` is a SigLIP-style ViT (LayerNorm, biased attention, tanh-GELU MLP) with the
-same per-frame bidirectional attention and 2D RoPE as the student; it stands in for the
-release's VL3-SigLIP-NaViT (patch 14, hidden 1152), whose weight import is not written yet.
 """
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from penguin_jax.configs import TeacherConfig  # noqa: F401  (re-exported)
 from penguin_jax.encoder import merge
-from penguin_jax.layers import Linear, apply_rope, attention, rope_2d
+from penguin_jax.layers import Linear, apply_rope, attention
 
 
-@dataclasses.dataclass(frozen=True)
-class TeacherConfig:
-  hidden_size: int = 1152
-  intermediate_size: int = 4304
-  num_layers: int = 27
-  num_heads: int = 16
-  patch_size: int = 14
-  num_channels: int = 3
-  layer_norm_eps: float = 1e-6
-  rope_theta: float = 10_000.0
-  dtype: object = jnp.float32
-  param_dtype: object = jnp.float32
-  attention: str = "auto"           # layers.attention backend
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_heads
+def teacher_rope_2d(positions_2d, head_dim: int, theta: float):
+  """VL3-SigLIP-NaViT's 2D RoPE (DESIGN 1.6). positions_2d [b, s, 2] (row, col) ->
+  cos, sin [b, s, head_dim] laid out [row * f, col * f, row * f, col * f] with
+  f[k] = theta^(-2k / (head_dim/2)), k < head_dim/4; with rotate-half, channel i pairs with
+  i + head_dim/2 under the *same* angle: a true rotation by the row angle on the first
+  quarter's pairs and by the column angle on the second's. Float32."""
+  half = head_dim // 2
+  f = 1.0 / theta ** (jnp.arange(0, half, 2, dtype=jnp.float32) / half)   # [head_dim/4]
+  row = positions_2d[..., 0].astype(jnp.float32)[..., None] * f
+  col = positions_2d[..., 1].astype(jnp.float32)[..., None] * f
+  ang = jnp.concatenate([row, col, row, col], axis=-1)                    # [b, s, head_dim]
+  return jnp.cos(ang), jnp.sin(ang)
 
 
 class _ViTBlock(nn.Module):
@@ -71,7 +69,7 @@ class ViTTeacher(nn.Module):
     c = self.cfg
     x = Linear(c.hidden_size, ("patch", "teacher_embed"), use_bias=True, dtype=c.dtype,
                param_dtype=c.param_dtype, name="patch_embedding")(patches)
-    cos, sin = rope_2d(patch_positions, c.head_dim, c.rope_theta)
+    cos, sin = teacher_rope_2d(patch_positions, c.head_dim, c.rope_theta)
     for i in range(c.num_layers):
       x = _ViTBlock(c, name=f"layers_{i}")(x, cos, sin, patch_segment_ids)
     return nn.LayerNorm(c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype,
