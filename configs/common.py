@@ -105,6 +105,7 @@ def base(variant: str) -> mlc.ConfigDict:
   c.loss.max_label_tokens = 0      # 0 = all positions; else LM head on that many per row
   c.loss.chunk_size = 1024
   c.loss.reconstruction_weight = 3.0
+  c.loss.reconstruction_weight_end = 2.0   # falls linearly to this over total_steps, as the release; -1: constant
   c.loss.relation_scope = "image"
 
   # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state

@@ -61,3 +61,30 @@ def test_reconstruction_losses_train_the_distill_head():
   moved = np.abs(np.asarray(state.params["vision_distill_layer"]["linear"]["kernel"]) -
                  np.asarray(params["vision_distill_layer"]["linear"]["kernel"])).max()
   assert moved > 0
+
+
+def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
+  """DESIGN 1.4: w = 3 - epoch over the run. With a schedule the loss at step s is
+  lm + w(s) * reconstruction; checked against constant weights 3, 2.5 and 2."""
+  import ml_collections
+  from penguin_jax.train.program import reconstruction_weight
+  cfg = tiny_vlm_config()
+  model = PenguinVL(cfg)
+  params = hf.init_params(model, jax.random.PRNGKey(0))
+  batch = _labelled(_batch())
+  targets = jax.random.normal(jax.random.PRNGKey(3), (4, 16, 32))
+  seg_tok = np.zeros((4, 16), np.int32)
+  seg_tok[:, :16] = 1
+  batch["token_segment_ids"] = jnp.asarray(seg_tok)
+  run = ml_collections.ConfigDict({"total_steps": 10, "loss": {
+      "reconstruction_weight": 3.0, "reconstruction_weight_end": 2.0}})
+  sched = reconstruction_weight(run)
+  opt = optax.sgd(0.0)   # parameters stay: only the weight changes with the step
+  loss_at = lambda w, s: float(jax.jit(make_train_step(
+      model, opt, teacher_features=targets, reconstruction_weight=w))(
+          TrainState(jnp.asarray(s, jnp.int32), params, opt.init(params)), batch)[1]["loss"])
+  for s, w in [(0, 3.0), (5, 2.5), (10, 2.0)]:
+    np.testing.assert_allclose(loss_at(sched, s), loss_at(w, 0), rtol=1e-6)
+  assert loss_at(3.0, 0) != loss_at(2.0, 0)
+  run.loss.reconstruction_weight_end = -1.0
+  assert reconstruction_weight(run) == 3.0

@@ -52,6 +52,16 @@ def model_config(cfg, vocab_size: Optional[int] = None,
   return vcfg, tcfg
 
 
+def reconstruction_weight(cfg):
+  """The reconstruction losses' weight (DESIGN 1.4): constant `loss.reconstruction_weight`,
+  or, with `loss.reconstruction_weight_end` >= 0, falling linearly from it to that value over
+  `total_steps` (the release: 3 -> 2 over its one epoch)."""
+  w0, w1 = cfg.loss.reconstruction_weight, cfg.loss.reconstruction_weight_end
+  if w1 is None or w1 < 0:
+    return w0
+  return optax.linear_schedule(w0, w1, cfg.total_steps)
+
+
 def batch_shapes(cfg, vcfg: VLMConfig) -> dict:
   """name -> (shape, dtype) of one global batch (see vlm.py / data_pipelines.pipeline).
   Pixel patches travel in the compute dtype (the release feeds bf16 pixels to a bf16
@@ -220,7 +230,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   loss_kw = dict(scope=cfg.loss.scope, chunk_size=cfg.loss.chunk_size,
                  max_label_tokens=cfg.loss.max_label_tokens or None)
   if teacher is not None:
-    loss_kw.update(reconstruction_weight=cfg.loss.reconstruction_weight,
+    loss_kw.update(reconstruction_weight=reconstruction_weight(cfg),
                    relation_scope=cfg.loss.relation_scope)
   step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum,
                             trainable=trainable, **loss_kw)

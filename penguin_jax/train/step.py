@@ -102,15 +102,19 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
   constants of the step (the LLM of stage 1 passes gradients through, but its weight
   gradients are never computed), and the optimizer sees zeros for them. A non-finite
   loss or gradient leaves params and optimizer state unchanged and sets
-  metrics["skipped"] = 1."""
+  metrics["skipped"] = 1.
+  `reconstruction_weight` (in `loss_kw`) may be a schedule, step -> weight (the release's
+  3 falling to 2 over its epoch, DESIGN 1.4)."""
+  weight = loss_kw.pop("reconstruction_weight", 0.0)
   norm_kw = dict(scope=loss_kw.get("scope", "batch"),
                  max_label_tokens=loss_kw.get("max_label_tokens"),
                  reconstruction=teacher is not None or "teacher_features" in loss_kw,
                  relation_scope=loss_kw.get("relation_scope", "image"))
 
-  def loss_and_grads(params, batch, teacher_params, normalizers):
+  def loss_and_grads(params, batch, teacher_params, normalizers, step):
     """(loss, metrics), gradients of the trainable modules."""
-    kw = dict(loss_kw, normalizers=normalizers)
+    kw = dict(loss_kw, normalizers=normalizers,
+              reconstruction_weight=weight(step) if callable(weight) else weight)
     if teacher is not None:
       with jax.named_scope("teacher"):
         kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
@@ -124,14 +128,15 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
 
   def step(state: TrainState, batch, teacher_params=None):
     if grad_accum == 1:
-      (loss, metrics), grads = loss_and_grads(state.params, batch, teacher_params, None)
+      (loss, metrics), grads = loss_and_grads(state.params, batch, teacher_params, None, state.step)
     else:
       micro = split_micro_batches(batch, grad_accum)
       per_micro = jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro)
       normalizers = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
 
       def body(acc, mb):
-        (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers)
+        (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers,
+                                             state.step)
         return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), metrics
 
       zero = {k: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), v)
