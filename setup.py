@@ -45,7 +45,7 @@ setup(
             # Pinned exactly: a CPU wheel of this version is found locally; an
             # unpinned torch would pull a multi-GB CUDA build.
             "torch==2.13.0",
-            "transformers>=4.51",  # first release with Qwen3
+            "transformers>=5.0",   # Qwen3, and VideoLlama3VisionModel (the teacher's reference)
             *AOT,                  # the AOT tests compile for TPU topologies on the CPU
         ],
     },

@@ -104,7 +104,9 @@ class Qwen3Tokenizer:
     specials = _special_ids()
     enc = tiktoken.Encoding("qwen3_penguin", pat_str=QWEN_PATTERN, mergeable_ranks=ranks,
                             special_tokens=specials)
-    return cls(enc, "tiktoken", specials)
+    tok = cls(enc, "tiktoken", specials)
+    tok.vocab_file = path               # what the HF export converts
+    return tok
 
   @classmethod
   def from_tokenizer_json(cls, path: str) -> "Qwen3Tokenizer":
@@ -211,7 +213,7 @@ def _hf_backend(tok) -> "tokenizers.Tokenizer":
   if isinstance(tok, Qwen3Tokenizer):
     if tok.kind == "tokenizers":
       return HFTokenizer.from_str(tok._b.to_str())
-    t = TikTokenConverter(vocab_file=default_vocab_file(), pattern=QWEN_PATTERN,
+    t = TikTokenConverter(vocab_file=tok.vocab_file, pattern=QWEN_PATTERN,
                           extra_special_tokens=list(QWEN3_SPECIAL_TOKENS) + [IMAGE_TOKEN]).converted()
     t.normalizer = normalizers.NFC()
     return t

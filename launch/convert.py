@@ -150,7 +150,7 @@ def export_run(args):
   save_hf(tok, args.out, CHAT_TEMPLATE, d.seq_len)
   with open(os.path.join(args.out, "README.md"), "w") as f:
     f.write(_README.format(stage=cfg.stage, variant=cfg.variant, step=step,
-                           workdir=os.path.abspath(workdir), dtype=np_name(dtype),
+                           workdir=os.path.abspath(workdir), dtype=dtype.name,
                            head="kept" if has_head and args.keep_distill_head else "none",
                            out=os.path.abspath(args.out)))
   return model, params
@@ -174,11 +174,6 @@ def set_encoder(hf_dir: str, encoder_ref=None) -> int:
     json.dump(d, fh, indent=2)
   print(f"{f}: encoder -> {ref}")
   return 0
-
-
-def np_name(dtype) -> str:
-  import numpy as np
-  return np.dtype(dtype).name
 
 
 _README = """# Penguin-VL, exported by penguin-jax

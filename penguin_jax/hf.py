@@ -477,9 +477,9 @@ def _write_safetensors(out_dir: str, tensors, sizes: list[int], max_shard_bytes:
       json.dump({"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}, fh, indent=2)
 
 
-def _sizes(cfg, entries, dtype) -> list[int]:
-  """Bytes of each entry's tensor in `dtype` (from the model's shapes, nothing computed)."""
-  shapes = traverse_util.flatten_dict(abstract_params(build_model(_unscanned(cfg))))
+def _sizes(shapes: dict, entries, dtype) -> list[int]:
+  """Bytes of each entry's tensor in `dtype`; `shapes`: the unscanned model's flat
+  abstract parameters (nothing computed)."""
   return [math.prod(shapes[e.path].shape) * np.dtype(dtype).itemsize for e in entries]
 
 
@@ -506,6 +506,7 @@ def save_pretrained(model, params, out_dir: str, dtype=None,
   os.makedirs(out_dir, exist_ok=True)
   params = jax.device_get(params)          # once; the writers take views of it
   entries = _entries(cfg)
+  shapes = traverse_util.flatten_dict(abstract_params(build_model(_unscanned(cfg))))
   dtype = np.dtype(dtype if dtype is not None else jax.tree.leaves(params)[0].dtype)
   dtype_name = dtype.name
   if isinstance(cfg, VLMConfig):
@@ -520,13 +521,13 @@ def save_pretrained(model, params, out_dir: str, dtype=None,
     _write_json(os.path.join(enc_dir, "config.json"), enc_cfg)
     enc_entries = encoder_entries(cfg.encoder, "", ("vision_encoder",))
     _write_safetensors(enc_dir, _hf_tensors(params, cfg, enc_entries, dtype),
-                       _sizes(cfg, enc_entries, dtype), max_shard_bytes)
+                       _sizes(shapes, enc_entries, dtype), max_shard_bytes)
   else:
     hf_cfg = cfg.to_hf_dict()
   hf_cfg.update(extra_config or {}, torch_dtype=dtype_name)
   _write_json(os.path.join(out_dir, "config.json"), hf_cfg)
   _write_safetensors(out_dir, _hf_tensors(params, cfg, entries, dtype),
-                     _sizes(cfg, entries, dtype), max_shard_bytes)
+                     _sizes(shapes, entries, dtype), max_shard_bytes)
   return out_dir
 
 

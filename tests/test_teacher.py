@@ -15,10 +15,6 @@ from penguin_jax import hf, patches as P
 from penguin_jax import teacher as teacher_lib
 from penguin_jax.encoder import merge
 
-if not hasattr(transformers, "VideoLlama3VisionModel"):
-  pytest.skip(f"transformers {transformers.__version__} has no VideoLlama3VisionModel "
-              "(added in 5.0)", allow_module_level=True)
-
 # Several items at once: non-square images at merge 1, a 2-frame video at merge 2.
 GRIDS, MERGES = [(1, 4, 6), (1, 6, 2), (2, 4, 4)], [1, 1, 2]
 
