@@ -144,6 +144,7 @@ def export_run(args):
       encoder_ref=args.encoder_ref,
       preprocessor_config=preprocessor.make(d.image_mean, d.image_std, d.min_tokens, d.max_tokens),
       extra_config={"loss_reduction_scope": cfg.loss.scope, "tokenizer_model_max_length": d.seq_len,
+                    "bos_token_id": tok.pad_id, "eos_token_id": tok.eos_id,   # the run's tokenizer
                     "max_frames": d.max_frames, "penguin_jax_run": {
                         "workdir": os.path.abspath(workdir), "stage": cfg.stage,
                         "variant": cfg.variant, "step": step}})

@@ -138,6 +138,9 @@ def test_exported_config_meets_design_1_5_and_survives_a_move(runs, tmp_path, mo
   image = [(int(i), t["special"]) for i, t in tc["added_tokens_decoder"].items()
            if t["content"] == "<image>"]
   assert image == [(d["image_token_index"], True)]
+  ids = {t["content"]: int(i) for i, t in tc["added_tokens_decoder"].items()}
+  assert d["eos_token_id"] == ids["<|im_end|>"] and d["bos_token_id"] == ids["<|endoftext|>"]
+  assert d["eos_token_id"] < d["vocab_size"]   # the tiny tokenizer's, not Qwen3's 151645
   # tensors under the release's key names; the encoder folder is a standalone checkpoint
   with safe_open(str(out / "model.safetensors"), "np") as f:
     keys = set(f.keys())
