@@ -59,6 +59,11 @@ def base(variant: str) -> mlc.ConfigDict:
   c.init.llm = ""                  # HF dir of the Qwen3 LLM; "" = random
   c.init.init_from = ""            # an earlier stage's workdir / checkpoint; overrides the above
   c.init.modules = ("vision_encoder", "vision_projector", "llm")  # what init_from loads
+  # Stage 1a's frozen teacher (model.use_teacher): an HF folder of VL3-SigLIP-NaViT
+  # (DAMO-NLP-SG/VL3-SigLIP-NaViT, or transformers' VideoLlama3VisionModel), or "random":
+  # a random one of model.teacher's size written to WORKDIR/random_teacher and read back
+  # (tiny; smoke tests). Saved with the run's checkpoints: a resume uses the same teacher.
+  c.init.teacher = "random" if tiny else ""
 
   c.data = mlc.ConfigDict()
   c.data.demo = tiny               # generate + build the embedded demo corpus in the workdir

@@ -64,7 +64,8 @@ def main(argv=None) -> int:
                  help="keep the stage-1 distill head (dropped by default: inference does not use it)")
   w.add_argument("--teacher", default=None,
                  help="with --keep_distill_head: the release's `vision_encoder_teacher` "
-                      "(default DAMO-NLP-SG/VL3-SigLIP-NaViT)")
+                      "(default: the run's config.init.teacher folder, else "
+                      "DAMO-NLP-SG/VL3-SigLIP-NaViT)")
   w.add_argument("--encoder_ref", default=None,
                  help="what config.json names as the encoder (default: the exported encoder "
                       "folder's absolute path; give the hub id when you publish it)")
@@ -136,7 +137,9 @@ def export_run(args):
     vcfg = dataclasses.replace(vcfg, teacher_hidden_size=None)
     logging.info("distill head dropped (inference does not use it; --keep_distill_head keeps it)")
   elif has_head:
-    vcfg = dataclasses.replace(vcfg, teacher_name=args.teacher or vcfg.teacher_name)
+    run_teacher = cfg.init.get("teacher", "")
+    run_teacher = os.path.abspath(run_teacher) if run_teacher not in ("", "random") else ""
+    vcfg = dataclasses.replace(vcfg, teacher_name=args.teacher or run_teacher or vcfg.teacher_name)
   d = cfg.data
   model = hf.build_model(vcfg)
   hf.save_pretrained(

@@ -143,8 +143,7 @@ def main(argv):
   feed = DataFeed(paths, tokenizer, scfg, cfg, program.abstract_batch)
   mgr = ckpt.manager(workdir, cfg.keep_checkpoints)
   rng = jax.random.PRNGKey(cfg.seed)
-  state, step = _restore_or_initialise(cfg, program, mgr, feed, rng)
-  teacher_params = program.init_teacher(jax.random.fold_in(rng, 7))  # frozen (teacher.py)
+  state, step, teacher_params = _restore_or_initialise(cfg, program, mgr, feed, rng, workdir)
   writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind)
@@ -178,7 +177,7 @@ def main(argv):
         if log_now:
           writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
         if save_now:
-          _save(mgr, step, state, feed, cfg, stopping)
+          _save(mgr, step, state, feed, cfg, stopping, teacher_params)
         if stopping:
           log.warning("SIGTERM: saved step %d, exiting", step)
           break
@@ -190,10 +189,11 @@ def main(argv):
   return 0
 
 
-def _save(mgr, step, state, feed, cfg, stopping):
+def _save(mgr, step, state, feed, cfg, stopping, teacher_params):
   from penguin_jax.train import checkpoint as ckpt
   try:
-    ckpt.save(mgr, step, state, feed.get_state(), cfg.to_dict(), force=True)
+    ckpt.save(mgr, step, state, feed.get_state(), cfg.to_dict(), force=True,
+              teacher=teacher_params)
   except Exception as e:  # orbax writes to a temporary folder: the last one stays
     log.error("checkpoint write at step %d failed (%s: %s); the previous checkpoint "
               "(step %s) is intact", step, type(e).__name__, e, mgr.latest_step())
@@ -201,17 +201,49 @@ def _save(mgr, step, state, feed, cfg, stopping):
       raise
 
 
-def _restore_or_initialise(cfg, program, mgr, feed, rng):
-  """-> (state, step): the workdir's latest checkpoint (resuming always wins), else a new
-  state initialised from init_from, else HF checkpoints, else random."""
+def _restore_or_initialise(cfg, program, mgr, feed, rng, workdir):
+  """-> (state, step, teacher params or None): the workdir's latest checkpoint (resuming
+  always wins; the teacher comes back with it), else a new state initialised from
+  init_from, else HF checkpoints, else random, and the teacher from `init.teacher`."""
   from penguin_jax.train import checkpoint as ckpt
-  restored = ckpt.restore(mgr, program.abstract_state)
+  restored = ckpt.restore(mgr, program.abstract_state, abstract_teacher=program.abstract_teacher)
   if restored is not None:
-    step, state, data_state = restored
+    step, state, data_state, teacher = restored
     feed.set_state(data_state)
-    log.info("resumed from step %d (%s)", step, mgr.directory)
-    return state, step
-  return program.new_state(_initialise(cfg, program.init_params(rng), program.model_config)), 0
+    log.info("resumed from step %d (%s)%s", step, mgr.directory,
+             ", teacher included" if teacher is not None else "")
+    if program.teacher is not None and teacher is None:   # a checkpoint without one
+      teacher = _load_teacher(cfg, program, workdir, rng)
+    return state, step, teacher
+  state = program.new_state(_initialise(cfg, program.init_params(rng), program.model_config))
+  return state, 0, _load_teacher(cfg, program, workdir, rng)
+
+
+def _load_teacher(cfg, program, workdir, rng):
+  """Stage 1a's frozen teacher from `config.init.teacher` (configs/common.py): an HF
+  folder, or "random": one written once to WORKDIR/random_teacher by process 0 and read
+  back through the same import path."""
+  import jax
+  from jax.experimental import multihost_utils
+  if program.teacher is None:
+    return None
+  path = cfg.init.teacher
+  if not path:
+    raise ValueError("config.init.teacher is empty: stage 1a distils from VL3-SigLIP-NaViT; "
+                     "download it (huggingface-cli download DAMO-NLP-SG/VL3-SigLIP-NaViT "
+                     "--local-dir DIR) and pass --config.init.teacher=DIR ('random' for a "
+                     "smoke test)")
+  if path == "random":
+    path = os.path.join(workdir, "random_teacher")
+    if jax.process_index() == 0 and not os.path.isdir(path):
+      tmp = path + ".tmp"
+      program.write_random_teacher(tmp, jax.random.fold_in(rng, 7))
+      os.replace(tmp, path)            # whole or absent, should the process die meanwhile
+    multihost_utils.sync_global_devices("random teacher")
+  teacher = program.load_teacher(path)
+  log.info("teacher VL3-SigLIP-NaViT from %s: %s parameters, frozen", path,
+           f"{program.param_counts()['teacher']:,}")
+  return teacher
 
 
 def _initialise(cfg, params, vcfg):

@@ -188,6 +188,7 @@ class TeacherConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   attention: str = "auto"           # layers.attention backend
+  scan_layers: bool = False         # blocks stacked under layers/layers (teacher.py)
 
   @property
   def head_dim(self) -> int:
@@ -315,7 +316,7 @@ def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None,
     return VLMConfig.from_hf_dict(d, encoder_dict, teacher_hidden_size, **runtime)
   if mt in TEACHER_MODEL_TYPES:
     return TeacherConfig.from_hf_dict(
-        d, **{k: v for k, v in runtime.items() if k in ("dtype", "param_dtype", "attention")})
+        d, **{k: v for k, v in runtime.items() if k in ("dtype", "param_dtype", "attention", "scan_layers")})
   raise ValueError(f"unknown model_type {mt!r}; expected one of {LLM_MODEL_TYPE!r}, "
                    f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}, "
                    + ", ".join(repr(t) for t in TEACHER_MODEL_TYPES))

@@ -109,7 +109,7 @@ def teacher_entries(cfg: TeacherConfig) -> list[Entry]:
   out = [Entry("embeddings.patch_embedding.weight", ("patch_embedding", "kernel"), "linear", 1, conv),
          Entry("embeddings.patch_embedding.bias", ("patch_embedding", "bias"))]
   for i in range(cfg.num_layers):
-    h, p = f"encoder.layers.{i}.", (f"layers_{i}",)
+    h, p = f"encoder.layers.{i}.", ("layers", f"layers_{i}")
     for ln in ("layer_norm1", "layer_norm2"):
       out += [Entry(h + ln + ".weight", p + (ln, "scale")), Entry(h + ln + ".bias", p + (ln, "bias"))]
     for n in ("q_proj", "k_proj", "v_proj"):
@@ -204,8 +204,6 @@ def unscan_layout(params: dict, cfg) -> dict:
 
 
 def _towers(cfg):
-  if isinstance(cfg, TeacherConfig):   # its layers are never scanned
-    return []
   return [cfg.llm, cfg.encoder] if isinstance(cfg, VLMConfig) else [cfg]
 
 
@@ -272,8 +270,6 @@ def _entries(cfg) -> list[Entry]:
 
 
 def _unscanned(cfg):
-  if isinstance(cfg, TeacherConfig):
-    return cfg
   if isinstance(cfg, VLMConfig):
     return cfg.replace_runtime(scan_layers=False)
   return dataclasses.replace(cfg, scan_layers=False)

@@ -8,6 +8,12 @@ same per-frame bidirectional attention as the student and the same merge. Weight
 with `penguin_jax.from_pretrained` from transformers' `VideoLlama3VisionModel` layout or
 the hub checkpoint's remote-code one (hf.py).
 
+Frozen: stage 1a calls it outside the differentiated function, so it keeps no activations
+for a backward pass and has no optimizer state. `scan_layers` stacks its blocks under
+`layers/layers` (one traced block: a 27-layer teacher compiles as fast as a 1-layer one);
+rematerialisation, which trades activation memory for recomputation in a backward pass,
+has nothing to do here and is not offered.
+
 Interface: the module is called as
     teacher(patches [b, P, C*14*14], patch_segment_ids [b, P], patch_positions [b, P, 2])
         -> per-patch features [b, P, teacher_hidden]
@@ -58,7 +64,25 @@ class _ViTBlock(nn.Module):
     x = x + dense(c.hidden_size, "out_proj", ("heads", "kv", "teacher_embed"), axis=(-2, -1))(a)
     h = ln("layer_norm2")(x)
     h = nn.gelu(dense(c.intermediate_size, "fc1", ("teacher_embed", "mlp"))(h), approximate=True)
-    return x + dense(c.hidden_size, "fc2", ("mlp", "teacher_embed"))(h)
+    return x + dense(c.hidden_size, "fc2", ("mlp", "teacher_embed"))(h), None
+
+
+class _ViTLayers(nn.Module):
+  """The `num_layers` blocks: params `layers_{i}`, or stacked on a leading `layers` axis
+  under `layers` (nn.scan) with `cfg.scan_layers`."""
+  cfg: TeacherConfig
+
+  @nn.compact
+  def __call__(self, x, cos, sin, seg):
+    c = self.cfg
+    if c.scan_layers:
+      stack = nn.scan(_ViTBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      return stack(c, name="layers")(x, cos, sin, seg)[0]
+    for i in range(c.num_layers):
+      x, _ = _ViTBlock(c, name=f"layers_{i}")(x, cos, sin, seg)
+    return x
 
 
 class ViTTeacher(nn.Module):
@@ -69,9 +93,8 @@ class ViTTeacher(nn.Module):
     c = self.cfg
     x = Linear(c.hidden_size, ("patch", "teacher_embed"), use_bias=True, dtype=c.dtype,
                param_dtype=c.param_dtype, name="patch_embedding")(patches)
-    cos, sin = teacher_rope_2d(patch_positions, c.head_dim, c.rope_theta)
-    for i in range(c.num_layers):
-      x = _ViTBlock(c, name=f"layers_{i}")(x, cos, sin, patch_segment_ids)
+    cos, sin = teacher_rope_2d(patch_positions, c.head_dim, c.rope_theta)  # [b, P, head_dim]
+    x = _ViTLayers(c, name="layers")(x, cos, sin, patch_segment_ids)       # [b, P, hidden]
     return nn.LayerNorm(c.layer_norm_eps, dtype=c.dtype, param_dtype=c.param_dtype,
                         name="post_layernorm")(x)
 

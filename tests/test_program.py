@@ -140,3 +140,41 @@ def test_frozen_modules_are_not_differentiated_and_the_update_is_unchanged():
   text = jax.jit(make_train_step(model, opt, trainable=trainable)).lower(state, batch).as_text()
   assert text.count("dot_general") < jax.jit(make_train_step(model, opt)).lower(
       state, batch).as_text().count("dot_general")
+
+
+def test_stage1_teacher_is_loaded_sharded_and_has_no_optimizer_state(tmp_path):
+  """Stage 1a on fsdp 4 x tensor 2: the teacher written as an HF folder comes back through
+  the import path onto its shards (split like the student's weights) with the folder's
+  values; the optimizer state holds Adam's mu and nu of the trainable modules only."""
+  cfg = stage1.get_config("tiny")
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 4, 2
+  program = program_lib.build(cfg, make_mesh(**cfg.mesh.to_dict()))
+  folder = program.write_random_teacher(str(tmp_path / "teacher"), jax.random.PRNGKey(3))
+  teacher = program.load_teacher(folder)
+  _, want = hf.from_pretrained(folder)
+  flat = jax.tree_util.tree_flatten_with_path(teacher)[0]
+  assert len(flat) == len(jax.tree.leaves(want)) > 0
+  for (path, x), w, a in zip(flat, jax.tree.leaves(want), jax.tree.leaves(program.abstract_teacher)):
+    assert x.sharding == a.sharding, jax.tree_util.keystr(path)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(w))
+  fc1 = teacher["layers"]["layers_0"]["fc1"]["kernel"]
+  assert tuple(fc1.sharding.spec) == ("fsdp", "tensor") and not fc1.sharding.is_fully_replicated
+
+  size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+  trainable = size({k: v for k, v in program.abstract_state.params.items() if k in program.trainable})
+  scalars = [x for x in jax.tree.leaves(program.abstract_state.opt_state) if x.ndim == 0]
+  assert "vision_distill_layer" in program.trainable
+  assert size(program.abstract_state.opt_state) == 2 * trainable + len(scalars)
+  assert size(teacher) > 0 and "teacher" not in str(jax.tree_util.tree_structure(
+      program.abstract_state.opt_state))
+
+
+def test_a_teacher_of_another_size_is_a_clear_error(tmp_path):
+  cfg = stage1.get_config("tiny")
+  cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor = 1, 4, 2
+  program = program_lib.build(cfg, make_mesh(**cfg.mesh.to_dict()))
+  cfg.model.teacher.hidden_size = 96
+  other = program_lib.build(cfg, make_mesh(**cfg.mesh.to_dict()))
+  folder = other.write_random_teacher(str(tmp_path / "t96"), jax.random.PRNGKey(0))
+  with pytest.raises(ValueError, match="hidden_size: 96 there, 64 here"):
+    program.load_teacher(folder)

@@ -114,6 +114,21 @@ def test_save_pretrained_and_orbax_round_trip_bit_exact(saved_teacher, tmp_path)
   assert back.config.hidden_size == 96 and back.config.model_type == "video_llama_3_vision"
 
 
+def test_scanned_layers_same_features_and_save_back_bit_exact(saved_teacher, tmp_path):
+  """scan_layers=True (the training layout: blocks stacked under layers/layers) gives the
+  same features, and save_pretrained from it writes the same tensors."""
+  from safetensors.torch import load_file
+  path, ref_model = saved_teacher
+  model, params = penguin_jax.from_pretrained(str(path), scan_layers=True)
+  assert params["layers"]["layers"]["q_proj"]["kernel"].shape == (2, 96, 4, 24)
+  pix = _inputs(2)
+  np.testing.assert_allclose(penguin_jax.encode_images(model, params, pix, GRIDS, MERGES),
+                             _reference(ref_model, pix), atol=1e-4, rtol=0)
+  penguin_jax.save_pretrained(model, params, str(tmp_path / "back"))
+  a, b = load_file(str(path / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_missing_tensor_is_named(saved_teacher, tmp_path):
   path, _ = saved_teacher
   shutil.copytree(path, tmp_path / "t")

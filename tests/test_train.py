@@ -1,5 +1,6 @@
-"""`python -m launch.train`: the tiny stage-1 run learns, and a run killed with SIGKILL
-resumes from its last checkpoint with exactly the losses of an uninterrupted run."""
+"""`python -m launch.train`: the tiny stage-1 run learns from its teacher (imported from an
+HF folder, frozen, saved with the run), and a run killed with SIGKILL resumes from its
+last checkpoint with exactly the losses of an uninterrupted run."""
 import json
 import os
 import signal
@@ -7,7 +8,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+
+import penguin_jax
+from penguin_jax.teacher import ViTTeacher
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A plain one-device CPU run (conftest gives this pytest process 8 devices).
@@ -16,8 +23,8 @@ ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 def _cmd(workdir, demo_dir, *extra):
   return [sys.executable, "-m", "launch.train", "--config=configs/stage1.py:tiny",
-          f"--workdir={workdir}", "--config.total_steps=12", "--config.log_every=1",
-          "--config.checkpoint_every=4", f"--config.data.demo_dir={demo_dir}", *extra]
+          f"--workdir={workdir}", "--config.total_steps=30", "--config.log_every=1",
+          "--config.checkpoint_every=10", f"--config.data.demo_dir={demo_dir}", *extra]
 
 
 def _metrics(workdir):
@@ -40,13 +47,12 @@ def uninterrupted(tmp_path_factory):
 
 def test_tiny_stage1_runs_logs_and_learns(uninterrupted):
   root, m, out = uninterrupted
-  assert sorted(m) == list(range(1, 13))
+  assert sorted(m) == list(range(1, 31))
   for k in ("loss", "lm_loss", "amplitude", "direction", "relation", "grad_norm",
             "tokens_per_s", "visual_tokens_per_s", "lr"):
-    assert k in m[12], k
-  assert m[12]["loss"] < m[1]["loss"]
-  assert "step 12 loss=" in out
-  assert sorted(os.listdir(root / "a" / "checkpoints")) == ["12", "4", "8"]
+    assert k in m[30], k
+  assert "step 30 loss=" in out
+  assert sorted(os.listdir(root / "a" / "checkpoints")) == ["10", "20", "30"]
   events = os.listdir(root / "a" / "tensorboard")
   assert any(e.startswith("events.out.tfevents") for e in events)
 
@@ -57,22 +63,45 @@ def test_kill9_then_resume_gives_identical_losses(uninterrupted):
   p = subprocess.Popen(_cmd(wd, root / "demo"), cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
   deadline = time.time() + 300
-  while not (wd / "checkpoints" / "8").exists() and time.time() < deadline:
+  while not (wd / "checkpoints" / "20").exists() and time.time() < deadline:
     if p.poll() is not None:
       pytest.fail("training exited before it could be killed")
     time.sleep(0.2)
   p.send_signal(signal.SIGKILL)
   p.wait()
   first = _metrics(wd)
-  assert max(first) < 12, "killed too late to test anything"
+  assert max(first) < 30, "killed too late to test anything"
   r = subprocess.run(_cmd(wd, root / "demo"), cwd=REPO, env=ENV, capture_output=True, text=True,
                      timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  assert "resumed from step" in r.stderr
+  assert "resumed from step" in r.stderr and "teacher included" in r.stderr
+  assert "teacher VL3-SigLIP-NaViT from" not in r.stderr    # restored, not reloaded
   resumed = _metrics(wd)
-  assert sorted(resumed) == list(range(1, 13))
-  for s in range(1, 13):
+  assert sorted(resumed) == list(range(1, 31))
+  for s in range(1, 31):
     assert resumed[s]["loss"] == pytest.approx(ref[s]["loss"], rel=1e-6, abs=1e-6), s
+
+
+def test_stage1_distils_from_the_imported_teacher_which_stays_frozen(uninterrupted):
+  """The tiny config's teacher is written as an HF folder (save_pretrained) and imported
+  like the real VL3-SigLIP-NaViT; every reconstruction part falls; the teacher saved with
+  the last checkpoint is bit-identical to the folder it was loaded from."""
+  root, m, out = uninterrupted
+  folder = root / "a" / "random_teacher"
+  assert json.load(open(folder / "config.json"))["model_type"] == "video_llama_3_vision"
+  assert f"teacher VL3-SigLIP-NaViT from {folder}" in out
+  mean = lambda k, steps: sum(m[s][k] for s in steps) / len(steps)   # batches differ
+  for k in ("loss", "amplitude", "direction", "relation"):
+    assert mean(k, range(26, 31)) < 0.8 * mean(k, range(1, 6)), k
+  model, before = penguin_jax.from_pretrained(str(folder))
+  assert isinstance(model, ViTTeacher)
+  after = ocp.StandardCheckpointer().restore(root / "a" / "checkpoints" / "30" / "teacher")
+  flat = lambda t: {jax.tree_util.keystr(p): np.asarray(x)
+                    for p, x in jax.tree_util.tree_flatten_with_path(t)[0]}
+  a, b = flat(before), flat(after)
+  assert sorted(a) == sorted(b) and len(a) > 4
+  for k in a:
+    assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
 
 
 def _run(workdir, demo, config, *extra, timeout=600):
@@ -123,13 +152,13 @@ def test_sigterm_saves_and_exits_cleanly(uninterrupted):
   p = subprocess.Popen(_cmd(wd, root / "demo", "--config.total_steps=200"), cwd=REPO, env=ENV,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
-  while not (wd / "checkpoints" / "4").exists() and time.time() < deadline:
+  while not (wd / "checkpoints" / "10").exists() and time.time() < deadline:
     time.sleep(0.2)
   p.send_signal(signal.SIGTERM)
   err = p.communicate(timeout=300)[1]
   assert p.returncode == 0, err[-2000:]
   saved = int(err.split("SIGTERM: saved step ")[1].split(",")[0])
-  assert 4 <= saved < 200 and (wd / "checkpoints" / str(saved)).exists()
+  assert 10 <= saved < 200 and (wd / "checkpoints" / str(saved)).exists()
 
 
 def test_missing_train_files_is_a_one_line_error(tmp_path):

@@ -1,6 +1,11 @@
-"""Training checkpoints with orbax: train state + data iterator state + config, every
-`checkpoint_every` steps, async, keep-N; resume from the latest. Written and restored by
-all processes; a restore takes the shardings of the current mesh (any mesh shape)."""
+"""Training checkpoints with orbax: train state + data iterator state + config (+ the
+frozen stage-1a teacher), every `checkpoint_every` steps, async, keep-N; resume from the
+latest. Written and restored by all processes; a restore takes the shardings of the
+current mesh (any mesh shape).
+
+The teacher is saved with the run (an item of its own, never in the optimizer's state),
+so a resumed run distils from exactly the teacher it started with, whether or not
+`init.teacher` still points at it."""
 from __future__ import annotations
 
 import json
@@ -10,11 +15,14 @@ import jax
 import orbax.checkpoint as ocp
 
 
+ITEMS = ("state", "data", "config", "teacher")
+
+
 def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                       enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=opts, item_names=("state", "data", "config"))
+                               options=opts, item_names=ITEMS)
 
 
 def gather_json(items: list) -> list:
@@ -36,21 +44,27 @@ def gather_json(items: list) -> list:
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, config: dict,
-         force: bool = False) -> bool:
-  return mgr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(data_state),
-      config=ocp.args.JsonSave(config)), force=force)
+         force: bool = False, teacher=None) -> bool:
+  items = dict(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+               config=ocp.args.JsonSave(config))
+  if teacher is not None:
+    items["teacher"] = ocp.args.StandardSave(teacher)
+  return mgr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None):
-  """-> (step, state, data_state) of `step` (default: the latest), or None."""
+def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None,
+            abstract_teacher=None):
+  """-> (step, state, data_state, teacher) of `step` (default: the latest), or None.
+  `teacher`: restored when `abstract_teacher` is given and the checkpoint holds one,
+  else None."""
   step = mgr.latest_step() if step is None else step
   if step is None:
     return None
-  out = mgr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return step, out.state, out.data
+  items = dict(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+  if abstract_teacher is not None and (mgr.directory / str(step) / "teacher").exists():
+    items["teacher"] = ocp.args.StandardRestore(abstract_teacher)
+  out = mgr.restore(step, args=ocp.args.Composite(**items))
+  return step, out.state, out.data, out.get("teacher")
 
 
 def _run_manager(path: str) -> ocp.CheckpointManager:
@@ -58,7 +72,7 @@ def _run_manager(path: str) -> ocp.CheckpointManager:
   root = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
   if not os.path.isdir(root):
     raise FileNotFoundError(f"{path}: no checkpoints folder (expected a training workdir)")
-  return ocp.CheckpointManager(os.path.abspath(root), item_names=("state", "data", "config"),
+  return ocp.CheckpointManager(os.path.abspath(root), item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(create=False))
 
 

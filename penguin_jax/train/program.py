@@ -48,7 +48,7 @@ def model_config(cfg, vocab_size: Optional[int] = None,
     vcfg = dataclasses.replace(vcfg, image_token_index=image_token_id)
   # The teacher is frozen: kept in the compute dtype (the release runs it in bf16).
   tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"], param_dtype=rt["dtype"],
-                       attention=m.attention) if m.use_teacher else None
+                       attention=m.attention, scan_layers=m.scan_layers) if m.use_teacher else None
   return vcfg, tcfg
 
 
@@ -141,12 +141,33 @@ class TrainProgram:
   def init_state(self, rng) -> TrainState:
     return self.new_state(self.init_params(rng))
 
-  def init_teacher(self, rng):
-    if self.teacher is None:
-      return None
-    shardings = jax.tree.map(lambda x: x.sharding, self.abstract_teacher)
-    with self.context():
-      return jax.jit(lambda r: hf.init_params(self.teacher, r), out_shardings=shardings)(rng)
+  def load_teacher(self, path: str):
+    """The frozen teacher's parameters from an HF folder (VL3-SigLIP-NaViT in either
+    layout, hf.py), in this program's dtype and layer layout, on their shards. Its
+    architecture must be `config.model.teacher`'s (the step is compiled for it)."""
+    got = hf.config_from_hf(path)
+    if not isinstance(got, TeacherConfig):
+      raise ValueError(f"config.init.teacher={path}: {type(got).__name__} is not a "
+                       "VL3-SigLIP-NaViT teacher (model_type video_llama_3_vision or "
+                       "videollama3_vision_encoder)")
+    want = self.teacher_config
+    diff = [f"{f}: {getattr(got, f)} there, {getattr(want, f)} here" for f in TEACHER_SIZES
+            if getattr(got, f) != getattr(want, f)]
+    if diff:
+      raise ValueError(f"config.init.teacher={path} does not match config.model.teacher ("
+                       + "; ".join(diff) + "): set config.model.teacher.* to the folder's sizes")
+    params = hf.hf_to_params(hf.read_tensors(path), want, dtype=np.dtype(want.param_dtype),
+                             source=path)
+    return put_global(params, jax.tree.map(lambda x: x.sharding, self.abstract_teacher))
+
+  def write_random_teacher(self, path: str, rng) -> str:
+    """A random teacher of this config's size written as an HF folder (float32,
+    `save_pretrained`): what the tiny config distils from, read back by `load_teacher`
+    like a real one. Needs no `transformers`."""
+    cfg = dataclasses.replace(self.teacher_config, dtype=jnp.float32, param_dtype=jnp.float32,
+                              scan_layers=False)
+    model = ViTTeacher(cfg)
+    return hf.save_pretrained(model, hf.init_params(model, rng), path)
 
   def lower(self):
     """The train step lowered for the abstract state, batch and teacher (no data)."""
@@ -174,6 +195,19 @@ class TrainProgram:
         label_positions=self.cfg.loss.max_label_tokens or None,
         encoder_pairs=encoder_pairs, llm_pairs=llm_pairs,
         frame_patches=frame_patches or max_frame_patches(self.cfg))
+
+
+# The teacher's architecture fields (TeacherConfig without the runtime ones).
+TEACHER_SIZES = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "patch_size",
+                 "num_channels", "layer_norm_eps", "rope_theta")
+
+
+def put_global(host_tree, shardings):
+  """Host (NumPy) arrays -> global jax.Arrays with `shardings`, each device taking only
+  its slice; every process holds the same host tree (multi-host safe)."""
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]), host_tree,
+      shardings)
 
 
 def _values(boxed):
