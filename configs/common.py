@@ -111,6 +111,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.loss.chunk_size = 1024
   c.loss.reconstruction_weight = 3.0
   c.loss.reconstruction_weight_end = 2.0   # falls linearly to this over total_steps, as the release; -1: constant
+  # Relation loss pairs (DESIGN 1.4): "image" = within an image / frame; "batch" = all the
+  # visual tokens of a chip's local batch, the release's. Either way one float32 Gram of
+  # N x N per local batch, N = rows per chip x data.max_visual_tokens: 2b stage 1a,
+  # N = 1 x 4096, 64 MiB per Gram (launch.aot: same 4.14 GiB peak on v5e-16 for both).
   c.loss.relation_scope = "image"
 
   # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state

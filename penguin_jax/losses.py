@@ -5,7 +5,7 @@
   `lm_head_cross_entropy`); denominators can be a larger batch's (gradient accumulation).
 * The reconstruction (distillation) losses of stage 1a (DESIGN 1.4): `amplitude_loss`,
   `direction_loss`, `relation_loss` (scope "image" = block-diagonal, or "batch" = the
-  release's all-pairs Gram) and their sum `reconstruction_loss`.
+  release's all-pairs Gram over a chip's local batch) and their sum `reconstruction_loss`.
 
 Labels follow Hugging Face: aligned with the inputs, -100 = ignore; the loss shifts them
 (hidden state i predicts label i+1) and never across a packed-sequence boundary.
@@ -370,55 +370,67 @@ def direction_loss(student, teacher, valid, eps: float = 1e-8, denominator=None)
 
 
 def relation_loss(student, teacher, token_segment_ids, scope: str = "image",
-                  beta: float = 1e-3, denominator=None):
+                  beta: float = 1e-3, denominator=None, local_rows: Optional[int] = None):
   """smooth-L1 between token-to-token similarity (Gram) matrices of L2-normalised
   student and teacher features, mean over the pairs in scope.
 
   token_segment_ids [b, V]: the image / frame of each visual token, 0 = padding.
-  scope "image": pairs inside one image or frame (block-diagonal, memory b*V^2, the
-                 default at scale). "batch": all pairs of valid tokens of the local batch,
-                 as the release does (memory (b*V)^2).
+  scope "image": pairs inside one image or frame (block-diagonal).
+        "batch": all pairs of valid tokens of the local batch, as the release does (one
+                 Gram over a GPU's micro-batch, cross-image pairs included). The local
+                 batch is each group of `local_rows` consecutive rows (the rows one chip
+                 holds; None = all b rows).
+  Both compute [b / local_rows, N, N] Grams with N = local_rows * V (image: local_rows =
+  1, pairs masked), float32: 4 N^2 bytes per Gram, and a few such arrays live at once.
   """
-  s = _l2_normalize(student.astype(jnp.float32))
-  t = _l2_normalize(teacher.astype(jnp.float32))
-  if scope == "image":
-    gs = jnp.einsum("bid,bjd->bij", s, s)
-    gt = jnp.einsum("bid,bjd->bij", t, t)
-  elif scope == "batch":
-    s = s.reshape(-1, s.shape[-1])
-    t = t.reshape(-1, t.shape[-1])
-    gs, gt = s @ s.T, t @ t.T
-  else:
+  if scope not in ("image", "batch"):
     raise ValueError(f"unknown relation loss scope {scope!r}: use 'image' or 'batch'")
-  return _masked_mean(smooth_l1(gs, gt, beta), _relation_pairs(token_segment_ids, scope),
-                      denominator)
+  s, t, seg = _local_batches(student, teacher, token_segment_ids,
+                             local_rows if scope == "batch" else 1)
+  s = _l2_normalize(s.astype(jnp.float32))          # [groups, N, e]
+  t = _l2_normalize(t.astype(jnp.float32))
+  gs = jnp.einsum("gid,gjd->gij", s, s)             # [groups, N, N]
+  gt = jnp.einsum("gid,gjd->gij", t, t)
+  return _masked_mean(smooth_l1(gs, gt, beta), _relation_pairs(seg, scope), denominator)
+
+
+def _local_batches(student, teacher, token_segment_ids, local_rows: Optional[int]):
+  """[b, V, ...] -> [b / local_rows, local_rows * V, ...] (consecutive rows together)."""
+  b, v = token_segment_ids.shape
+  r = local_rows or b
+  if b % r:
+    raise ValueError(f"relation loss: {b} rows do not split into local batches of {r}")
+  group = lambda x: x.reshape(b // r, r * v, *x.shape[2:])
+  return group(student), group(teacher), group(token_segment_ids)
 
 
 def _relation_pairs(token_segment_ids, scope: str):
-  """The token pairs that the relation loss compares: [b, V, V] ("image") or
-  [b*V, b*V] ("batch") bool."""
+  """The token pairs that the relation loss compares, [groups, N, N] bool: same image
+  or frame ("image"), or any two valid tokens of the group ("batch")."""
   valid = token_segment_ids != 0
+  pairs = valid[:, :, None] & valid[:, None, :]
   if scope == "image":
-    return (token_segment_ids[:, :, None] == token_segment_ids[:, None, :]) & valid[:, :, None]
-  v = valid.reshape(-1)
-  return v[:, None] & v[None, :]
+    pairs &= token_segment_ids[:, :, None] == token_segment_ids[:, None, :]
+  return pairs
 
 
-def reconstruction_normalizers(token_segment_ids, relation_scope: str = "image") -> dict:
+def reconstruction_normalizers(token_segment_ids, relation_scope: str = "image",
+                               local_rows: Optional[int] = None) -> dict:
   """The denominators of the reconstruction losses for this batch, from the data alone:
   valid visual tokens (amplitude, direction) and compared pairs (relation)."""
   valid = token_segment_ids != 0
   if relation_scope == "image":  # sum over frames of tokens^2, without the [b, V, V] mask
     key, n = _sequence_keys(token_segment_ids)
     per = jax.ops.segment_sum(valid.reshape(-1).astype(jnp.float32), key, num_segments=n)
-    pairs = jnp.sum(per * per)
-  else:
-    pairs = jnp.sum(valid).astype(jnp.float32) ** 2
-  return {"tokens": jnp.sum(valid).astype(jnp.float32), "pairs": pairs}
+  else:                          # sum over local batches of tokens^2
+    b = valid.shape[0]
+    per = jnp.sum(valid.reshape(b // (local_rows or b), -1), axis=1).astype(jnp.float32)
+  return {"tokens": jnp.sum(valid).astype(jnp.float32), "pairs": jnp.sum(per * per)}
 
 
 def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="image",
-                        beta: float = 1e-3, normalizers: Optional[dict] = None):
+                        beta: float = 1e-3, normalizers: Optional[dict] = None,
+                        local_rows: Optional[int] = None):
   """amplitude + direction + relation (DESIGN 1.4), each returned too.
   student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e].
   `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation)."""
@@ -428,6 +440,6 @@ def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="
       "amplitude": amplitude_loss(student, teacher, valid, beta, n.get("tokens")),
       "direction": direction_loss(student, teacher, valid, denominator=n.get("tokens")),
       "relation": relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
-                                n.get("pairs")),
+                                n.get("pairs"), local_rows),
   }
   return parts["amplitude"] + parts["direction"] + parts["relation"], parts

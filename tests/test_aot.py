@@ -57,6 +57,24 @@ def test_v5e4_compile_fits_above_the_analytic_lower_bound(tmp_path):
   assert "fits: yes" in r.stdout
 
 
+def test_teacher_is_gathered_once_per_step_not_per_micro_batch(tmp_path):
+  """Stage 1a for v5e-4 (libtpu), teacher split over fsdp 4: its all-gathers per step are
+  the same with 1 micro-batch as with 3 (gathered once, kept whole for the loop; XLA:TPU
+  otherwise gathers it again in every micro-batch)."""
+  got = {}
+  for batch in (4, 12):      # one row per chip: 1 or 3 micro-batches
+    out = tmp_path / f"r{batch}.json"
+    r = _aot("--config=configs/stage1.py:tiny", "--topology=v5e-4", f"--json={out}",
+             f"--config.data.global_batch={batch}", "--config.data.rows_per_chip=1",
+             "--config.mesh.data=1", "--config.mesh.fsdp=4")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(out.read_text())
+    assert rep["grad_accum"] == batch // 4
+    got[batch] = sum(x["bytes"] for x in rep["collectives"]["rows"]
+                     if x["where"] == "teacher" and x["kind"] == "all-gather")
+  assert got[4] > 0 and got[12] == got[4], got
+
+
 def test_train_and_aot_lower_the_same_program():
   """What launch.train jits is what launch.aot compiles (cpu:8, same lowered text)."""
   from configs import stage1

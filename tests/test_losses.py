@@ -49,6 +49,35 @@ def test_relation_scopes_and_padding():
   assert abs(float(bat) - float(img)) > 1e-4  # the scopes differ
 
 
+def test_relation_batch_scope_takes_one_gram_per_local_batch():
+  """scope "batch" with local_rows=r: one Gram over all valid tokens of each group of r
+  consecutive rows (a chip's local batch, cross-image pairs included), the mean over all
+  compared pairs; r = all rows is the release's Gram over the whole batch."""
+  rs = np.random.RandomState(3)
+  s, t = rs.randn(4, 5, 4).astype(np.float32), rs.randn(4, 5, 4).astype(np.float32)
+  seg = np.array([[1, 1, 2, 0, 0], [1, 1, 1, 1, 1], [1, 2, 2, 3, 0], [1, 0, 0, 0, 0]])
+
+  def reference(rows):
+    vals = []
+    for g in range(0, 4, rows):
+      keep = seg[g:g + rows].reshape(-1) != 0
+      a = F.normalize(torch.tensor(s[g:g + rows].reshape(-1, 4)[keep]), dim=-1)
+      c = F.normalize(torch.tensor(t[g:g + rows].reshape(-1, 4)[keep]), dim=-1)
+      vals.append(F.smooth_l1_loss(a @ a.T, c @ c.T, beta=0.001, reduction="none").reshape(-1))
+    return torch.cat(vals).mean().item()
+
+  got = {r: float(losses.relation_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(seg), "batch",
+                                       local_rows=r)) for r in (1, 2, 4)}
+  for r in (1, 2, 4):
+    np.testing.assert_allclose(got[r], reference(r), rtol=1e-5, err_msg=str(r))
+    n = losses.reconstruction_normalizers(jnp.asarray(seg), "batch", r)["pairs"]
+    groups = (seg != 0).reshape(4 // r, -1).sum(1)
+    assert float(n) == float((groups ** 2).sum())
+  assert len({round(v, 6) for v in got.values()}) == 3     # the grouping matters
+  np.testing.assert_allclose(got[4], float(losses.relation_loss(
+      jnp.asarray(s), jnp.asarray(t), jnp.asarray(seg), "batch")), rtol=1e-6)
+
+
 def _ce_setup():
   rs = np.random.RandomState(2)
   b, s, e, v = 2, 10, 8, 50

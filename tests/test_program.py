@@ -73,7 +73,8 @@ def test_gradient_accumulation_equals_one_big_step(scope):
   assert moved > 1e-3
 
 
-def test_gradient_accumulation_with_reconstruction_losses():
+@pytest.mark.parametrize("relation", ["image", "batch"])
+def test_gradient_accumulation_with_reconstruction_losses(relation):
   cfg = tiny_vlm_config()        # (with a distill head to the 32-wide teacher)
   model = PenguinVL(cfg)
   params = hf.init_params(model, jax.random.PRNGKey(0))
@@ -89,7 +90,9 @@ def test_gradient_accumulation_with_reconstruction_losses():
                          batch["patch_positions"])["params"]
   assert teacher_targets(teacher, tparams, batch).shape == (4, 16, 32)
   opt = optax.sgd(0.5)
-  kw = dict(teacher=teacher, reconstruction_weight=3.0, chunk_size=8)
+  # "batch": the Gram over each one-row local batch (a chip's rows), whatever the split
+  kw = dict(teacher=teacher, reconstruction_weight=3.0, chunk_size=8, relation_scope=relation,
+            relation_local_rows=1)
   one, m1 = _step_params(make_train_step(model, opt, **kw), params, opt, batch, tparams)
   two, m2 = _step_params(make_train_step(model, opt, grad_accum=2, **kw), params, opt, batch, tparams)
   for k in ("loss", "amplitude", "direction", "relation"):

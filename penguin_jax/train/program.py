@@ -95,6 +95,12 @@ def grad_accum_steps(cfg, mesh: Mesh) -> int:
   return B // (dp * r)
 
 
+def local_rows(cfg, mesh: Mesh, grad_accum: int) -> int:
+  """Rows one data-parallel chip holds in a micro-batch: its local batch (the relation
+  loss's "batch" scope takes its Gram over them, as the release over a GPU's batch)."""
+  return cfg.data.global_batch // grad_accum // (mesh.shape["data"] * mesh.shape["fsdp"])
+
+
 @dataclasses.dataclass
 class TrainProgram:
   """Everything about one training run that does not depend on data or weights."""
@@ -265,7 +271,8 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
                  max_label_tokens=cfg.loss.max_label_tokens or None)
   if teacher is not None:
     loss_kw.update(reconstruction_weight=reconstruction_weight(cfg),
-                   relation_scope=cfg.loss.relation_scope)
+                   relation_scope=cfg.loss.relation_scope,
+                   relation_local_rows=local_rows(cfg, mesh, grad_accum))
   step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum,
                             trainable=trainable, **loss_kw)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
