@@ -91,6 +91,9 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.max_tokens = 64 if tiny else 10240
   c.data.fps = 1.0
   c.data.max_frames = 180
+  # Several images in one sample: "release" sizes them as the release (one max_tokens
+  # budget, the first image's size for all); "per_image": each image alone (DESIGN 2.1).
+  c.data.multi_image = "release"
   # Image normalisation (DESIGN 2.1). A checkpoint's preprocessor_config.json (the file or
   # its folder, e.g. a released encoder's) wins over image_mean / image_std; the run
   # records the values it used here, in its checkpoints' config.

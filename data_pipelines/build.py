@@ -169,6 +169,9 @@ def main(argv=None) -> int:
   ap.add_argument("--max-length", type=int, default=16384, help="max tokens per sample")
   ap.add_argument("--max-tokens", type=int, default=16384, help="visual tokens budget per image / video")
   ap.add_argument("--min-tokens", type=int, default=16)
+  ap.add_argument("--multi-image", choices=images.MULTI_IMAGE_MODES, default="release",
+                  help="several images in a sample: one budget and the first image's size "
+                       "for all, as the release (default), or each image sized alone")
   ap.add_argument("--image-merge-size", type=int, default=1)
   ap.add_argument("--video-merge-size", type=int, default=2)
   ap.add_argument("--fps", type=float, default=1.0)
@@ -180,7 +183,7 @@ def main(argv=None) -> int:
                                 video_merge_size=args.video_merge_size,
                                 min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                                 fps=args.fps, max_frames=args.max_frames,
-                                max_length=args.max_length)
+                                max_length=args.max_length, multi_image=args.multi_image)
   for p, what in [(args.annotations, "--annotations"), (args.data_folder, "--data-folder")]:
     if p is not None and not os.path.exists(p):
       print(f"error: {what} {p} does not exist", file=sys.stderr)

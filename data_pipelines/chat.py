@@ -49,6 +49,10 @@ CHAT_TEMPLATE = (
     "{%- if not ((enable_thinking is defined and enable_thinking) or "
     "(add_think_prompt is defined and add_think_prompt)) -%}"
     "{{- '<think>\n\n</think>\n\n' -}}{%- endif -%}{%- endif -%}")
+# `from` -> role (DESIGN 2.3). A deliberate difference from the release, which maps every
+# `from` other than "human" to `assistant` (a system prompt is then trained on, with the
+# think scaffold): here "system" stays an untrained `system` turn, as the Qwen3 template
+# means it; "user" is a user. Any other `from` is a BadSample ("unknown_role").
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
          "system": "system"}
 

@@ -50,11 +50,12 @@ def load_image(path_or_bytes) -> np.ndarray:
 
 
 def check_aspect_ratio(h: int, w: int):
+  """Ratios up to 200 are trained by the release (DESIGN 2.1); above: a BadSample."""
   if h <= 0 or w <= 0:
     raise BadSample("zero_size_image", f"{h}x{w}")
-  if max(h, w) / min(h, w) >= tra.MAX_ASPECT_RATIO:
-    raise BadSample("aspect_ratio", f"{w}x{h} has aspect ratio {max(h, w) / min(h, w):.0f} "
-                    f">= {tra.MAX_ASPECT_RATIO}")
+  if max(h, w) / min(h, w) > tra.MAX_ASPECT_RATIO:
+    raise BadSample("aspect_ratio", f"{w}x{h} has aspect ratio {max(h, w) / min(h, w):.1f} "
+                    f"> {tra.MAX_ASPECT_RATIO}")
 
 
 def target_size(h: int, w: int, merge_size: int, min_tokens: int, max_tokens: int):
@@ -63,6 +64,30 @@ def target_size(h: int, w: int, merge_size: int, min_tokens: int, max_tokens: in
   (th, tw), = tra.allocate_frame_sizes(h, w, [tra.KEY], patch_size=PATCH, merge_size=merge_size,
                                        min_tokens=min_tokens, max_tokens=max_tokens)
   return th, tw
+
+
+MULTI_IMAGE_MODES = ("release", "per_image")
+
+
+def image_sizes(shapes, *, merge_size: int, min_tokens: int, max_tokens: int,
+                mode: str = "release") -> list[tuple[int, int]]:
+  """Target (height, width) of each image of one sample, from their (h, w) (DESIGN 2.1).
+
+  "release" (default; what the released checkpoints were trained on): the release's
+      processor sizes a sample's images as the key frames of one clip: one `max_tokens`
+      budget for all of them, and the FIRST image's height and width for every image
+      (a 451x300 image after a 600x400 one becomes 602x406).
+  "per_image": each image sized alone, with its own aspect ratio and the whole budget.
+  """
+  if mode not in MULTI_IMAGE_MODES:
+    raise ValueError(f"multi-image sizing {mode!r}: use one of {MULTI_IMAGE_MODES}")
+  for h, w in shapes:
+    check_aspect_ratio(h, w)
+  if mode == "per_image" or len(shapes) < 2:
+    return [target_size(h, w, merge_size, min_tokens, max_tokens) for h, w in shapes]
+  return tra.allocate_frame_sizes(*shapes[0], [tra.KEY] * len(shapes), patch_size=PATCH,
+                                  merge_size=merge_size, min_tokens=min_tokens,
+                                  max_tokens=max_tokens)
 
 
 def resize_bicubic(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -87,8 +112,9 @@ def to_patches(frames: np.ndarray, merge_size: int, mean=RELEASE_MEAN,
 
 
 def process_image(rgb: np.ndarray, *, merge_size: int = 1, min_tokens: int = 16,
-                  max_tokens: int = 16384, mean=RELEASE_MEAN, std=RELEASE_STD):
-  """uint8 [H, W, 3] -> (patches [n, 588], grid (1, gh, gw)); n / merge^2 LLM tokens."""
+                  max_tokens: int = 16384, mean=RELEASE_MEAN, std=RELEASE_STD, size=None):
+  """uint8 [H, W, 3] -> (patches [n, 588], grid (1, gh, gw)); n / merge^2 LLM tokens.
+  `size`: the target (height, width) when the sample decided it (`image_sizes`)."""
   h, w = rgb.shape[:2]
-  th, tw = target_size(h, w, merge_size, min_tokens, max_tokens)
+  th, tw = size or target_size(h, w, merge_size, min_tokens, max_tokens)
   return to_patches(resize_bicubic(rgb, th, tw)[None], merge_size, mean, std)

@@ -25,13 +25,16 @@ class SampleConfig:
   image_merge_size: int = 1
   video_merge_size: int = 2
   min_tokens: int = 16           # per image / frame, in merged tokens
-  max_tokens: int = 16384        # per image, and per whole video (TRA budget)
+  max_tokens: int = 16384        # per sample's images (release sizing) / video (TRA budget)
   fps: float = 1.0
   max_frames: int = 180
   use_tra: bool = True
   max_length: Optional[int] = None   # text tokens (incl. visual tokens); None: no limit
   image_mean: tuple = images.RELEASE_MEAN   # normalisation (DESIGN 2.1): the checkpoint's
   image_std: tuple = images.RELEASE_STD     # preprocessor_config.json, else the release's 0.5
+  # Several images in one sample (images.image_sizes): "release" = one budget, the first
+  # image's size for all (the released checkpoints' training); "per_image" = each alone.
+  multi_image: str = "release"
 
 
 def media_of(sample: dict) -> tuple[list, list]:
@@ -62,10 +65,12 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
   sid = sample.get("id")
   try:
     patches, grids, merges, visuals = [], [], [], []
-    for rgb in image_arrays:
+    sizes = images.image_sizes([a.shape[:2] for a in image_arrays],
+                               merge_size=cfg.image_merge_size, min_tokens=cfg.min_tokens,
+                               max_tokens=cfg.max_tokens, mode=cfg.multi_image)
+    for rgb, size in zip(image_arrays, sizes):
       p, g = images.process_image(rgb, merge_size=cfg.image_merge_size,
-                                  min_tokens=cfg.min_tokens, max_tokens=cfg.max_tokens,
-                                  mean=cfg.image_mean, std=cfg.image_std)
+                                  mean=cfg.image_mean, std=cfg.image_std, size=size)
       patches.append(p)
       grids.append(g)
       merges.append(cfg.image_merge_size)

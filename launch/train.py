@@ -79,7 +79,7 @@ def prepare_data(cfg, workdir: str):
                                  video_merge_size=d.video_merge_size, min_tokens=d.min_tokens,
                                  max_tokens=d.max_tokens, fps=d.fps, max_frames=d.max_frames,
                                  max_length=d.seq_len, image_mean=tuple(d.image_mean),
-                                 image_std=tuple(d.image_std))
+                                 image_std=tuple(d.image_std), multi_image=d.multi_image)
   if not d.demo:
     if not d.train_files:
       raise ValueError("config.data.train_files is empty: build shards with "

@@ -76,3 +76,19 @@ def test_bad_conversations_are_named(tok, conv, reason):
   with pytest.raises(BadSample) as e:
     format_sample(tok, {"id": "b", "conversations": conv}, [])
   assert e.value.reason == reason
+
+
+def test_roles_system_stays_an_untrained_system_turn_and_user_is_a_user(tok):
+  """DESIGN 2.3: a documented difference from the release (which trains "system" as an
+  assistant turn): "system" is a `system` turn, never trained; "user" maps to `user`."""
+  sample = {"id": "r", "conversations": [
+      {"from": "system", "value": "Be brief."}, {"from": "user", "value": "Hi?"},
+      {"from": "assistant", "value": "Hello."}]}
+  ids, labels = format_sample(tok, sample, [])
+  assert tok.decode(ids) == ("<|im_start|>system\nBe brief.<|im_end|>\n"
+                             "<|im_start|>user\nHi?<|im_end|>\n"
+                             "<|im_start|>assistant\n<think>\n\n</think>\n\nHello.<|im_end|>\n")
+  assert _trained_text(tok, ids, labels) == "Hello.<|im_end|>"
+  with pytest.raises(BadSample) as e:
+    format_sample(tok, {"id": "x", "conversations": [{"from": "bot", "value": "a"}]}, [])
+  assert e.value.reason == "unknown_role"

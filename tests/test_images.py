@@ -101,3 +101,53 @@ def test_small_image_is_scaled_up_to_the_token_floor():
   _, (t, gh, gw) = images.process_image(np.zeros((61, 95, 3), np.uint8), merge_size=2)
   # 16 tokens x 28^2 x 1.5 pixels at least, sides rounded up: 112 x 196
   assert (gh, gw) == (8, 14)
+
+
+def test_aspect_ratio_200_is_kept_above_is_rejected():
+  """DESIGN 2.1: the release trains ratios up to 200 (only > 200 is rejected)."""
+  _, (t, gh, gw) = images.process_image(np.zeros((14, 2800, 3), np.uint8), min_tokens=4,
+                                        max_tokens=256)
+  assert t == 1 and gw / gh >= 50
+  with pytest.raises(BadSample) as e:
+    images.process_image(np.zeros((14, 2814, 3), np.uint8))
+  assert e.value.reason == "aspect_ratio" and "201.0 > 200" in str(e.value)
+
+
+def _budget_size(h, w, merge, max_tokens, n):
+  """DESIGN 2.1 by hand: n key frames of the FIRST image's h x w sharing max_tokens."""
+  f = 14 * merge
+  max_pixels = max_tokens * f * f * 0.95
+  area = h * w if n * h * w <= max_pixels else max_pixels / n
+  ww = (area / (h / w)) ** 0.5
+  return max(f, round(ww * h / w / f) * f), max(f, round(ww / f) * f)
+
+
+def test_several_images_sized_as_the_release_or_each_alone():
+  """A 600x400 then a 451x300 image (width x height): as the release, both take the first
+  one's size, 602x406 = 43 x 29 = 1,247 tokens each; per_image: 1,247 + 672 (448x294).
+  With a budget they share it: two 1400x1400 images at max_tokens 10240."""
+  from data_pipelines import sample as S
+  shapes = [(400, 600), (300, 451)]
+  kw = dict(merge_size=1, min_tokens=16, max_tokens=16384)
+  assert _budget_size(400, 600, 1, 16384, 2) == (406, 602)
+  assert images.image_sizes(shapes, **kw) == [(406, 602), (406, 602)]
+  assert images.image_sizes(shapes, mode="per_image", **kw) == [(406, 602), (294, 448)]
+  big = [(1400, 1400), (1000, 1000)]
+  kw["max_tokens"] = 10240
+  want = _budget_size(1400, 1400, 1, 10240, 2)
+  assert images.image_sizes(big, **kw) == [want, want] and want[0] * want[1] // 196 == 4900
+  assert [h * w // 196 for h, w in images.image_sizes(big, mode="per_image", **kw)] == [9801, 5041]
+  with pytest.raises(ValueError, match="per_image"):
+    images.image_sizes(shapes, mode="each", **kw)
+
+  from data_pipelines.tokenizer import Qwen3Tokenizer
+  tok = Qwen3Tokenizer.from_vocab_file()
+  rs = np.random.RandomState(0)
+  arrays = [rs.randint(0, 255, (400, 600, 3), np.uint8), rs.randint(0, 255, (300, 451, 3), np.uint8)]
+  sample = {"id": "two", "image": ["a", "b"], "conversations": [
+      {"from": "human", "value": "<image><image>Same?"}, {"from": "gpt", "value": "No."}]}
+  for mode, tokens in (("release", [1247, 1247]), ("per_image", [1247, 672])):
+    out = S.process(sample, arrays, None, None, tok, S.SampleConfig(multi_image=mode))
+    assert [int(g[1] * g[2]) for g in out["grids"]] == tokens
+    assert out["patches"].shape[0] == sum(tokens)
+    assert int((out["input_ids"] == tok.image_token_id).sum()) == sum(tokens)
