@@ -102,30 +102,61 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: float,
 
 
 # --------------------------------------------------------------------------- key frames
-def antialias_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] weights of an antialiased bilinear (triangle) resize, as PyTorch's
-  `interpolate(mode="bilinear", antialias=True)` and PIL compute them."""
-  scale = in_size / out_size
-  support = max(scale, 1.0)
-  inv = 1.0 / scale if scale >= 1.0 else 1.0
-  mat = np.zeros((out_size, in_size), np.float64)
+def antialias_taps(in_size: int, out_size: int) -> list[tuple[int, np.ndarray]]:
+  """Per output pixel (first input index, float32 weights) of an antialiased bilinear
+  (triangle filter) resize, computed as PyTorch's CPU kernel computes them: in float32,
+  with its mixed float / double intermediate steps (DESIGN 2.2: float64 weights move
+  pixel values by up to 0.004 and flip key-frame decisions)."""
+  f32 = np.float32
+  scale = f32(f32(in_size) / f32(out_size))
+  support = scale if scale >= 1.0 else f32(1.0)
+  inv = f32(1.0 / float(scale)) if scale >= 1.0 else f32(1.0)
+  taps = []
   for o in range(out_size):
-    center = scale * (o + 0.5)
-    lo = max(int(center - support + 0.5), 0)
-    hi = min(int(center + support + 0.5), in_size)
-    j = np.arange(lo, hi)
-    w = np.maximum(0.0, 1.0 - np.abs((j - center + 0.5) * inv))
-    if w.sum() > 0:
-      mat[o, lo:hi] = w / w.sum()
-  return mat
+    center = f32(float(scale) * (o + 0.5))
+    lo = max(int(float(f32(center - support)) + 0.5), 0)
+    hi = min(int(float(f32(center + support)) + 0.5), in_size)
+    x = np.abs((np.asarray([float(f32(f32(j) - center)) for j in range(lo, hi)]) + 0.5) * float(inv))
+    x = x.astype(f32)
+    w = np.where(x < 1.0, (1.0 - x.astype(np.float64)).astype(f32), f32(0.0))
+    total = f32(0.0)
+    for v in w:                      # a float32 running sum, as the kernel's loop
+      total = f32(total + v)
+    taps.append((lo, (w / total).astype(f32) if total != 0 else w))
+  return taps
+
+
+def _resize_axis(x: np.ndarray, taps, axis: int) -> np.ndarray:
+  """One separable pass over `axis`, float32, summing each output's taps in PyTorch's
+  order and rounding: x0 * w0, then the taps in blocks of 4 as separate multiply and add,
+  the remaining ones fused (multiply-add rounded once). That is how its AVX2 CPU kernel
+  (torch 2.13) evaluates the loop; fused steps are computed in float64 (the product of
+  two float32 is exact there) and rounded to float32."""
+  x = np.moveaxis(x, axis, -1)
+  out = np.empty(x.shape[:-1] + (len(taps),), np.float32)
+  for o, (lo, w) in enumerate(taps):
+    acc = x[..., lo] * w[0]
+    plain = 4 * ((len(w) - 1) // 4)
+    for j in range(1, len(w)):
+      if j <= plain:
+        acc = acc + x[..., lo + j] * w[j]
+      else:
+        acc = (acc.astype(np.float64) + x[..., lo + j].astype(np.float64) * float(w[j])
+               ).astype(np.float32)
+    out[..., o] = acc
+  return np.moveaxis(out, -1, axis)
 
 
 def resize_antialiased(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-  """frames [N, H, W, C] -> float32 [N, height, width, C]."""
-  rh = antialias_matrix(frames.shape[1], height).astype(np.float32)
-  rw = antialias_matrix(frames.shape[2], width).astype(np.float32)
+  """frames [N, H, W, C] -> float32 [N, height, width, C], bit for bit PyTorch's
+  `interpolate(frames as float32 NCHW, (height, width), mode="bilinear", antialias=True)`
+  on CPU (the release's key-frame resize): width pass first, then height."""
   x = frames.astype(np.float32)
-  return np.einsum("oh,nhwc,pw->nopc", rh, x, rw, optimize=True)
+  if x.shape[2] != width:
+    x = _resize_axis(x, antialias_taps(x.shape[2], width), 2)
+  if x.shape[1] != height:
+    x = _resize_axis(x, antialias_taps(x.shape[1], height), 1)
+  return x
 
 
 def _hsv_patches(frame: np.ndarray) -> np.ndarray:

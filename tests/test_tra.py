@@ -45,12 +45,18 @@ def test_aspect_ratio_is_kept_and_min_is_rounded_up():
   assert abs(w / h - 30) / 30 < 0.5
 
 
-def test_antialias_matrix_matches_torch():
-  for n_in, n_out in [(100, 28), (64, 14), (30, 42), (14, 14), (57, 13)]:
-    x = torch.eye(n_in)[None, None]
-    y = F.interpolate(x, size=(n_out, n_in), mode="bilinear", antialias=True,
-                      align_corners=False)[0, 0]
-    np.testing.assert_allclose(tra.antialias_matrix(n_in, n_out), y.numpy(), atol=1e-5)  # torch: float32
+def test_key_frame_resize_equals_torch_bit_for_bit():
+  """DESIGN 2.2: the release resizes key-frame candidates with torch's antialiased
+  bilinear in float32; ours equals it to the last bit (down, up, one axis, large)."""
+  rs = np.random.RandomState(0)
+  for (H, W, h, w) in [(120, 160, 42, 56), (37, 91, 14, 28), (30, 40, 56, 70),
+                       (100, 100, 98, 98), (64, 640, 64, 56), (720, 1280, 70, 126)]:
+    frames = rs.randint(0, 256, (2, H, W, 3)).astype(np.uint8)
+    want = F.interpolate(torch.from_numpy(frames).permute(0, 3, 1, 2).float(), size=(h, w),
+                         mode="bilinear", antialias=True, align_corners=False)
+    got = tra.resize_antialiased(frames, h, w)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want.permute(0, 2, 3, 1).numpy(), err_msg=str((H, W, h, w)))
 
 
 def _video():
