@@ -1,13 +1,22 @@
 """Video (DESIGN 2.2): decode with PyAV (no system ffmpeg), sample at an fps with a frame
 cap, keep timestamps, then TRA: key frames, the frame budget, patches per frame.
 
-Sampling as the release: with `duration` decoded frames at `vid_fps`, if the video is
-shorter than `max_frames` seconds, one frame from the middle of every 1/fps-second segment
-(`arange(seg // 2, duration, seg)`, seg = vid_fps // fps); else `max_frames` frames by
-`linspace(0, duration - 1, max_frames)`. Timestamps are frame index / vid_fps.
+Sampling as the release's training path (`mm_utils.load_video`) does:
+* video files: ffmpeg's `fps=FPS:round=down` filter (`fps_filter_indices`, the filter's
+  rule computed from the frames' timestamps): output frame k shows the last frame whose
+  time, in units of 1/fps rounded down, is <= k, until the end of the last frame rounded
+  down (a final partial second is dropped); its timestamp is start + k / fps (0.0, 1.0,
+  2.0, ...); more than `max_frames` of them: a linspace subset.
+* gifs and clips too short for one such frame (under 1 s at 1 fps): the release's other
+  path (`sample_indices`): one frame from the middle of every 1/fps-second segment
+  (`arange(seg // 2, n, seg)`, seg = native_fps // fps), or `max_frames` frames by
+  `linspace(0, n - 1, max_frames)` for a long clip; timestamp = index / native_fps.
 """
 from __future__ import annotations
 
+import fractions
+import io
+import math
 import os
 
 import numpy as np
@@ -17,6 +26,7 @@ from data_pipelines.errors import BadSample
 
 
 def sample_indices(duration: int, vid_fps: float, fps: float, max_frames: int) -> np.ndarray:
+  """The release's frame-folder / gif path: indices of `duration` frames at `vid_fps`."""
   if duration <= 0:
     raise BadSample("corrupt_video", "no frames")
   if fps and duration / vid_fps < max_frames:
@@ -27,51 +37,102 @@ def sample_indices(duration: int, vid_fps: float, fps: float, max_frames: int) -
   return np.linspace(0, duration - 1, max_frames, dtype=int)
 
 
+def fps_filter_indices(pts, time_base, end_pts, fps) -> np.ndarray:
+  """Which input frame each output frame of ffmpeg's `fps=FPS:round=down` shows.
+
+  pts: the frames' presentation timestamps (ints, ascending) in `time_base` seconds;
+  end_pts: the end of the last frame (its pts + duration). A time becomes an output slot
+  number by floor(t * fps) (exact rational arithmetic, as `av_rescale_q_rnd`); slots run
+  from the first frame's to the end's (excluded), and slot n shows the last frame whose
+  slot is <= n (a gap repeats a frame). Empty when the clip ends inside its first slot."""
+  scale = fractions.Fraction(time_base) * fractions.Fraction(fps)
+  slot = lambda p: math.floor(p * scale)
+  slots = [slot(p) for p in pts]
+  if not slots:
+    return np.zeros((0,), int)
+  out, j = [], 0
+  for n in range(slots[0], slot(end_pts)):
+    while j + 1 < len(slots) and slots[j + 1] <= n:
+      j += 1
+    out.append(j)
+  return np.asarray(out, int)
+
+
+def _fps_fraction(fps: float) -> fractions.Fraction:
+  return fractions.Fraction(fps).limit_denominator(1001)
+
+
 def load_video(path, fps: float = 1.0, max_frames: int = 180):
-  """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds).
-  Raises BadSample: missing_file, corrupt_video, truncated_video."""
+  """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds),
+  sampled as the module docstring says. Raises BadSample: missing_file, corrupt_video,
+  truncated_video."""
   import av
-  import io
   if isinstance(path, bytes):
-    src, path = io.BytesIO(path), "<bytes>"
+    src, name = io.BytesIO(path), "<bytes>"
   elif not os.path.isfile(path):
     raise BadSample("missing_file", str(path))
   else:
-    src = path
+    src, name = path, path
   try:
     with av.open(src) as container:
       if not container.streams.video:
-        raise BadSample("corrupt_video", f"{path}: no video stream")
+        raise BadSample("corrupt_video", f"{name}: no video stream")
       stream = container.streams.video[0]
       vid_fps = float(stream.average_rate or stream.guessed_rate or 0)
-      duration = stream.frames
       if vid_fps <= 0:
-        raise BadSample("corrupt_video", f"{path}: unknown frame rate")
-      if duration <= 0 and stream.duration and stream.time_base:  # e.g. Matroska
-        duration = int(round(float(stream.duration * stream.time_base) * vid_fps))
-      if duration <= 0 and container.duration:
-        duration = int(round(container.duration / 1e6 * vid_fps))
-      if duration <= 0:  # no length anywhere: count by decoding
-        duration = sum(1 for _ in container.decode(stream))
-        container.seek(0)
-      wanted = sample_indices(duration, vid_fps, fps, max_frames)
+        raise BadSample("corrupt_video", f"{name}: unknown frame rate")
+      # The frames' timestamps, from the packets (no decoding).
+      packets = [(pk.pts, pk.duration) for pk in container.demux(stream)
+                 if pk.pts is not None and pk.size]
+      if not packets:
+        raise BadSample("corrupt_video", f"{name}: no frames")
+      packets.sort()
+      pts = [p for p, _ in packets]
+      tb = stream.time_base
+      last_dur = packets[-1][1] or int(round(1 / (vid_fps * tb)))
+      _check_complete(stream, container, pts[-1] + last_dur, tb, name)
+      gif = "gif" in (container.format.name or "")
+      wanted = None if gif or not fps else fps_filter_indices(pts, tb, pts[-1] + last_dur,
+                                                               _fps_fraction(fps))
+      if wanted is not None and len(wanted):
+        start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
+        stamps = start + np.arange(len(wanted)) / float(fps)
+        if len(wanted) > max_frames:
+          keep = np.linspace(0, len(wanted) - 1, max_frames, dtype=int)
+          wanted, stamps = wanted[keep], stamps[keep]
+      else:                      # gifs, clips shorter than one output frame
+        wanted = sample_indices(len(pts), vid_fps, fps, max_frames)
+        stamps = wanted / vid_fps
+      container.seek(0)
       want = set(int(i) for i in wanted)
       got = {}
       for i, frame in enumerate(container.decode(stream)):
         if i in want:
           got[i] = frame.to_ndarray(format="rgb24")
-        if i >= wanted[-1]:
+        if i >= wanted.max():
           break
   except BadSample:
     raise
   except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
-    raise BadSample("corrupt_video", f"{path}: {e}")
+    raise BadSample("corrupt_video", f"{name}: {e}")
   missing = [i for i in want if i not in got]
   if missing:
-    raise BadSample("truncated_video", f"{path}: {len(got)} of {len(want)} sampled frames "
-                    f"decoded (the container promises {duration})")
+    raise BadSample("truncated_video", f"{name}: {len(got)} of {len(want)} sampled frames "
+                    f"decoded (the stream has {len(pts)} packets)")
   frames = np.stack([got[int(i)] for i in wanted])
-  return frames, (wanted / vid_fps).astype(np.float64)
+  return frames, np.asarray(stamps, np.float64)
+
+
+def _check_complete(stream, container, end_pts, tb, name):
+  """A file cut short: its frames end over a second before the length it declares."""
+  declared = None
+  if stream.duration and tb:
+    declared = float(stream.duration * tb)
+  elif container.duration:
+    declared = container.duration / 1e6
+  if declared and float(end_pts * tb) < declared - 1.0:
+    raise BadSample("truncated_video", f"{name}: frames end at {float(end_pts * tb):.1f} s, "
+                    f"the container declares {declared:.1f} s")
 
 
 def process_video(frames: np.ndarray, *, merge_size: int = 2, min_tokens: int = 16,
