@@ -81,6 +81,9 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.packing = "best_fit"
   c.data.packing_bins = 16 if tiny else 256
   c.data.workers = 0 if tiny else 8
+  # Skipped samples in a row (too long, undecodable) after which the run stops with one
+  # line saying why, instead of searching the data forever for a sample that fits.
+  c.data.max_skips_in_a_row = 10_000
   # Data shards: each packs its own slice of the records into global_batch / shards rows.
   # 0 = one per process. Fix it (e.g. 2) to get the same global batches, and an exact
   # resume, whatever the number of processes (it must be a multiple of them).

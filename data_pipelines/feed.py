@@ -30,7 +30,8 @@ class DataFeed:
                                max_visual_tokens=d.max_visual_tokens,
                                batch_size=d.global_batch // self.num_shards,
                                packing=d.packing, num_packing_bins=d.packing_bins,
-                               seed=cfg.seed, worker_count=d.workers)
+                               seed=cfg.seed, worker_count=d.workers,
+                               max_skips_in_a_row=d.max_skips_in_a_row)
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
     self.iters = [iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, s, self.num_shards))

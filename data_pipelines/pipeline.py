@@ -18,7 +18,9 @@ A batch (numpy, all shapes static):
 Sharded by `jax.process_index()`; `worker_count` > 0 decodes in worker processes; the
 iterator's `get_state()` / `set_state()` restore the exact stream (orbax checkpoints it).
 A sample that cannot fit a row (too many tokens, patches or visual tokens) or that fails
-to decode is logged with its id and reason, counted, and skipped.
+to decode is logged with its id and reason, counted, and skipped; `max_skips_in_a_row`
+skips without one usable sample stop the pipeline with `NoProgress` (one line saying
+why) instead of skipping forever.
 """
 from __future__ import annotations
 
@@ -52,6 +54,11 @@ class PipelineConfig:
   num_epochs: Optional[int] = None    # None: repeat forever
   worker_count: int = 0               # >0: multiprocessing workers
   worker_buffer_size: int = 2
+  max_skips_in_a_row: int = 10_000    # then NoProgress: no sample of the data fits / decodes
+
+
+class NoProgress(ValueError):
+  """The data cannot make a batch: every sample in a long run was skipped."""
 
 
 SKIPPED = collections.Counter()       # reasons of samples skipped in this process
@@ -125,6 +132,7 @@ class _Process:
 
   def __init__(self, tokenizer, scfg, cfg):
     self.tokenizer, self.scfg, self.cfg = tokenizer, scfg, cfg
+    self.in_a_row = collections.Counter()    # reasons of the skips since the last good one
 
   def __call__(self, raw: bytes):
     rec = decode_record(raw)
@@ -132,18 +140,29 @@ class _Process:
       f = sample_features(rec, self.tokenizer, self.scfg)
     except BadSample as e:
       e = e if e.sample_id is not None else e.with_id(rec.get("id"))
-      SKIPPED[e.reason] += 1
-      log.warning("skip %s: %s%s", e.sample_id, e.reason, f" ({e.detail})" if e.detail else "")
-      return None
+      return self._skip(e.sample_id, e.reason, e.detail)
     c = self.cfg
     for what, n, cap in [("tokens", len(f["input_ids"]), c.seq_len),
                          ("patches", len(f["patches"]), c.max_patches),
                          ("visual tokens", len(f["merge_index"]), c.max_visual_tokens)]:
       if n > cap:
-        SKIPPED["too_long"] += 1
-        log.warning("skip %s: too_long (%d %s > %d per row)", rec.get("id"), n, what, cap)
-        return None
+        return self._skip(rec.get("id"), "too_long", f"{n} {what} > {cap} per row")
+    self.in_a_row.clear()
     return f
+
+  def _skip(self, sample_id, reason: str, detail: str):
+    SKIPPED[reason] += 1
+    self.in_a_row[reason] += 1
+    log.warning("skip %s: %s%s", sample_id, reason, f" ({detail})" if detail else "")
+    n = sum(self.in_a_row.values())
+    if n >= self.cfg.max_skips_in_a_row:
+      c = self.cfg
+      reasons = ", ".join(f"{k} {v}" for k, v in self.in_a_row.most_common())
+      hint = (f"raise data.seq_len ({c.seq_len}) / max_patches ({c.max_patches}) / "
+              f"max_visual_tokens ({c.max_visual_tokens}) or filter the data"
+              if "too_long" in self.in_a_row else "check the data")
+      raise NoProgress(f"no usable sample in the last {n} ({reasons}): {hint}")
+    return None
 
 
 def make_dataset(paths: Sequence[str], tokenizer, scfg: sample_lib.SampleConfig,

@@ -116,3 +116,18 @@ def test_worker_processes_are_deterministic_and_restorable(shards):
     b = next(it3)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_data_where_nothing_fits_stops_with_one_line_instead_of_skipping_forever(shards):
+  """Rows of 8 tokens hold no sample: after max_skips_in_a_row skips the pipeline stops
+  with NoProgress naming the reason and what to change (it used to loop forever)."""
+  import dataclasses
+  paths, scfg, tok = shards
+  cfg = dataclasses.replace(CFG, seq_len=8, max_skips_in_a_row=25)
+  it = iter(P.make_dataset(paths, tok, scfg, cfg, process_index=0, process_count=1))
+  with pytest.raises(P.NoProgress) as e:
+    next(it)
+  import re
+  msg = str(e.value)      # (Grain maps in prefetch threads: a few more may be counted)
+  m = re.match(r"no usable sample in the last (\d+) \(too_long (\d+)\): raise data.seq_len \(8\)", msg)
+  assert m and int(m.group(1)) == int(m.group(2)) >= 25 and "\n" not in msg, msg

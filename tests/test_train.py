@@ -167,3 +167,15 @@ def test_missing_train_files_is_a_one_line_error(tmp_path):
   assert r.returncode == 2
   assert "error: config.data.train_files: 1 of 1 files not found" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_data_that_never_fits_a_row_stops_with_one_line(uninterrupted):
+  """Every sample longer than seq_len: the run stops with exit 2 and one line saying what
+  to change, instead of skipping samples forever."""
+  root, _, _ = uninterrupted
+  r = _run(root / "nofit", root / "demo", "stage2.py:tiny", "--config.data.seq_len=16",
+           "--config.data.max_skips_in_a_row=50", "--config.total_steps=2", timeout=300)
+  assert r.returncode == 2, r.stderr[-2000:]
+  err = [l for l in r.stderr.splitlines() if "error:" in l]
+  assert len(err) == 1 and "no usable sample in the last" in err[0]
+  assert "raise data.seq_len (16)" in err[0] and "Traceback" not in r.stderr
