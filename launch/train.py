@@ -128,6 +128,8 @@ def main(argv):
 
   cfg, workdir = FLAGS.config, FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    _lock_workdir(workdir)
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
   paths, tokenizer, scfg = prepare_data(cfg, workdir)
@@ -187,6 +189,41 @@ def main(argv):
     writer.close()
   log.info("done at step %d", step)
   return 0
+
+
+def _lock_workdir(workdir: str):
+  """One run per workdir: WORKDIR/run.lock holds "host pid" of the run that owns it (process
+  0), removed at exit. A second run stops with one line; a lock left by a dead process on
+  this host (kill -9, a crash) is taken over, with a line saying so."""
+  import atexit
+  import socket
+  path, me = os.path.join(workdir, "run.lock"), f"{socket.gethostname()} {os.getpid()}"
+  for _ in range(2):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+      with open(path) as f:
+        owner = f.read().split()
+      host, pid = (owner + ["?", "0"])[:2]
+      alive = True
+      if host == socket.gethostname() and pid.isdigit():
+        try:
+          os.kill(int(pid), 0)
+        except ProcessLookupError:
+          alive = False
+        except PermissionError:
+          pass
+      if alive:
+        raise ValueError(f"{workdir} is in use by another run (pid {pid} on {host}, "
+                         f"{path}); use another --workdir, or delete the lock if that run "
+                         "is gone")
+      log.warning("taking over %s, left by a process that is gone (pid %s)", path, pid)
+      os.remove(path)
+      continue
+    with os.fdopen(fd, "w") as f:
+      f.write(me)
+    atexit.register(lambda: os.path.exists(path) and open(path).read() == me and os.remove(path))
+    return
 
 
 def _save(mgr, step, state, feed, cfg, stopping, teacher_params):

@@ -179,3 +179,30 @@ def test_data_that_never_fits_a_row_stops_with_one_line(uninterrupted):
   err = [l for l in r.stderr.splitlines() if "error:" in l]
   assert len(err) == 1 and "no usable sample in the last" in err[0]
   assert "raise data.seq_len (16)" in err[0] and "Traceback" not in r.stderr
+
+
+def test_one_run_per_workdir_and_a_stale_lock_is_taken_over(uninterrupted):
+  """A second run on a busy workdir stops with one line (they used to destroy each
+  other's checkpoints); after the first is killed -9, the next run takes its lock over."""
+  root, _, _ = uninterrupted
+  wd = root / "locked"
+  p = subprocess.Popen(_cmd(wd, root / "demo", "--config.total_steps=500"), cwd=REPO, env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while not (wd / "metrics.jsonl").exists() and time.time() < deadline:
+      assert p.poll() is None, "the first run exited early"
+      time.sleep(0.2)
+    assert open(wd / "run.lock").read().split()[1] == str(p.pid)
+    r = subprocess.run(_cmd(wd, root / "demo"), cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "is in use by another run (pid %d" % p.pid in r.stderr
+    assert p.poll() is None                        # the first run goes on
+  finally:
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+  r = subprocess.run(_cmd(wd, root / "demo", "--config.total_steps=2"), cwd=REPO, env=ENV,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert f"taking over {wd / 'run.lock'}, left by a process that is gone (pid {p.pid})" in r.stderr
+  assert not (wd / "run.lock").exists()            # released at exit
