@@ -69,13 +69,17 @@ def read_data_source(source):
     yield i, s
 
 
-def _media_bytes(entry, data_folder: str) -> bytes:
+def _media_bytes(entry, data_folder: str, allow_outside: bool = False) -> bytes:
   """A media entry (path relative to data_folder, encoded bytes, or a uint8 image array)
-  -> encoded file bytes."""
+  -> encoded file bytes. A path that leads outside `data_folder` (`../`, absolute, a
+  symlink out) is a BadSample unless `allow_outside`: a dataset reads only its folder."""
   if isinstance(entry, bytes):
     return entry
   if isinstance(entry, str):
     full = os.path.join(data_folder, entry)
+    root = os.path.realpath(data_folder)
+    if not allow_outside and os.path.commonpath([root, os.path.realpath(full)]) != root:
+      raise BadSample("outside_data_folder", f"{entry} (pass --allow-outside to read it)")
     if not os.path.isfile(full):
       raise BadSample("missing_file", entry)
     with open(full, "rb") as f:
@@ -90,20 +94,24 @@ def _media_bytes(entry, data_folder: str) -> bytes:
   return buf.getvalue()
 
 
-def encode_record(sample: dict, data_folder: str, tokenizer, cfg) -> tuple[bytes, dict]:
-  """Validate one sample fully and pack it as a record. Raises BadSample."""
+def encode_record(sample: dict, data_folder: str, tokenizer, cfg,
+                  allow_outside: bool = False) -> tuple[bytes, dict]:
+  """Validate one sample fully and pack it as a record. Raises BadSample, also for an
+  unexpected error while checking it ("unexpected_error", with the exception)."""
   sid = sample["id"]
   try:
     img_entries, vid_entries = sample_lib.media_of(sample)
-    img_bytes = [_media_bytes(e, data_folder) for e in img_entries]
+    img_bytes = [_media_bytes(e, data_folder, allow_outside) for e in img_entries]
     arrays = [images.load_image(b) for b in img_bytes]
     vid_bytes, frames, stamps = None, None, None
     if vid_entries:
-      vid_bytes = _media_bytes(vid_entries[0], data_folder)
+      vid_bytes = _media_bytes(vid_entries[0], data_folder, allow_outside)
       frames, stamps = video.load_video(vid_bytes, cfg.fps, cfg.max_frames)
     out = sample_lib.process(sample, arrays, frames, stamps, tokenizer, cfg)
   except BadSample as e:
     raise e.with_id(sid) if e.sample_id is None else e
+  except Exception as e:   # one sample never ends a build: named, counted, skipped
+    raise BadSample("unexpected_error", f"{type(e).__name__}: {e}", sid) from e
   record = {"id": str(sid), "conversations": sample["conversations"], "images": img_bytes,
             "video": vid_bytes, "num_tokens": int(len(out["input_ids"])),
             "num_patches": int(len(out["patches"]))}
@@ -115,8 +123,9 @@ def decode_record(raw: bytes) -> dict:
 
 
 def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
-          strict: bool = False, log=print) -> dict:
-  """annotations: a JSONL path, or a data source (see `read_data_source`)."""
+          strict: bool = False, log=print, allow_outside: bool = False) -> dict:
+  """annotations: a JSONL path, or a data source (see `read_data_source`).
+  `allow_outside`: media paths may leave `data_folder`."""
   from array_record.python.array_record_module import ArrayRecordWriter
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, f"data-{i:05d}-of-{num_shards:05d}.array_record")
@@ -132,7 +141,7 @@ def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: i
       try:
         if isinstance(item, BadSample):
           raise item
-        raw, rec = encode_record(item, data_folder, tokenizer, cfg)
+        raw, rec = encode_record(item, data_folder, tokenizer, cfg, allow_outside)
       except BadSample as e:
         if strict:
           raise
@@ -178,6 +187,8 @@ def main(argv=None) -> int:
   ap.add_argument("--max-frames", type=int, default=180)
   ap.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: offline Qwen3)")
   ap.add_argument("--strict", action="store_true", help="stop at the first bad sample")
+  ap.add_argument("--allow-outside", action="store_true",
+                  help="read media paths outside --data-folder (../, absolute paths)")
   args = ap.parse_args(argv)
   cfg = sample_lib.SampleConfig(image_merge_size=args.image_merge_size,
                                 video_merge_size=args.video_merge_size,
@@ -200,7 +211,8 @@ def main(argv=None) -> int:
     source = tfds.data_source(name, split=split or "train", data_dir=args.tfds_data_dir)
   try:
     stats = build(source, args.data_folder, args.out, cfg,
-                  Qwen3Tokenizer.load(args.tokenizer), args.num_shards, args.strict)
+                  Qwen3Tokenizer.load(args.tokenizer), args.num_shards, args.strict,
+                  allow_outside=args.allow_outside)
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -24,7 +24,8 @@ from penguin_jax.preprocessor import read as read_preprocessor_config  # noqa: F
 
 
 def load_image(path_or_bytes) -> np.ndarray:
-  """-> uint8 [H, W, 3] RGB. Raises BadSample: missing_file, corrupt_image, zero_size_image."""
+  """-> uint8 [H, W, 3] RGB. Raises BadSample: missing_file, corrupt_image, zero_size_image,
+  image_too_large (PIL's decompression-bomb limit)."""
   from PIL import Image, UnidentifiedImageError
   if isinstance(path_or_bytes, (str, os.PathLike)):
     if not os.path.isfile(path_or_bytes):
@@ -42,6 +43,8 @@ def load_image(path_or_bytes) -> np.ndarray:
       arr = np.asarray(im.convert("RGB"))
   except BadSample:
     raise
+  except Image.DecompressionBombError as e:       # PIL's guard against huge images
+    raise BadSample("image_too_large", str(e))
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise BadSample("corrupt_image", f"{path_or_bytes if not isinstance(path_or_bytes, bytes) else 'bytes'}: {e}")
   if arr.size == 0:

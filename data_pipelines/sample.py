@@ -47,6 +47,8 @@ def media_of(sample: dict) -> tuple[list, list]:
       continue
     if isinstance(v, (str, bytes, np.ndarray)):
       v = [v]
+    if not isinstance(v, (list, tuple)):
+      raise BadSample("malformed_sample", f"'{key}' must be a list of paths, not {type(v).__name__}")
     v = list(v)
     ok = lambda x: (isinstance(x, str) and x) or isinstance(x, (bytes, np.ndarray))
     if not all(ok(x) for x in v):

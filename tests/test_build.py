@@ -110,3 +110,44 @@ def test_builder_accepts_a_data_source(tmp_path):
   stats = B.build(source, str(tmp_path), str(tmp_path / "o"), S.SampleConfig(),
                   Qwen3Tokenizer.from_vocab_file(), log=lambda *_: None)
   assert stats["written"] == 2 and stats["reasons"] == {"invalid_json": 1}
+
+
+def test_builder_never_dies_on_one_sample_and_reads_only_its_folder(tmp_path, monkeypatch):
+  """A decompression bomb, wrong JSON types, an error nobody foresaw, paths out of the data
+  folder: each a named, counted skip; the build finishes with its summary."""
+  from data_pipelines import build as B, sample as S
+  from data_pipelines.tokenizer import Qwen3Tokenizer
+  from PIL import Image as PILImage
+  d = tmp_path / "data"
+  d.mkdir()
+  _png(d / "ok.png", 56, 56)
+  _png(d / "big.png", 120, 160)
+  _png(tmp_path / "outside.png", 56, 56)
+  lines = [
+      {"id": "good", "image": ["ok.png"], "conversations": _conv()},
+      {"id": "bomb", "image": ["big.png"], "conversations": _conv()},
+      {"id": "int_image", "image": 5, "conversations": _conv()},
+      {"id": "up", "image": ["../outside.png"], "conversations": _conv()},
+      {"id": "abs", "image": ["/etc/passwd"], "conversations": _conv()},
+      {"id": "boom", "conversations": _conv("Hi", "Hello.")},
+  ]
+  (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
+  monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 4000)     # big.png: 19,200 > 2 x 4,000
+  real = S.process
+  def process(sample, *a, **k):
+    if sample["id"] == "boom":
+      raise RuntimeError("nobody saw this coming")
+    return real(sample, *a, **k)
+  monkeypatch.setattr(S, "process", process)
+  skipped = []
+  stats = B.build(str(tmp_path / "a.jsonl"), str(d), str(tmp_path / "o"), S.SampleConfig(),
+                  Qwen3Tokenizer.from_vocab_file(), log=skipped.append)
+  assert stats["written"] == 1 and stats["skipped"] == 5
+  assert stats["reasons"] == {"image_too_large": 1, "malformed_sample": 1,
+                              "outside_data_folder": 2, "unexpected_error": 1}
+  assert "skip boom: unexpected_error (RuntimeError: nobody saw this coming)" in skipped
+  assert any(l.startswith("skip up: outside_data_folder (../outside.png") for l in skipped)
+  stats = B.build(str(tmp_path / "a.jsonl"), str(d), str(tmp_path / "o2"), S.SampleConfig(),
+                  Qwen3Tokenizer.from_vocab_file(), log=skipped.append, allow_outside=True)
+  assert stats["written"] == 2                    # ../outside.png read when allowed
+  assert stats["reasons"]["corrupt_image"] == 1   # /etc/passwd: read, not an image
