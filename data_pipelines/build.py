@@ -199,6 +199,12 @@ def main(argv=None) -> int:
     if p is not None and not os.path.exists(p):
       print(f"error: {what} {p} does not exist", file=sys.stderr)
       return 2
+  if args.num_shards < 1:
+    print(f"error: --num-shards={args.num_shards}: give 1 or more", file=sys.stderr)
+    return 2
+  if os.path.exists(args.out) and not os.path.isdir(args.out):
+    print(f"error: --out {args.out} is a file; give a folder for the shards", file=sys.stderr)
+    return 2
   source = args.annotations
   if args.tfds:
     try:

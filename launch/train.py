@@ -323,5 +323,32 @@ def _main(argv):
     sys.exit(2)
 
 
+def _help() -> str:
+  """--help: what to run, the stages and variants, every config field with its default
+  (tiny stage 1's; stages and variants change some), and the flags."""
+  from configs import common, stage1
+  from ml_collections import config_dict
+  stages = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+                  if f.startswith("stage") and f.endswith(".py"))
+  fields = config_dict.ConfigDict(stage1.get_config("tiny"))
+  flat = []
+  def walk(d, prefix):
+    for k, v in d.items():
+      if isinstance(v, config_dict.ConfigDict):
+        walk(v, f"{prefix}{k}.")
+      else:
+        flat.append(f"  --config.{prefix}{k}={v!r}")
+  walk(fields, "")
+  return "\n".join([
+      __doc__.strip(), "",
+      f"Stages: --config=configs/STAGE.py:VARIANT, STAGE in {', '.join(stages)}; "
+      f"VARIANT in {', '.join(common.VARIANTS)}.", "",
+      "Config fields (override any with --config.FIELD=VALUE; defaults of stage1:tiny):",
+      *flat, "", "Flags:", FLAGS.main_module_help()])
+
+
 if __name__ == "__main__":
+  if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
+    print(_help())
+    sys.exit(0)
   app.run(_main)

@@ -151,3 +151,14 @@ def test_builder_never_dies_on_one_sample_and_reads_only_its_folder(tmp_path, mo
                   Qwen3Tokenizer.from_vocab_file(), log=skipped.append, allow_outside=True)
   assert stats["written"] == 2                    # ../outside.png read when allowed
   assert stats["reasons"]["corrupt_image"] == 1   # /etc/passwd: read, not an image
+
+
+def test_builder_usage_errors_are_one_line(tmp_path):
+  (tmp_path / "a.jsonl").write_text("")
+  (tmp_path / "file").write_text("x")
+  for extra, msg in [(["--num-shards=0", f"--out={tmp_path / 'o'}"], "error: --num-shards=0"),
+                     ([f"--out={tmp_path / 'file'}"], "is a file; give a folder")]:
+    r = subprocess.run([sys.executable, "-m", "data_pipelines.build",
+                        f"--annotations={tmp_path / 'a.jsonl'}", *extra], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr

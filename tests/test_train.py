@@ -206,3 +206,12 @@ def test_one_run_per_workdir_and_a_stale_lock_is_taken_over(uninterrupted):
   assert r.returncode == 0, r.stderr[-2000:]
   assert f"taking over {wd / 'run.lock'}, left by a process that is gone (pid {p.pid})" in r.stderr
   assert not (wd / "run.lock").exists()            # released at exit
+
+
+def test_help_exits_0_and_lists_stages_variants_and_config_fields():
+  r = subprocess.run([sys.executable, "-m", "launch.train", "--help"], cwd=REPO, env=ENV,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "STAGE in stage1, stage1_hres, stage2, stage3; VARIANT in tiny, 2b, 8b" in r.stdout
+  for line in ("--config.init.teacher='random'", "--config.data.seq_len=512", "--workdir"):
+    assert line in r.stdout, line
