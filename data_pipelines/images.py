@@ -84,10 +84,10 @@ def image_sizes(shapes, *, merge_size: int, min_tokens: int, max_tokens: int,
   """
   if mode not in MULTI_IMAGE_MODES:
     raise ValueError(f"multi-image sizing {mode!r}: use one of {MULTI_IMAGE_MODES}")
-  for h, w in shapes:
-    check_aspect_ratio(h, w)
   if mode == "per_image" or len(shapes) < 2:
     return [target_size(h, w, merge_size, min_tokens, max_tokens) for h, w in shapes]
+  for h, w in shapes:
+    check_aspect_ratio(h, w)
   return tra.allocate_frame_sizes(*shapes[0], [tra.KEY] * len(shapes), patch_size=PATCH,
                                   merge_size=merge_size, min_tokens=min_tokens,
                                   max_tokens=max_tokens)

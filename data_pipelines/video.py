@@ -58,10 +58,6 @@ def fps_filter_indices(pts, time_base, end_pts, fps) -> np.ndarray:
   return np.asarray(out, int)
 
 
-def _fps_fraction(fps: float) -> fractions.Fraction:
-  return fractions.Fraction(fps).limit_denominator(1001)
-
-
 def load_video(path, fps: float = 1.0, max_frames: int = 180):
   """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds),
   sampled as the module docstring says. Raises BadSample: missing_file, corrupt_video,
@@ -93,7 +89,7 @@ def load_video(path, fps: float = 1.0, max_frames: int = 180):
       _check_complete(stream, container, pts[-1] + last_dur, tb, name)
       gif = "gif" in (container.format.name or "")
       wanted = None if gif or not fps else fps_filter_indices(pts, tb, pts[-1] + last_dur,
-                                                               _fps_fraction(fps))
+                                                               fractions.Fraction(fps).limit_denominator(1001))
       if wanted is not None and len(wanted):
         start = float(stream.start_time * tb) if stream.start_time is not None else 0.0
         stamps = start + np.arange(len(wanted)) / float(fps)

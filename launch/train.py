@@ -287,15 +287,18 @@ def _initialise(cfg, params, vcfg):
   """Parameters for a new run: init_from (an earlier stage), else the HF checkpoints the
   config names, else the random ones given."""
   import jax
+  import numpy as np
   from penguin_jax import hf
   from penguin_jax.train import checkpoint as ckpt
+  from penguin_jax.train.program import put_global
   params, init = dict(params), cfg.init
 
   def put(name, new):
     old = params[name]
     if jax.tree.map(lambda x: x.shape, old) != jax.tree.map(lambda x: x.shape, new):
       raise ValueError(f"init: module {name} shapes differ from this config's model")
-    params[name] = jax.tree.map(lambda o, n: jax.device_put(n, o.sharding).astype(o.dtype), old, new)
+    params[name] = put_global(jax.tree.map(lambda o, n: np.asarray(n, o.dtype), old, new),
+                              jax.tree.map(lambda o: o.sharding, old))
 
   if init.init_from:
     loaded, step = ckpt.restore_params(init.init_from, list(init.modules))
@@ -330,7 +333,7 @@ def _help() -> str:
   from ml_collections import config_dict
   stages = sorted(f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
                   if f.startswith("stage") and f.endswith(".py"))
-  fields = config_dict.ConfigDict(stage1.get_config("tiny"))
+  fields = stage1.get_config("tiny")
   flat = []
   def walk(d, prefix):
     for k, v in d.items():

@@ -157,8 +157,9 @@ class TrainProgram:
                        "VL3-SigLIP-NaViT teacher (model_type video_llama_3_vision or "
                        "videollama3_vision_encoder)")
     want = self.teacher_config
-    diff = [f"{f}: {getattr(got, f)} there, {getattr(want, f)} here" for f in TEACHER_SIZES
-            if getattr(got, f) != getattr(want, f)]
+    there, here = got.to_hf_dict(), want.to_hf_dict()     # the architecture, as saved
+    diff = [f"{k}: {there[k]} there, {here[k]} here" for k in here
+            if k != "torch_dtype" and there[k] != here[k]]
     if diff:
       raise ValueError(f"config.init.teacher={path} does not match config.model.teacher ("
                        + "; ".join(diff) + "): set config.model.teacher.* to the folder's sizes")
@@ -201,11 +202,6 @@ class TrainProgram:
         label_positions=self.cfg.loss.max_label_tokens or None,
         encoder_pairs=encoder_pairs, llm_pairs=llm_pairs,
         frame_patches=frame_patches or max_frame_patches(self.cfg))
-
-
-# The teacher's architecture fields (TeacherConfig without the runtime ones).
-TEACHER_SIZES = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "patch_size",
-                 "num_channels", "layer_norm_eps", "rope_theta")
 
 
 def put_global(host_tree, shardings):
