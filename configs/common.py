@@ -40,8 +40,14 @@ def base(variant: str) -> mlc.ConfigDict:
   c.log_every = 5 if tiny else 50
   c.checkpoint_every = 20 if tiny else 1000
   c.keep_checkpoints = 3
-  c.max_nonfinite_in_a_row = 5
+  # A failed checkpoint write (disk full, permissions) is reported at once and training
+  # goes on; this many failures in a row stop the run (exit 4, naming the step on disk).
+  c.checkpoint_failures_before_stop = 3
+  c.max_nonfinite_in_a_row = 5     # read on log / checkpoint steps (no per-step host sync)
   c.debug_nan_steps = ()           # testing: poison the batch of these steps with NaN
+  # jax.profiler trace of the num_steps steps after step start_step, into WORKDIR/profile
+  # (TensorBoard's profile plugin or Perfetto); num_steps = 0: off.
+  c.profile = mlc.ConfigDict({"start_step": 5 if tiny else 100, "num_steps": 0})
 
   c.model = model_sizes(variant)
   c.model.use_teacher = False

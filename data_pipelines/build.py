@@ -125,12 +125,14 @@ def decode_record(raw: bytes) -> dict:
 def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
           strict: bool = False, log=print, allow_outside: bool = False) -> dict:
   """annotations: a JSONL path, or a data source (see `read_data_source`).
-  `allow_outside`: media paths may leave `data_folder`."""
+  `allow_outside`: media paths may leave `data_folder`. Atomic: the shards are written
+  as `*.tmp` and renamed, then `stats.json` is written, only when every sample has been
+  seen; a build that stops early (--strict, an interrupt, a crash) leaves no shard."""
   from array_record.python.array_record_module import ArrayRecordWriter
   os.makedirs(out, exist_ok=True)
   paths = [os.path.join(out, f"data-{i:05d}-of-{num_shards:05d}.array_record")
            for i in range(num_shards)]
-  writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]
+  writers = [ArrayRecordWriter(p + ".tmp", "group_size:1") for p in paths]
   reasons = collections.Counter()
   written = tokens = 0
   t0 = time.time()
@@ -154,14 +156,20 @@ def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: i
       if written % 1000 == 0:
         log(f"... {written} written, {sum(reasons.values())} skipped, "
             f"{written / (time.time() - t0):.0f} samples/s")
-  finally:
-    for w in writers:
+  except BaseException:
+    for w, p in zip(writers, paths):
       w.close()
+      os.remove(p + ".tmp")
+    raise
+  for w, p in zip(writers, paths):
+    w.close()
+    os.replace(p + ".tmp", p)
   stats = {"written": written, "skipped": sum(reasons.values()), "reasons": dict(reasons),
            "tokens": tokens, "shards": [os.path.basename(p) for p in paths],
            "seconds": round(time.time() - t0, 2)}
-  with open(os.path.join(out, "stats.json"), "w") as f:
+  with open(os.path.join(out, "stats.json.tmp"), "w") as f:
     json.dump(stats, f, indent=2)
+  os.replace(os.path.join(out, "stats.json.tmp"), os.path.join(out, "stats.json"))
   return stats
 
 

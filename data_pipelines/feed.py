@@ -42,6 +42,7 @@ class DataFeed:
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
     import jax
+    self._before = [it.get_state() for it in self.iters]   # for `rewind`
     parts = [next(it) for it in self.iters]
     local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
              for k, s in self.spec.items()}
@@ -50,6 +51,12 @@ class DataFeed:
     batch = {k: jax.make_array_from_process_local_data(s.sharding, local[k], s.shape)
              for k, s in self.spec.items()}
     return batch, local
+
+  def rewind(self):
+    """Back to where the last `next` began: a batch interrupted midway (SIGTERM while the
+    pipeline was busy) is read again, whole, after a resume."""
+    for it, s in zip(self.iters, self._before):
+      it.set_state(s)
 
   def get_state(self) -> dict:
     """Iterator states of all shards (gathered from every process), for checkpoints."""

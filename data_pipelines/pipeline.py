@@ -17,8 +17,11 @@ A batch (numpy, all shapes static):
 
 Sharded by `jax.process_index()`; `worker_count` > 0 decodes in worker processes; the
 iterator's `get_state()` / `set_state()` restore the exact stream (orbax checkpoints it).
-A sample that cannot fit a row (too many tokens, patches or visual tokens) or that fails
-to decode is logged with its id and reason, counted, and skipped; `max_skips_in_a_row`
+A sample that cannot fit a row (too many tokens, patches or visual tokens), that fails
+to decode, or whose record cannot be read ("corrupt_record": a damaged chunk of an
+ArrayRecord shard, named by file and index) is logged with its id and reason, counted,
+and skipped; a shard that cannot be opened or is empty stops at start with one line
+(`UnreadableShard`); `max_skips_in_a_row`
 skips without one usable sample stop the pipeline with `NoProgress` (one line saying
 why) instead of skipping forever.
 """
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import typing
 import logging
 from typing import Optional, Sequence
 
@@ -127,6 +132,51 @@ def finalize_row(row: dict, cfg: PipelineConfig) -> dict:
   }
 
 
+class UnreadableShard(ValueError):
+  """A file of `train_files` that is not a readable ArrayRecord shard, or has no records."""
+
+
+class _Unreadable(typing.NamedTuple):
+  """A record that cannot be read (a corrupt chunk): skipped as "corrupt_record"."""
+  where: str
+  reason: str
+
+
+class RecordSource:
+  """ArrayRecord shards as one random-access source (Grain's `ArrayRecordDataSource`, one
+  per file), whose bad parts are named: a file that cannot be opened or holds no records
+  is an `UnreadableShard` at start (its path and the reason, one line); a record that
+  cannot be read later is an `_Unreadable` naming file and index, which the pipeline
+  counts and skips."""
+
+  def __init__(self, paths: Sequence[str]):
+    import grain
+    self.paths, self.sources = list(paths), []
+    for p in self.paths:
+      try:
+        src = grain.sources.ArrayRecordDataSource([p])
+        n = len(src)
+      except Exception as e:  # Riegeli: "Corrupted ...", "should be at least 64KB", ...
+        raise UnreadableShard(f"{p}: not a readable ArrayRecord shard ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+      if n == 0:
+        raise UnreadableShard(f"{p}: the shard holds no records")
+      self.sources.append(src)
+    self.ends = np.cumsum([len(s) for s in self.sources])
+
+  def __len__(self):
+    return int(self.ends[-1]) if len(self.ends) else 0
+
+  def __getitem__(self, i: int):
+    f = int(np.searchsorted(self.ends, i, side="right"))
+    j = i - (int(self.ends[f - 1]) if f else 0)
+    try:
+      return self.sources[f][j]
+    except Exception as e:
+      return _Unreadable(f"{os.path.basename(self.paths[f])}[{j}]",
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+
+
 class _Process:
   """Record bytes -> sample features, or None (logged and counted) for a bad sample."""
 
@@ -135,6 +185,8 @@ class _Process:
     self.in_a_row = collections.Counter()    # reasons of the skips since the last good one
 
   def __call__(self, raw: bytes):
+    if isinstance(raw, _Unreadable):
+      return self._skip(raw.where, "corrupt_record", raw.reason)
     rec = decode_record(raw)
     try:
       f = sample_features(rec, self.tokenizer, self.scfg)
@@ -174,9 +226,7 @@ def make_dataset(paths: Sequence[str], tokenizer, scfg: sample_lib.SampleConfig,
   if process_index is None:
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
-  source = grain.sources.ArrayRecordDataSource(list(paths)) if hasattr(grain, "sources") else \
-      grain.python.ArrayRecordDataSource(list(paths))
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.source(RecordSource(paths))
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   ds = ds.repeat(cfg.num_epochs)

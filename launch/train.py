@@ -10,11 +10,13 @@ pod slice, where jax.distributed finds its peers). Output: a console line every
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -64,7 +66,7 @@ def prepare_data(cfg, workdir: str):
   corpus, trains a small SentencePiece tokenizer on it and builds it (once, process 0)."""
   import jax
   from jax.experimental import multihost_utils
-  from data_pipelines import build as build_lib, demo_data, sample as sample_lib
+  from data_pipelines import build as build_lib, demo_data, pipeline, sample as sample_lib
   from data_pipelines.tokenizer import SentencePieceTokenizer
   from data_pipelines.images import read_preprocessor_config
   d = cfg.data
@@ -88,6 +90,7 @@ def prepare_data(cfg, workdir: str):
     if missing:
       raise FileNotFoundError(f"config.data.train_files: {len(missing)} of "
                               f"{len(d.train_files)} files not found, e.g. {missing[0]}")
+    pipeline.RecordSource(d.train_files)   # each opens and holds records, or one line now
     return list(d.train_files), run_tokenizer(cfg, workdir), scfg
   root = d.demo_dir or os.path.join(workdir, "demo_data")
   done = os.path.join(root, "ready.json")
@@ -118,13 +121,20 @@ def build_program(cfg, image_token_id=None):
 
 def main(argv):
   del argv
+  t_start = time.time()
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   for noisy in ("absl", "jax._src", "orbax", "grain"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
+  # A failed checkpoint write is one line from checkpoint.Saver; orbax's threads would log
+  # its traceback several times over (through absl, and asyncio's unretrieved tasks).
+  logging.getLogger("absl").addFilter(
+      lambda r: not (r.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in r.pathname))
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
   jax = _setup_jax()
+  from data_pipelines import pipeline
   from data_pipelines.feed import DataFeed
   from penguin_jax.train import checkpoint as ckpt
-  from penguin_jax.train.metrics import MetricsWriter
+  from penguin_jax.train.metrics import MetricsWriter, Profiler
 
   cfg, workdir = FLAGS.config, FLAGS.workdir
   os.makedirs(workdir, exist_ok=True)
@@ -143,51 +153,125 @@ def main(argv):
            ", ".join(program.trainable), program.grad_accum,
            cfg.data.global_batch // program.grad_accum)
   feed = DataFeed(paths, tokenizer, scfg, cfg, program.abstract_batch)
-  mgr = ckpt.manager(workdir, cfg.keep_checkpoints)
   rng = jax.random.PRNGKey(cfg.seed)
-  state, step, teacher_params = _restore_or_initialise(cfg, program, mgr, feed, rng, workdir)
+  mgr, state, step, teacher_params = _restore_or_initialise(cfg, program, feed, rng, workdir)
+  saver = ckpt.Saver(mgr, log)
+  t = time.time()
+  train_step = program.lower().compile()      # once, before the loop: no step holds it
+  log.info("train step compiled in %.1f s", time.time() - t)
   writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
                          process_count=jax.process_count(), device_count=jax.device_count(),
-                         device_kind=jax.devices()[0].device_kind)
-  stop, seen_skips = {"signal": None}, int(state.skipped_total)
-  signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+                         device_kind=jax.devices()[0].device_kind, t_start=t_start,
+                         skipped=pipeline.SKIPPED)
+  profiler, sigterm, status = Profiler(cfg.profile, workdir), _Sigterm(), 0
+  seen_skips = int(jax.device_get(state.skipped_total))
   try:
     with program.context():
-      while step < cfg.total_steps:
-        batch, local = feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
-        state, metrics = program.train_step(state, batch, teacher_params)
-        step += 1
-        writer.count(local)
-        stopping = stop["signal"] is not None   # read once: a signal may arrive any time
-        log_now = step % cfg.log_every == 0 or step == cfg.total_steps
-        save_now = step % cfg.checkpoint_every == 0 or step == cfg.total_steps or stopping
-        if not (log_now or save_now):
-          continue                       # metrics stay on the device until a log step
-        m = jax.device_get(metrics)
-        new_skips, seen_skips = int(m["skipped_total"]) - seen_skips, int(m["skipped_total"])
-        if m["skipped"]:
-          log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
-                      "skipped (%d in a row, %d since the last check)", step, m["loss"],
-                      m["grad_norm"], m["nonfinite_in_a_row"], new_skips)
-        elif new_skips:
-          log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
-                      step, new_skips)
-        if m["nonfinite_in_a_row"] >= cfg.max_nonfinite_in_a_row:
-          log.error("stopping: %d non-finite steps in a row; the last good checkpoint is "
-                    "step %s in %s", m["nonfinite_in_a_row"], mgr.latest_step(), mgr.directory)
-          return 3
-        if log_now:
-          writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
-        if save_now:
-          _save(mgr, step, state, feed, cfg, stopping, teacher_params)
-        if stopping:
-          log.warning("SIGTERM: saved step %d, exiting", step)
+      while step < cfg.total_steps and not sigterm.received:
+        t = time.time()
+        try:
+          with sigterm.interruptible():         # the pipeline may be busy for long
+            batch, local = feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
+        except Preempted:
+          feed.rewind()                         # read again, whole, after a resume
           break
+        writer.wait(time.time() - t)
+        profiler.before(step)
+        with jax.transfer_guard("disallow"):    # no implicit host <-> device copy
+          state, metrics = train_step(state, batch, teacher_params)
+        step += 1
+        profiler.after(step, metrics)
+        writer.count(local)
+        saver.poll()                            # a failed write is reported at once
+        log_now = step % cfg.log_every == 0 or step == cfg.total_steps
+        save_now = step % cfg.checkpoint_every == 0 and step < cfg.total_steps
+        if log_now or save_now:                 # the only device -> host reads
+          m = jax.device_get(metrics)
+          status, seen_skips = _check_nonfinite(cfg, step, m, saver, seen_skips)
+          if status:
+            break
+          if log_now:
+            writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
+        if save_now:
+          t = time.time()
+          saver.save(step, state, feed.get_state(), cfg.to_dict(), teacher_params)
+          writer.wait(time.time() - t)
+          if saver.failures_in_a_row >= cfg.checkpoint_failures_before_stop:
+            log.error("stopping: %d checkpoint writes failed in a row; the latest checkpoint "
+                      "on disk is step %s", saver.failures_in_a_row, saver.latest_on_disk())
+            return 4
+    if not status:
+      return _final_save(saver, step, state, feed, cfg, teacher_params, sigterm.received)
+    return status
   finally:
-    mgr.wait_until_finished()
-    mgr.close()
+    profiler.close()
+    saver.close()
     writer.close()
-  log.info("done at step %d", step)
+
+
+class Preempted(Exception):
+  """SIGTERM while the data pipeline was busy."""
+
+
+class _Sigterm:
+  """SIGTERM (a preemption) is honoured at any point: between steps it ends the loop
+  after the step; inside `interruptible()` (the data pipeline, which can be busy for
+  long, e.g. skipping samples) it raises `Preempted` at once."""
+
+  def __init__(self):
+    self.received, self._inside = False, False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = True
+    if self._inside:
+      self._inside = False
+      raise Preempted
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    if self.received:
+      raise Preempted
+    self._inside = True
+    try:
+      yield
+    finally:
+      self._inside = False
+
+
+def _check_nonfinite(cfg, step, m, saver, seen_skips) -> tuple[int, int]:
+  """Report updates skipped for a non-finite loss or gradient since the last check (the
+  counters live in the train state: no per-step host read). -> (3 after
+  `max_nonfinite_in_a_row` in a row, else 0; skips seen so far)."""
+  new = int(m["skipped_total"]) - seen_skips
+  if m["skipped"]:
+    log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
+                "skipped (%d in a row, %d since the last check)", step, m["loss"],
+                m["grad_norm"], m["nonfinite_in_a_row"], new)
+  elif new:
+    log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
+                step, new)
+  if m["nonfinite_in_a_row"] >= cfg.max_nonfinite_in_a_row:
+    saver.finish()
+    log.error("stopping: %d non-finite steps in a row; the last good checkpoint is step %s "
+              "in %s", m["nonfinite_in_a_row"], saver.latest_on_disk(), saver.mgr.directory)
+    return 3, int(m["skipped_total"])
+  return 0, int(m["skipped_total"])
+
+
+def _final_save(saver, step, state, feed, cfg, teacher_params, preempted) -> int:
+  """The last checkpoint (end of training or SIGTERM); 0 only once it is on disk."""
+  if saver.mgr.latest_step() != step:
+    saver.save(step, state, feed.get_state(), cfg.to_dict(), teacher_params)
+  saver.finish()
+  if saver.latest_on_disk() != step:
+    log.error("the final checkpoint (step %d) was not written; the latest checkpoint on disk "
+              "is step %s", step, saver.latest_on_disk())
+    return 4
+  if preempted:
+    log.warning("SIGTERM: saved step %d, exiting", step)
+  else:
+    log.info("done at step %d (checkpoint on disk)", step)
   return 0
 
 
@@ -226,24 +310,15 @@ def _lock_workdir(workdir: str):
     return
 
 
-def _save(mgr, step, state, feed, cfg, stopping, teacher_params):
+def _restore_or_initialise(cfg, program, feed, rng, workdir):
+  """-> (checkpoint manager, state, step, teacher params or None): the workdir's newest
+  intact checkpoint (resuming always wins; the teacher comes back with it; checkpoints
+  that do not restore are moved aside), else a new state initialised from init_from,
+  else HF checkpoints, else random, and the teacher from `init.teacher`."""
   from penguin_jax.train import checkpoint as ckpt
-  try:
-    ckpt.save(mgr, step, state, feed.get_state(), cfg.to_dict(), force=True,
-              teacher=teacher_params)
-  except Exception as e:  # orbax writes to a temporary folder: the last one stays
-    log.error("checkpoint write at step %d failed (%s: %s); the previous checkpoint "
-              "(step %s) is intact", step, type(e).__name__, e, mgr.latest_step())
-    if stopping:
-      raise
-
-
-def _restore_or_initialise(cfg, program, mgr, feed, rng, workdir):
-  """-> (state, step, teacher params or None): the workdir's latest checkpoint (resuming
-  always wins; the teacher comes back with it), else a new state initialised from
-  init_from, else HF checkpoints, else random, and the teacher from `init.teacher`."""
-  from penguin_jax.train import checkpoint as ckpt
-  restored = ckpt.restore(mgr, program.abstract_state, abstract_teacher=program.abstract_teacher)
+  mgr, restored = ckpt.restore_intact(lambda: ckpt.manager(workdir, cfg.keep_checkpoints),
+                                      program.abstract_state, program.abstract_teacher,
+                                      log=log.error)
   if restored is not None:
     step, state, data_state, teacher = restored
     feed.set_state(data_state)
@@ -251,9 +326,9 @@ def _restore_or_initialise(cfg, program, mgr, feed, rng, workdir):
              ", teacher included" if teacher is not None else "")
     if program.teacher is not None and teacher is None:   # a checkpoint without one
       teacher = _load_teacher(cfg, program, workdir, rng)
-    return state, step, teacher
+    return mgr, state, step, teacher
   state = program.new_state(_initialise(cfg, program.init_params(rng), program.model_config))
-  return state, 0, _load_teacher(cfg, program, workdir, rng)
+  return mgr, state, 0, _load_teacher(cfg, program, workdir, rng)
 
 
 def _load_teacher(cfg, program, workdir, rng):
@@ -350,8 +425,31 @@ def _help() -> str:
       *flat, "", "Flags:", FLAGS.main_module_help()])
 
 
+def _parse_flags(argv):
+  """absl's parsing, with a misspelt or mistyped --config.FIELD, a missing config file or
+  an unknown variant as one line (exit 2) instead of a traceback."""
+  import re
+  try:
+    rest = FLAGS(argv)
+    FLAGS.config.keys()  # the config file loads lazily: make its errors surface here
+    return rest
+  except (flags.Error, AttributeError, KeyError, OSError, ValueError) as e:
+    text = str(e.args[0] if e.args else e)
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    if hint:
+      text = f"no config field {hint.group(2)!r} (did you mean {hint.group(1)!r}?)"
+    elif "Failed loading config file" in text:
+      text = f"cannot load the config file: {lines[-1]}"
+    elif "Traceback" in text:           # get_config(VARIANT) raised: its own message
+      text = lines[-1]
+    print(f"error: {' '.join(text.split())}; `python -m launch.train --help` lists the stages, "
+          "variants and config fields", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
   if any(a in ("-h", "--help", "--helpshort") for a in sys.argv[1:]):
     print(_help())
     sys.exit(0)
-  app.run(_main)
+  app.run(_main, flags_parser=_parse_flags)

@@ -42,3 +42,14 @@ def qwen3_tied(tmp_path_factory):
 def qwen3_untied(tmp_path_factory):
   path = tmp_path_factory.mktemp("qwen3_untied")
   return path, tiny_qwen3_hf(path, tied=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+  """The reference run of test_train / test_faults: tiny stage 1a, 30 steps, in ROOT/a,
+  demo corpus in ROOT/demo. -> (ROOT, metrics by step, stderr)."""
+  from train_runs import metrics, run
+  root = tmp_path_factory.mktemp("train")
+  r = run(root / "a", root / "demo")
+  assert r.returncode == 0, r.stderr[-3000:]
+  return root, metrics(root / "a"), r.stderr

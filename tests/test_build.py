@@ -92,6 +92,7 @@ def test_strict_mode_stops_with_the_reason(tmp_path):
                       f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 1 and "corrupt_image" in r.stderr.strip().splitlines()[-1]
+  assert os.listdir(tmp_path / "o") == []          # atomic: no partial shard, no stats
 
 
 def test_builder_accepts_a_data_source(tmp_path):

@@ -181,3 +181,26 @@ def test_a_teacher_of_another_size_is_a_clear_error(tmp_path):
   folder = other.write_random_teacher(str(tmp_path / "t96"), jax.random.PRNGKey(0))
   with pytest.raises(ValueError, match="hidden_size: 96 there, 64 here"):
     program.load_teacher(folder)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_mfu_counts_every_llm_parameter_once(tied):
+  """The LLM's FLOPs against a hand count from the config's sizes: the layers and the final
+  norm in `llm`, the LM head once in `lm_head` (an untied 8b head used to be counted in
+  both), the embedding lookup in neither."""
+  cfg = stage3.get_config("tiny")                      # everything trains: 6 FLOPs / weight
+  cfg.model.llm.tie_word_embeddings = tied
+  cfg.data.global_batch = 8
+  program = program_lib.build(cfg, make_mesh())
+  e, i, h, kv, d, L = (cfg.model.llm[k] for k in ("hidden_size", "intermediate_size",
+                                                  "num_heads", "num_kv_heads", "head_dim",
+                                                  "num_layers"))
+  V = cfg.model.vocab_size
+  per_layer = e * h * d + 2 * e * kv * d + h * d * e + 3 * e * i + 2 * d + 2 * e
+  body = L * per_layer + e                               # + the final RMSNorm
+  assert program.param_counts()["llm"] == body + V * e * (1 if tied else 2)
+  assert program.param_counts()["llm_body"] == body
+  rows, seq = cfg.data.global_batch, cfg.data.seq_len
+  f = program.flops()
+  assert f["llm"]["matmul"] == 6 * body * rows * seq
+  assert f["lm_head"]["matmul"] == 6 * e * V * rows * seq

@@ -5,11 +5,18 @@ current mesh (any mesh shape).
 
 The teacher is saved with the run (an item of its own, never in the optimizer's state),
 so a resumed run distils from exactly the teacher it started with, whether or not
-`init.teacher` still points at it."""
+`init.teacher` still points at it.
+
+Faults: `restore_intact` skips checkpoints that cannot be restored (missing, truncated or
+corrupt files, bad metadata, a missing item), moves them aside to
+`checkpoints/corrupt-STEP` and restores the newest intact one; when none is intact it
+moves nothing and says what it found. A failed write leaves the previous checkpoint
+intact (orbax writes into a temporary folder and renames it when complete)."""
 from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -52,6 +59,67 @@ def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, config:
   return mgr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+class Saver:
+  """The run's checkpoint writes (async) and their failures. orbax finishes a write in a
+  background thread and would report its failure only at the next save, as that one's;
+  here each write is settled as soon as it is done (`poll`, every step, host only: no
+  device sync) and a failure is reported once, with its own step and the step still on
+  disk. `failures_in_a_row` counts failed writes since the last good one."""
+
+  def __init__(self, mgr: ocp.CheckpointManager, log):
+    self.mgr, self.log = mgr, log     # log: a logging.Logger
+    self.pending = None               # (step, start time) of the write in flight
+    self.failures_in_a_row = 0
+    self.failed = []                  # steps whose write failed
+
+  def poll(self):
+    if self.pending is not None and not self.mgr.is_saving_in_progress():
+      self._settle()
+
+  def save(self, step: int, state, data_state: dict, config: dict, teacher=None):
+    if self.pending is not None:
+      self._settle()                  # orbax waits for it anyway before the next write
+    try:
+      save(self.mgr, step, state, data_state, config, force=True, teacher=teacher)
+    except Exception as e:  # disk full, permissions, a bucket gone: the previous one stays
+      self._failed(step, e)
+      return
+    self.pending = (step, time.time())
+
+  def finish(self):
+    """Wait for the write in flight and settle it."""
+    if self.pending is not None:
+      self._settle()
+
+  def close(self):
+    self.finish()
+    try:
+      self.mgr.close()
+    except Exception as e:  # orbax raises a failed write's error again: reported already
+      if not self.failed:
+        self.log.error("closing the checkpoint manager: %s", _reason(e))
+
+  def latest_on_disk(self):
+    return self.mgr.latest_step()
+
+  def _settle(self):
+    (step, t), self.pending = self.pending, None
+    try:
+      self.mgr.wait_until_finished()  # re-raises the background thread's error, once
+    except Exception as e:
+      self._failed(step, e)
+      return
+    self.failures_in_a_row = 0
+    self.log.info("checkpoint step %d saved (%.1f s, written in the background)", step,
+                  time.time() - t)
+
+  def _failed(self, step, e):
+    self.failures_in_a_row += 1
+    self.failed.append(step)
+    self.log.error("checkpoint write at step %d failed (%s); the latest checkpoint on disk "
+                   "is step %s", step, _reason(e), self.latest_on_disk())
+
+
 def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None,
             abstract_teacher=None):
   """-> (step, state, data_state, teacher) of `step` (default: the latest), or None.
@@ -65,6 +133,65 @@ def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None,
     items["teacher"] = ocp.args.StandardRestore(abstract_teacher)
   out = mgr.restore(step, args=ocp.args.Composite(**items))
   return step, out.state, out.data, out.get("teacher")
+
+
+class NoIntactCheckpoint(ValueError):
+  """Every checkpoint in the folder fails to restore."""
+
+
+def _reason(e: BaseException) -> str:
+  """One line for a failed restore: the root cause's type and first line (orbax wraps
+  TensorStore's message, e.g. "OUT_OF_RANGE ... in OCDBT database", in a long one)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  text = (str(e).strip().splitlines() or [""])[0]
+  return f"{type(e).__name__}: {text[:240]}" if text else type(e).__name__
+
+
+def restore_intact(make_manager, abstract_state, abstract_teacher=None, log=print):
+  """-> (manager, restore()'s tuple or None): the newest checkpoint that restores. Newer
+  ones that do not are reported (one line each: step and reason) and moved aside to
+  `corrupt-STEP` in the same folder (process 0; all processes wait for it). None intact:
+  `NoIntactCheckpoint` naming every step and its reason, and nothing is moved (a restart
+  must not quietly begin from scratch). `make_manager()` -> a fresh CheckpointManager (a
+  failed restore can leave orbax's one unusable)."""
+  from jax.experimental import multihost_utils
+  mgr = make_manager()
+  failed = []
+  for step in sorted(mgr.all_steps(), reverse=True):
+    try:
+      restored = restore(mgr, abstract_state, step, abstract_teacher=abstract_teacher)
+    except Exception as e:  # anything orbax / TensorStore raise for bad files
+      failed.append((step, _reason(e)))
+      mgr.close()
+      mgr = make_manager()
+      continue
+    if failed:
+      root = os.fspath(mgr.directory)
+      mgr.close()
+      for bad, why in failed:
+        log(f"checkpoint step {bad} cannot be restored ({why}); moved aside to "
+            f"{os.path.join(root, f'corrupt-{bad}')}, restoring step {step}")
+        if jax.process_index() == 0:
+          os.replace(os.path.join(root, str(bad)), _free(os.path.join(root, f"corrupt-{bad}")))
+      multihost_utils.sync_global_devices("checkpoints moved aside")
+      mgr = make_manager()
+    return mgr, restored
+  if failed:
+    raise NoIntactCheckpoint(
+        f"{mgr.directory}: no checkpoint can be restored (" +
+        "; ".join(f"step {s}: {why}" for s, why in failed) + "); nothing was moved: delete "
+        "the bad steps to start again from init, or use another --workdir")
+  return mgr, None
+
+
+def _free(path: str) -> str:
+  """`path`, or `path.2`, `path.3`, ... if taken (a step can go bad twice)."""
+  out, i = path, 1
+  while os.path.exists(out):
+    i += 1
+    out = f"{path}.{i}"
+  return out
 
 
 def _run_manager(path: str) -> ocp.CheckpointManager:

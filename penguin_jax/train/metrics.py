@@ -1,7 +1,14 @@
 """Training output: a console line every `log_every` steps, WORKDIR/metrics.jsonl and
-TensorBoard events (process 0 writes files). Throughput and MFU count what the steps
-since the last log line actually processed: tokens, visual tokens and, for the FLOPs,
-the attention pairs of the packed rows (`flops.segment_pairs`)."""
+TensorBoard events (process 0 writes files), and the profiler window.
+
+Throughput and MFU count what the steps since the last log line actually processed:
+tokens, visual tokens and, for the FLOPs, the attention pairs of the packed rows
+(`flops.segment_pairs`). The train step is compiled before the loop, so no figure holds
+compile time. `goodput`: the fraction of wall time since the process started spent in
+training steps, i.e. not in start-up (setup, restore, compile), not waiting for data on
+the host and not blocked on checkpoint writes. `data_skipped`: samples the pipeline
+skipped so far, by reason (this process's shards; counted as the pipeline reads, which
+is ahead of training)."""
 from __future__ import annotations
 
 import json
@@ -19,8 +26,10 @@ log = logging.getLogger("train")
 class MetricsWriter:
 
   def __init__(self, workdir: str, program, *, process_index: int, process_count: int,
-               device_count: int, device_kind: str):
+               device_count: int, device_kind: str, t_start: float, skipped=None):
     self.program, self.nproc = program, process_count
+    self.t_start, self.waiting, self.skipped = t_start, 0.0, skipped
+    self.total_steps = program.cfg.total_steps
     self.seq_len = program.cfg.data.seq_len
     self.peak = flops_lib.peak_flops_per_device(device_kind=device_kind) * device_count
     self.file = self.tb = None
@@ -29,6 +38,11 @@ class MetricsWriter:
       self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self._reset(time.time())
+    self.t_loop = self.t_last               # the loop starts now: what came before is start-up
+
+  def wait(self, seconds: float):
+    """Time the loop spent outside training steps (data, checkpoint writes)."""
+    self.waiting += seconds
 
   def _reset(self, t):
     self.t_last, self.steps = t, 0
@@ -53,22 +67,27 @@ class MetricsWriter:
            "skipped": int(m["skipped"]), "skipped_total": int(m["skipped_total"]),
            "dropped_label_tokens": int(m["dropped_label_tokens"]), "lr": lr,
            "tokens_per_s": self.acc["tokens"] / dt, "visual_tokens_per_s": self.acc["visual"] / dt,
-           "step_time_s": dt / max(self.steps, 1)}
+           "step_time_s": dt / max(self.steps, 1),
+           "goodput": max(0.0, now - self.t_loop - self.waiting) / max(now - self.t_start, 1e-9),
+           "data_skipped": dict(self.skipped or {})}
+    eta = (self.total_steps - step) * rec["step_time_s"]
     if self.peak:
       rec["mfu"] = self.acc["flops"] / dt / self.peak
     self._reset(now)
     parts = " ".join(f"{k}={rec[k]:.4f}" for k in ("lm_loss", "amplitude", "direction", "relation")
                      if k in rec)
-    log.info("step %d loss=%.4f %s lr=%s grad_norm=%.3f tokens/s=%.0f visual/s=%.0f "
-             "step_time=%.2fs%s", step, rec["loss"], parts,
-             ",".join(f"{k}:{v:.2e}" for k, v in lr.items()), rec["grad_norm"],
+    skipped = sum(rec["data_skipped"].values())
+    log.info("step %d/%d loss=%.4f %s lr=%s grad_norm=%.3f tokens/s=%.0f visual/s=%.0f "
+             "step_time=%.2fs%s goodput=%.2f%s eta=%s", step, self.total_steps, rec["loss"],
+             parts, ",".join(f"{k}:{v:.2e}" for k, v in lr.items()), rec["grad_norm"],
              rec["tokens_per_s"], rec["visual_tokens_per_s"], rec["step_time_s"],
-             f" mfu={rec['mfu']:.3f}" if "mfu" in rec else "")
+             f" mfu={rec['mfu']:.3f}" if "mfu" in rec else "", rec["goodput"],
+             f" data_skipped={skipped}" if skipped else "", _hms(eta))
     if self.file:
       self.file.write(json.dumps(rec) + "\n")
       self.file.flush()
       for k, v in rec.items():
-        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):   # lr/<module>, ...
           if k != "step" and np.isfinite(vv):
             self.tb.add_scalar(f"{k}/{kk}" if kk else k, vv, step)
       self.tb.flush()
@@ -78,3 +97,38 @@ class MetricsWriter:
     if self.file:
       self.file.close()
       self.tb.close()
+
+
+def _hms(seconds: float) -> str:
+  s = int(round(seconds))
+  return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class Profiler:
+  """`config.profile`: a jax.profiler trace of the `num_steps` steps after step
+  `start_step`, into WORKDIR/profile (open with TensorBoard's profile plugin, or the .trace.json.gz in
+  Perfetto). `before(step)` before a step runs, `after(step, out)` after it."""
+
+  def __init__(self, cfg, workdir: str):
+    self.start, self.n = int(cfg.start_step), int(cfg.num_steps)
+    self.dir, self.on = os.path.join(workdir, "profile"), False
+
+  def before(self, step: int):
+    if self.n > 0 and step == self.start:
+      import jax
+      jax.profiler.start_trace(self.dir)
+      self.on = True
+
+  def after(self, step: int, out):
+    if self.on and step >= self.start + self.n:
+      import jax
+      jax.block_until_ready(out)              # the traced steps' device work, whole
+      jax.profiler.stop_trace()
+      self.on = False
+      log.info("profile of steps %d-%d written to %s", self.start + 1, step, self.dir)
+
+  def close(self):
+    if self.on:
+      import jax
+      jax.profiler.stop_trace()
+      self.on = False

@@ -183,11 +183,13 @@ class TrainProgram:
                                    self.abstract_teacher)
 
   def param_counts(self) -> dict:
-    """Parameters per top-level module; `llm_body` = the LLM without its embedding."""
+    """Parameters per top-level module; `llm_body` = the LLM without its embedding and
+    without an untied LM head (`flops.step_flops` counts the head once, on its own)."""
     counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
               for k, v in self.abstract_state.params.items()}
     llm = self.model_config.llm
-    counts["llm_body"] = counts.get("llm", 0) - llm.vocab_size * llm.hidden_size
+    tables = 1 if llm.tie_word_embeddings else 2      # embedding (+ lm_head), [vocab, embed]
+    counts["llm_body"] = counts.get("llm", 0) - tables * llm.vocab_size * llm.hidden_size
     if self.abstract_teacher is not None:
       counts["teacher"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_teacher))
     return counts

@@ -1,0 +1,34 @@
+"""Helpers for tests that run `python -m launch.train` in a subprocess (test_train.py,
+test_faults.py); the reference run is conftest's `uninterrupted` fixture."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A plain one-device CPU run (conftest gives the pytest process 8 devices).
+ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def cmd(workdir, demo_dir, *extra, config="stage1.py:tiny"):
+  """The reference command: tiny stage 1a, 30 steps, a log line every step, checkpoints
+  every 10 (later flags override earlier ones)."""
+  return [sys.executable, "-m", "launch.train", f"--config=configs/{config}",
+          f"--workdir={workdir}", "--config.total_steps=30", "--config.log_every=1",
+          "--config.checkpoint_every=10", f"--config.data.demo_dir={demo_dir}", *extra]
+
+
+def run(workdir, demo_dir, *extra, config="stage1.py:tiny", timeout=600, env=None):
+  return subprocess.run(cmd(workdir, demo_dir, *extra, config=config), cwd=REPO,
+                        env=env or ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def metrics(workdir):
+  """step -> record of WORKDIR/metrics.jsonl (a resumed run re-logs steps after its
+  checkpoint: the last record of a step wins)."""
+  recs = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      recs[r["step"]] = r
+  return recs
