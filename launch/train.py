@@ -163,18 +163,16 @@ def main(argv):
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
                          skipped=pipeline.SKIPPED)
-  profiler, sigterm, status = Profiler(cfg.profile, workdir), _Sigterm(), 0
-  seen_skips = int(jax.device_get(state.skipped_total))
+  profiler, sigterm = Profiler(cfg.profile, workdir), _Sigterm()
+  nonfinite = _NonFinite(cfg, int(jax.device_get(state.skipped_total)))
   try:
     with program.context():
       while step < cfg.total_steps and not sigterm.received:
         t = time.time()
-        try:
-          with sigterm.interruptible():         # the pipeline may be busy for long
-            batch, local = feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
-        except Preempted:
-          feed.rewind()                         # read again, whole, after a resume
+        got = _next_batch(feed, sigterm, cfg, step, saver)
+        if got is None:                         # SIGTERM inside the pipeline
           break
+        batch, local = got
         writer.wait(time.time() - t)
         profiler.before(step)
         with jax.transfer_guard("disallow"):    # no implicit host <-> device copy
@@ -187,9 +185,7 @@ def main(argv):
         save_now = step % cfg.checkpoint_every == 0 and step < cfg.total_steps
         if log_now or save_now:                 # the only device -> host reads
           m = jax.device_get(metrics)
-          status, seen_skips = _check_nonfinite(cfg, step, m, saver, seen_skips)
-          if status:
-            break
+          nonfinite.check(step, m, saver)
           if log_now:
             writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
         if save_now:
@@ -197,16 +193,42 @@ def main(argv):
           saver.save(step, state, feed.get_state(), cfg.to_dict(), teacher_params)
           writer.wait(time.time() - t)
           if saver.failures_in_a_row >= cfg.checkpoint_failures_before_stop:
-            log.error("stopping: %d checkpoint writes failed in a row; the latest checkpoint "
-                      "on disk is step %s", saver.failures_in_a_row, saver.latest_on_disk())
-            return 4
-    if not status:
-      return _final_save(saver, step, state, feed, cfg, teacher_params, sigterm.received)
-    return status
+            raise Stop(4, f"{saver.failures_in_a_row} checkpoint writes failed in a row; the "
+                       f"latest checkpoint on disk is step {saver.latest_on_disk()}")
+    return _final_save(saver, step, state, feed, cfg, teacher_params, sigterm.received)
+  except Stop as e:
+    saver.finish()
+    log.error("stopping: %s", e.args[1])
+    return e.args[0]
   finally:
     profiler.close()
     saver.close()
     writer.close()
+
+
+class Stop(Exception):
+  """Stop(exit code, reason): the run cannot go on (3: non-finite steps, 4: checkpoint
+  writes fail, 5: the data pipeline failed); main logs the reason in one line."""
+
+
+def _next_batch(feed, sigterm, cfg, step, saver):
+  """-> (global batch, local rows), or None when SIGTERM came while the pipeline was busy
+  (the batch begun is rewound, to be read again whole after a resume)."""
+  from data_pipelines import pipeline
+  try:
+    with sigterm.interruptible():               # the pipeline may be busy for long
+      return feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
+  except Preempted:
+    feed.rewind()
+    return None
+  except (pipeline.NoProgress, KeyboardInterrupt):
+    raise
+  except Exception as e:  # a data worker process died, a read failed for good
+    from penguin_jax.train.checkpoint import one_line
+    saver.finish()
+    raise Stop(5, f"the data pipeline failed after step {step} ({one_line(e)}); the latest "
+               f"checkpoint on disk is step {saver.latest_on_disk()}: run again to resume "
+               "from it") from None
 
 
 class Preempted(Exception):
@@ -239,24 +261,27 @@ class _Sigterm:
       self._inside = False
 
 
-def _check_nonfinite(cfg, step, m, saver, seen_skips) -> tuple[int, int]:
-  """Report updates skipped for a non-finite loss or gradient since the last check (the
-  counters live in the train state: no per-step host read). -> (3 after
-  `max_nonfinite_in_a_row` in a row, else 0; skips seen so far)."""
-  new = int(m["skipped_total"]) - seen_skips
-  if m["skipped"]:
-    log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
-                "skipped (%d in a row, %d since the last check)", step, m["loss"],
-                m["grad_norm"], m["nonfinite_in_a_row"], new)
-  elif new:
-    log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
-                step, new)
-  if m["nonfinite_in_a_row"] >= cfg.max_nonfinite_in_a_row:
-    saver.finish()
-    log.error("stopping: %d non-finite steps in a row; the last good checkpoint is step %s "
-              "in %s", m["nonfinite_in_a_row"], saver.latest_on_disk(), saver.mgr.directory)
-    return 3, int(m["skipped_total"])
-  return 0, int(m["skipped_total"])
+class _NonFinite:
+  """Updates skipped for a non-finite loss or gradient: reported, and the run stopped
+  after `max_nonfinite_in_a_row` in a row. The counters live in the train state (no
+  per-step host read); `check` sees them on log and checkpoint steps."""
+
+  def __init__(self, cfg, seen: int):
+    self.limit, self.seen = cfg.max_nonfinite_in_a_row, seen
+
+  def check(self, step, m, saver):
+    new, self.seen = int(m["skipped_total"]) - self.seen, int(m["skipped_total"])
+    if m["skipped"]:
+      log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
+                  "skipped (%d in a row, %d since the last check)", step, m["loss"],
+                  m["grad_norm"], m["nonfinite_in_a_row"], new)
+    elif new:
+      log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
+                  step, new)
+    if m["nonfinite_in_a_row"] >= self.limit:
+      saver.finish()
+      raise Stop(3, f"{m['nonfinite_in_a_row']} non-finite steps in a row; the last good "
+                 f"checkpoint is step {saver.latest_on_disk()} in {saver.mgr.directory}")
 
 
 def _final_save(saver, step, state, feed, cfg, teacher_params, preempted) -> int:

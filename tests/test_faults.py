@@ -104,19 +104,27 @@ def test_nan_step_is_skipped_and_reported_then_too_many_stop(uninterrupted):
   assert os.listdir(wd2 / "checkpoints") == ["2"]
 
 
-def test_sigterm_saves_and_exits_cleanly(uninterrupted):
+def test_sigterm_during_a_checkpoint_write_saves_and_exits_cleanly(uninterrupted):
+  """SIGTERM while step 10's write is in flight (its temporary folder exists): the write
+  completes, the current step is saved whole (orbax reads it back) and the run exits 0.
+  The same run traces steps 3-4 with the profiler into WORKDIR/profile."""
   root, _, _ = uninterrupted
   wd = root / "term"
-  p = subprocess.Popen(cmd(wd, root / "demo", "--config.total_steps=200"), cwd=REPO, env=ENV,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while not (wd / "checkpoints" / "10").exists() and time.time() < deadline:
-    time.sleep(0.2)
+  p = subprocess.Popen(cmd(wd, root / "demo", "--config.total_steps=200",
+                           "--config.profile.start_step=2", "--config.profile.num_steps=2"),
+                       cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True)
+  _wait_for(lambda: glob.glob(str(wd / "checkpoints" / "10.orbax-checkpoint-tmp*")), p)
   p.send_signal(signal.SIGTERM)
   err = p.communicate(timeout=300)[1]
   assert p.returncode == 0, err[-2000:]
   saved = int(err.split("SIGTERM: saved step ")[1].split(",")[0])
-  assert 10 <= saved < 200 and (wd / "checkpoints" / str(saved)).exists()
+  assert 10 <= saved < 200
+  assert sorted(int(s) for s in os.listdir(wd / "checkpoints"))[-2:] == [10, saved] or saved == 10
+  step, _, params = ckpt.read_run(str(wd))
+  assert step == saved and "vision_encoder" in params
+  assert "profile of steps 3-4 written to" in err
+  assert glob.glob(str(wd / "profile" / "**" / "*.xplane.pb"), recursive=True)
 
 
 def test_missing_train_files_is_a_one_line_error(tmp_path):
@@ -187,6 +195,39 @@ def test_sigterm_while_the_pipeline_is_busy_saves_and_exits(uninterrupted):
   assert p.returncode == 0, err[-2000:]
   assert time.time() - t < 30
   assert "SIGTERM: saved step 0, exiting" in err and (wd / "checkpoints" / "0").is_dir()
+
+
+def _workers_of(pid):
+  """Grain's worker processes of the run `pid` (multiprocessing spawn children)."""
+  out = []
+  for d in os.listdir("/proc"):
+    try:
+      stat = open(f"/proc/{d}/stat").read()
+      argv = open(f"/proc/{d}/cmdline").read()
+    except (OSError, ValueError):
+      continue
+    if d.isdigit() and int(stat.rsplit(")", 1)[1].split()[1]) == pid and "spawn_main" in argv:
+      out.append(int(d))
+  return out
+
+
+def test_a_killed_data_worker_stops_the_run_with_one_line(uninterrupted):
+  """data.workers=2 and one worker killed -9 after step 12: the run stops (exit 5) with
+  one line naming the failure and the checkpoint on disk to resume from (the workers read
+  ahead: the failure surfaces when the main process reaches the lost batches)."""
+  root, _, _ = uninterrupted
+  wd = root / "worker"
+  p = subprocess.Popen(cmd(wd, root / "demo", "--config.data.workers=2"), cwd=REPO, env=ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  _wait_for(lambda: _last_step(wd) >= 12 and (wd / "checkpoints" / "10").is_dir(), p)
+  os.kill(_workers_of(p.pid)[0], signal.SIGKILL)
+  err = p.communicate(timeout=300)[1]
+  assert p.returncode == 5, err[-2000:]
+  line = [l for l in err.splitlines() if "stopping: the data pipeline failed" in l]
+  assert len(line) == 1 and "Worker process was terminated unexpectedly" in line[0]
+  on_disk = int(re.search(r"the latest checkpoint on disk is step (\d+): run again to resume "
+                          r"from it", line[0]).group(1))
+  assert on_disk >= 10 and (wd / "checkpoints" / str(on_disk)).is_dir()
 
 
 def _corrupt_latest(wd):

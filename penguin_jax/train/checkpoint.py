@@ -97,7 +97,7 @@ class Saver:
       self.mgr.close()
     except Exception as e:  # orbax raises a failed write's error again: reported already
       if not self.failed:
-        self.log.error("closing the checkpoint manager: %s", _reason(e))
+        self.log.error("closing the checkpoint manager: %s", one_line(e))
 
   def latest_on_disk(self):
     return self.mgr.latest_step()
@@ -117,7 +117,7 @@ class Saver:
     self.failures_in_a_row += 1
     self.failed.append(step)
     self.log.error("checkpoint write at step %d failed (%s); the latest checkpoint on disk "
-                   "is step %s", step, _reason(e), self.latest_on_disk())
+                   "is step %s", step, one_line(e), self.latest_on_disk())
 
 
 def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None,
@@ -139,7 +139,7 @@ class NoIntactCheckpoint(ValueError):
   """Every checkpoint in the folder fails to restore."""
 
 
-def _reason(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
   """One line for a failed restore: the root cause's type and first line (orbax wraps
   TensorStore's message, e.g. "OUT_OF_RANGE ... in OCDBT database", in a long one)."""
   while (e.__cause__ or e.__context__) is not None:
@@ -162,7 +162,7 @@ def restore_intact(make_manager, abstract_state, abstract_teacher=None, log=prin
     try:
       restored = restore(mgr, abstract_state, step, abstract_teacher=abstract_teacher)
     except Exception as e:  # anything orbax / TensorStore raise for bad files
-      failed.append((step, _reason(e)))
+      failed.append((step, one_line(e)))
       mgr.close()
       mgr = make_manager()
       continue
