@@ -33,6 +33,7 @@ setup(
         "scikit-learn",          # demo data: bundled digits
         "sentencepiece",         # small tokenizer for :tiny configs
         "tensorboardX",          # TensorBoard event files without TensorFlow
+        "etils[epath]", "fsspec",  # WORKDIR on gs:// and other object stores (workdir.py)
     ],
     extras_require={
         # launch.aot: libtpu's compiler for compile-only TPU devices, pinned by jax's own
@@ -40,6 +41,8 @@ setup(
         "aot": AOT,
         # launch.convert workdir-to-hf: the tokenizer for AutoTokenizer (its converters)
         "export": ["transformers>=4.51"],
+        # a gs:// WORKDIR: fsspec's GCS filesystem (orbax writes checkpoints itself)
+        "gcs": ["gcsfs"],
         "test": [
             "pytest>=8",
             # Pinned exactly: a CPU wheel of this version is found locally; an

@@ -42,7 +42,6 @@ class DataFeed:
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
     import jax
-    self._before = [it.get_state() for it in self.iters]   # for `rewind`
     parts = [next(it) for it in self.iters]
     local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
              for k, s in self.spec.items()}
@@ -52,10 +51,14 @@ class DataFeed:
              for k, s in self.spec.items()}
     return batch, local
 
-  def rewind(self):
-    """Back to where the last `next` began: a batch interrupted midway (SIGTERM while the
-    pipeline was busy) is read again, whole, after a resume."""
-    for it, s in zip(self.iters, self._before):
+  def position(self) -> list:
+    """This process's iterator states (no gather), for `rewind`."""
+    return [it.get_state() for it in self.iters]
+
+  def rewind(self, position: list):
+    """Back to `position`: a batch interrupted midway (SIGTERM while the pipeline was
+    busy) is read again, whole, after a resume."""
+    for it, s in zip(self.iters, position):
       it.set_state(s)
 
   def get_state(self) -> dict:

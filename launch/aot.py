@@ -324,8 +324,12 @@ def _row(stage, variant, topo, ov, rep) -> dict:
 
 
 def _write_outputs(results):
-  rows = [_row(*r) for r in results]
-  path = os.path.join(FLAGS.out, "sweep.csv")
+  write_tables([_row(*r) for r in results], FLAGS.out)
+
+
+def write_tables(rows, out):
+  """sweep.csv, sweep.md and sweep.png in `out` from table rows (`_row`'s dicts)."""
+  path = os.path.join(out, "sweep.csv")
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=COLUMNS)
     w.writeheader()
@@ -340,10 +344,10 @@ def _write_outputs(results):
               f"{r.get('remat', '')} | {used} | {'yes' if r['fits'] is True else ('no' if r['fits'] is False else r['fits'])} | "
               f"{r.get('compile_s', '')} | {r.get('predicted_step_s', '')} | {r.get('mfu', '')} | "
               f"{r.get('tokens_per_s', '')} | {r.get('chip_hours_per_billion_tokens', '')} |")
-  with open(os.path.join(FLAGS.out, "sweep.md"), "w") as f:
+  with open(os.path.join(out, "sweep.md"), "w") as f:
     f.write("\n".join(md) + "\n")
-  _plot(rows, os.path.join(FLAGS.out, "sweep.png"))
-  print(f"wrote {path}, sweep.md, sweep.png in {FLAGS.out}")
+  _plot(rows, os.path.join(out, "sweep.png"))
+  print(f"wrote {path}, sweep.md, sweep.png in {out}")
 
 
 def _plot(rows, path):

@@ -54,11 +54,23 @@ def run_tokenizer(cfg, workdir: str):
   from data_pipelines.tokenizer import Qwen3Tokenizer, SentencePieceTokenizer
   d = cfg.data
   if d.demo:
-    spm = os.path.join(d.demo_dir or os.path.join(workdir, "demo_data"), "spm.model")
+    spm = os.path.join(_demo_root(cfg, workdir), "spm.model")
     if not os.path.isfile(spm):
       raise FileNotFoundError(f"{spm}: the demo tokenizer of this run is missing")
     return SentencePieceTokenizer(spm)
   return Qwen3Tokenizer.load(d.tokenizer or None)
+
+
+def _demo_root(cfg, workdir: str) -> str:
+  """The demo corpus's folder: data.demo_dir, else WORKDIR/demo_data (a local WORKDIR:
+  ArrayRecord shards and the tokenizer are local files)."""
+  from penguin_jax.train.workdir import is_remote
+  if cfg.data.demo_dir:
+    return cfg.data.demo_dir
+  if is_remote(workdir):
+    raise ValueError(f"data.demo with a remote workdir ({workdir}): set "
+                     "--config.data.demo_dir to a local (or shared) folder for the corpus")
+  return os.path.join(workdir, "demo_data")
 
 
 def prepare_data(cfg, workdir: str):
@@ -92,7 +104,7 @@ def prepare_data(cfg, workdir: str):
                               f"{len(d.train_files)} files not found, e.g. {missing[0]}")
     pipeline.RecordSource(d.train_files)   # each opens and holds records, or one line now
     return list(d.train_files), run_tokenizer(cfg, workdir), scfg
-  root = d.demo_dir or os.path.join(workdir, "demo_data")
+  root = _demo_root(cfg, workdir)
   done = os.path.join(root, "ready.json")
   if jax.process_index() == 0 and not os.path.isfile(done):
     log.info("building the demo corpus in %s (%d samples)", root, d.demo_samples)
@@ -134,12 +146,13 @@ def main(argv):
   from data_pipelines import pipeline
   from data_pipelines.feed import DataFeed
   from penguin_jax.train import checkpoint as ckpt
+  from penguin_jax.train import workdir as workdir_lib
   from penguin_jax.train.metrics import MetricsWriter, Profiler
 
   cfg, workdir = FLAGS.config, FLAGS.workdir
-  os.makedirs(workdir, exist_ok=True)
+  workdir_lib.make(workdir)                   # a local path or gs://... (workdir.py)
   if jax.process_index() == 0:
-    _lock_workdir(workdir)
+    workdir_lib.lock(workdir)
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
   paths, tokenizer, scfg = prepare_data(cfg, workdir)
@@ -215,11 +228,12 @@ def _next_batch(feed, sigterm, cfg, step, saver):
   """-> (global batch, local rows), or None when SIGTERM came while the pipeline was busy
   (the batch begun is rewound, to be read again whole after a resume)."""
   from data_pipelines import pipeline
+  before = feed.position()                      # taken where SIGTERM cannot interrupt
   try:
     with sigterm.interruptible():               # the pipeline may be busy for long
       return feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
   except Preempted:
-    feed.rewind()
+    feed.rewind(before)
     return None
   except (pipeline.NoProgress, KeyboardInterrupt):
     raise
@@ -252,8 +266,6 @@ class _Sigterm:
 
   @contextlib.contextmanager
   def interruptible(self):
-    if self.received:
-      raise Preempted
     self._inside = True
     try:
       yield
@@ -300,41 +312,6 @@ def _final_save(saver, step, state, feed, cfg, teacher_params, preempted) -> int
   return 0
 
 
-def _lock_workdir(workdir: str):
-  """One run per workdir: WORKDIR/run.lock holds "host pid" of the run that owns it (process
-  0), removed at exit. A second run stops with one line; a lock left by a dead process on
-  this host (kill -9, a crash) is taken over, with a line saying so."""
-  import atexit
-  import socket
-  path, me = os.path.join(workdir, "run.lock"), f"{socket.gethostname()} {os.getpid()}"
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      with open(path) as f:
-        owner = f.read().split()
-      host, pid = (owner + ["?", "0"])[:2]
-      alive = True
-      if host == socket.gethostname() and pid.isdigit():
-        try:
-          os.kill(int(pid), 0)
-        except ProcessLookupError:
-          alive = False
-        except PermissionError:
-          pass
-      if alive:
-        raise ValueError(f"{workdir} is in use by another run (pid {pid} on {host}, "
-                         f"{path}); use another --workdir, or delete the lock if that run "
-                         "is gone")
-      log.warning("taking over %s, left by a process that is gone (pid %s)", path, pid)
-      os.remove(path)
-      continue
-    with os.fdopen(fd, "w") as f:
-      f.write(me)
-    atexit.register(lambda: os.path.exists(path) and open(path).read() == me and os.remove(path))
-    return
-
-
 def _restore_or_initialise(cfg, program, feed, rng, workdir):
   """-> (checkpoint manager, state, step, teacher params or None): the workdir's newest
   intact checkpoint (resuming always wins; the teacher comes back with it; checkpoints
@@ -360,8 +337,11 @@ def _load_teacher(cfg, program, workdir, rng):
   """Stage 1a's frozen teacher from `config.init.teacher` (configs/common.py): an HF
   folder, or "random": one written once to WORKDIR/random_teacher by process 0 and read
   back through the same import path."""
+  import shutil
+  import tempfile
   import jax
   from jax.experimental import multihost_utils
+  from penguin_jax.train import workdir as workdir_lib
   if program.teacher is None:
     return None
   path = cfg.init.teacher
@@ -371,11 +351,16 @@ def _load_teacher(cfg, program, workdir, rng):
                      "--local-dir DIR) and pass --config.init.teacher=DIR ('random' for a "
                      "smoke test)")
   if path == "random":
-    path = os.path.join(workdir, "random_teacher")
-    if jax.process_index() == 0 and not os.path.isdir(path):
-      tmp = path + ".tmp"
+    remote = workdir_lib.is_remote(workdir)   # then every process writes it to a local cache
+    path = os.path.join(tempfile.gettempdir() if remote else workdir,
+                        f"random_teacher_{cfg.seed}" if remote else "random_teacher")
+    if (remote or jax.process_index() == 0) and not os.path.isdir(path):
+      tmp = tempfile.mkdtemp(dir=os.path.dirname(path), prefix=".random_teacher_")
       program.write_random_teacher(tmp, jax.random.fold_in(rng, 7))
-      os.replace(tmp, path)            # whole or absent, should the process die meanwhile
+      try:
+        os.rename(tmp, path)           # whole or absent, should the process die meanwhile
+      except OSError:                  # another process of this host was first: the same
+        shutil.rmtree(tmp)
     multihost_utils.sync_global_devices("random teacher")
   teacher = program.load_teacher(path)
   log.info("teacher VL3-SigLIP-NaViT from %s: %s parameters, frozen", path,

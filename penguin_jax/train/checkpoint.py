@@ -20,6 +20,7 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 ITEMS = ("state", "data", "config", "teacher")
@@ -28,7 +29,7 @@ ITEMS = ("state", "data", "config", "teacher")
 def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                       enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+  return ocp.CheckpointManager(_absolute(workdir) / "checkpoints",
                                options=opts, item_names=ITEMS)
 
 
@@ -167,13 +168,13 @@ def restore_intact(make_manager, abstract_state, abstract_teacher=None, log=prin
       mgr = make_manager()
       continue
     if failed:
-      root = os.fspath(mgr.directory)
+      root = epath.Path(mgr.directory)
       mgr.close()
       for bad, why in failed:
         log(f"checkpoint step {bad} cannot be restored ({why}); moved aside to "
-            f"{os.path.join(root, f'corrupt-{bad}')}, restoring step {step}")
+            f"{root / f'corrupt-{bad}'}, restoring step {step}")
         if jax.process_index() == 0:
-          os.replace(os.path.join(root, str(bad)), _free(os.path.join(root, f"corrupt-{bad}")))
+          (root / str(bad)).rename(_free(root / f"corrupt-{bad}"))
       multihost_utils.sync_global_devices("checkpoints moved aside")
       mgr = make_manager()
     return mgr, restored
@@ -185,21 +186,27 @@ def restore_intact(make_manager, abstract_state, abstract_teacher=None, log=prin
   return mgr, None
 
 
-def _free(path: str) -> str:
+def _free(path: epath.Path) -> epath.Path:
   """`path`, or `path.2`, `path.3`, ... if taken (a step can go bad twice)."""
   out, i = path, 1
-  while os.path.exists(out):
+  while out.exists():
     i += 1
-    out = f"{path}.{i}"
+    out = path.parent / f"{path.name}.{i}"
   return out
+
+
+def _absolute(path) -> epath.Path:
+  """A local path made absolute (orbax wants one); gs://... as it is."""
+  return epath.Path(path if "://" in os.fspath(path) else os.path.abspath(path))
 
 
 def _run_manager(path: str) -> ocp.CheckpointManager:
   """Read-only manager of another run: `path` is its workdir or its checkpoints folder."""
-  root = path if os.path.basename(path.rstrip("/")) == "checkpoints" else os.path.join(path, "checkpoints")
-  if not os.path.isdir(root):
+  root = _absolute(path)
+  root = root if root.name == "checkpoints" else root / "checkpoints"
+  if not root.is_dir():
     raise FileNotFoundError(f"{path}: no checkpoints folder (expected a training workdir)")
-  return ocp.CheckpointManager(os.path.abspath(root), item_names=ITEMS,
+  return ocp.CheckpointManager(root, item_names=ITEMS,
                                options=ocp.CheckpointManagerOptions(create=False))
 
 
@@ -216,7 +223,7 @@ def read_run(path: str, step: int | None = None, modules=None, dtype=None):
   step = max(steps) if step is None else step
   if step not in steps:
     raise FileNotFoundError(f"{path}: no checkpoint at step {step} (it has {sorted(steps)})")
-  state_dir = os.path.join(mgr.directory, str(step), "state")
+  state_dir = epath.Path(mgr.directory) / str(step) / "state"
   tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
   params_md = tree["params"]
   if modules is not None:

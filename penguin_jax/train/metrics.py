@@ -17,8 +17,9 @@ import os
 import time
 
 import numpy as np
+from etils import epath
 
-from penguin_jax.train import flops as flops_lib
+from penguin_jax.train import flops as flops_lib, workdir as workdir_lib
 
 log = logging.getLogger("train")
 
@@ -33,10 +34,12 @@ class MetricsWriter:
     self.seq_len = program.cfg.data.seq_len
     self.peak = flops_lib.peak_flops_per_device(device_kind=device_kind) * device_count
     self.file = self.tb = None
-    if process_index == 0:
+    if process_index == 0:                  # local or remote WORKDIR (workdir.py)
       from tensorboardX import SummaryWriter
-      self.file = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      root = epath.Path(workdir)
+      self.file = workdir_lib.AppendFile(root / "metrics.jsonl")
+      self.tb_dirs = workdir_lib.local_dir(root / "tensorboard")
+      self.tb = SummaryWriter(self.tb_dirs[0])
     self._reset(time.time())
     self.t_loop = self.t_last               # the loop starts now: what came before is start-up
 
@@ -85,12 +88,12 @@ class MetricsWriter:
              f" data_skipped={skipped}" if skipped else "", _hms(eta))
     if self.file:
       self.file.write(json.dumps(rec) + "\n")
-      self.file.flush()
       for k, v in rec.items():
         for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):   # lr/<module>, ...
           if k != "step" and np.isfinite(vv):
             self.tb.add_scalar(f"{k}/{kk}" if kk else k, vv, step)
       self.tb.flush()
+      workdir_lib.copy_up(*self.tb_dirs)
     return rec
 
   def close(self):
@@ -111,7 +114,7 @@ class Profiler:
 
   def __init__(self, cfg, workdir: str):
     self.start, self.n = int(cfg.start_step), int(cfg.num_steps)
-    self.dir, self.on = os.path.join(workdir, "profile"), False
+    self.dir, self.on = os.fspath(epath.Path(workdir) / "profile"), False
 
   def before(self, step: int):
     if self.n > 0 and step == self.start:
