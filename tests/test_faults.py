@@ -105,8 +105,8 @@ def test_nan_step_is_skipped_and_reported_then_too_many_stop(uninterrupted):
 
 
 def test_sigterm_during_a_checkpoint_write_saves_and_exits_cleanly(uninterrupted):
-  """SIGTERM while step 10's write is in flight (its temporary folder exists): the write
-  completes, the current step is saved whole (orbax reads it back) and the run exits 0.
+  """SIGTERM while a checkpoint write is in flight (its temporary folder exists): the
+  write completes, the current step is saved whole (orbax reads it back), exit 0.
   The same run traces steps 3-4 with the profiler into WORKDIR/profile."""
   root, _, _ = uninterrupted
   wd = root / "term"
@@ -114,13 +114,12 @@ def test_sigterm_during_a_checkpoint_write_saves_and_exits_cleanly(uninterrupted
                            "--config.profile.start_step=2", "--config.profile.num_steps=2"),
                        cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        text=True)
-  _wait_for(lambda: glob.glob(str(wd / "checkpoints" / "10.orbax-checkpoint-tmp*")), p)
+  _wait_for(lambda: glob.glob(str(wd / "checkpoints" / "*.orbax-checkpoint-tmp*")), p)
   p.send_signal(signal.SIGTERM)
   err = p.communicate(timeout=300)[1]
   assert p.returncode == 0, err[-2000:]
   saved = int(err.split("SIGTERM: saved step ")[1].split(",")[0])
-  assert 10 <= saved < 200
-  assert sorted(int(s) for s in os.listdir(wd / "checkpoints"))[-2:] == [10, saved] or saved == 10
+  assert 10 <= saved < 200 and (wd / "checkpoints" / "10").is_dir()
   step, _, params = ckpt.read_run(str(wd))
   assert step == saved and "vision_encoder" in params
   assert "profile of steps 3-4 written to" in err

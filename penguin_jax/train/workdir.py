@@ -1,8 +1,8 @@
 """The run's folder, WORKDIR: a local path or any path `etils.epath` opens (gs://BUCKET/...
 through fsspec's gcsfs, s3://...).
 
-Checkpoints go through orbax, which writes gs:// itself; metrics.jsonl, TensorBoard events,
-the run lock and the profile go through epath. Object stores have no append and no
+Checkpoints go through orbax and the profile through jax.profiler, which write gs:// themselves;
+metrics.jsonl, TensorBoard events and the run lock go through epath. Object stores have no append and no
 exclusive create, so on them metrics.jsonl is rewritten whole at each log line, TensorBoard
 events are written locally and copied up after each flush, and the lock is checked, then
 written (two runs started in the same second are not told apart). What must be a local
