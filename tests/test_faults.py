@@ -404,3 +404,9 @@ def test_misspelt_config_field_and_unknown_variant_are_one_line():
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith(want), (args, r.stderr[-1000:])
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_missing_init_from_is_one_error_and_creates_nothing(tmp_path):
+  with pytest.raises(FileNotFoundError, match="init_from .*: no checkpoints folder"):
+    ckpt.restore_params(str(tmp_path / "no_such_run"), ["llm"])
+  assert not (tmp_path / "no_such_run").exists()      # it used to create .../checkpoints

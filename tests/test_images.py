@@ -31,7 +31,10 @@ def test_patches_match_transformers_resize_normalize_and_release_order(checkpoin
   rgb = rs.randint(0, 256, (250, 390, 3)).astype(np.uint8)
   cfg = stage3.get_config("tiny")
   cfg.data.demo, cfg.data.train_files = False, (str(tmp_path / "shard.array_record"),)
-  (tmp_path / "shard.array_record").write_bytes(b"")
+  from array_record.python.array_record_module import ArrayRecordWriter
+  w = ArrayRecordWriter(str(tmp_path / "shard.array_record"), "group_size:1")
+  w.write(b"one record: prepare_data checks that each shard opens and is not empty")
+  w.close()
   mean, std = (0.5,) * 3, (0.5,) * 3
   if checkpoint_says == "clip":
     mean, std = images.CLIP_MEAN, images.CLIP_STD

@@ -141,7 +141,7 @@ class NoIntactCheckpoint(ValueError):
 
 
 def one_line(e: BaseException) -> str:
-  """One line for a failed restore: the root cause's type and first line (orbax wraps
+  """One line for an error: the root cause's type and first line (orbax wraps
   TensorStore's message, e.g. "OUT_OF_RANGE ... in OCDBT database", in a long one)."""
   while (e.__cause__ or e.__context__) is not None:
     e = e.__cause__ or e.__context__
@@ -197,7 +197,8 @@ def _free(path: epath.Path) -> epath.Path:
 
 def _absolute(path) -> epath.Path:
   """A local path made absolute (orbax wants one); gs://... as it is."""
-  return epath.Path(path if "://" in os.fspath(path) else os.path.abspath(path))
+  from penguin_jax.train.workdir import is_remote
+  return epath.Path(path if is_remote(path) else os.path.abspath(path))
 
 
 def _run_manager(path: str) -> ocp.CheckpointManager:
