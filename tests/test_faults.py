@@ -85,23 +85,22 @@ def test_kill9_at_random_points_then_resume_gives_identical_losses(uninterrupted
   _same_losses(m, ref, range(1, 31))
 
 
-def test_nan_step_is_skipped_and_reported_then_too_many_stop(uninterrupted):
+def test_nan_bursts_shorter_than_the_limit_are_skipped_longer_ones_stop(uninterrupted):
+  """One run, limit 2: the NaN at step 3 is skipped and reported and training goes on
+  (finite losses after it); NaNs at 7 and 8 stop the run at 8 (exit 3), naming the last
+  good checkpoint (6; step 8's is not written)."""
   root, _, _ = uninterrupted
   wd = root / "nan"
-  r = run(wd, root / "demo", "--config.total_steps=5",
-           "--config.debug_nan_steps=(3,)")
-  assert r.returncode == 0, r.stderr[-3000:]
+  r = run(wd, root / "demo", "--config.total_steps=12", "--config.checkpoint_every=2",
+          "--config.max_nonfinite_in_a_row=2", "--config.debug_nan_steps=(3,7,8,9)")
+  assert r.returncode == 3, r.stderr[-3000:]
   assert "step 3: non-finite loss or gradient" in r.stderr
   m = metrics(wd)
-  assert m[3]["skipped"] == 1 and all(m[s]["skipped"] == 0 for s in (1, 2, 4, 5))
-  assert all(m[s]["loss"] == m[s]["loss"] for s in (4, 5))  # finite again after the skip
-  wd2 = root / "nan2"
-  r = run(wd2, root / "demo", "--config.total_steps=8",
-           "--config.checkpoint_every=2", "--config.max_nonfinite_in_a_row=2",
-           "--config.debug_nan_steps=(3,4,5)")
-  assert r.returncode == 3
-  assert "stopping: 2 non-finite steps in a row; the last good checkpoint is step 2" in r.stderr
-  assert os.listdir(wd2 / "checkpoints") == ["2"]
+  assert m[3]["skipped"] == 1 and all(m[s]["skipped"] == 0 for s in (1, 2, 4, 5, 6))
+  assert all(m[s]["loss"] == m[s]["loss"] for s in (4, 5, 6))  # finite again after the skip
+  assert "stopping: 2 non-finite steps in a row; the last good checkpoint is step 6" in r.stderr
+  assert sorted(os.listdir(wd / "checkpoints")) == ["2", "4", "6"]
+  assert max(m) == 7                                 # step 8 stopped before its log line
 
 
 def test_sigterm_during_a_checkpoint_write_saves_and_exits_cleanly(uninterrupted):
