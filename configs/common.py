@@ -49,6 +49,13 @@ def base(variant: str) -> mlc.ConfigDict:
   # (TensorBoard's profile plugin or Perfetto); num_steps = 0: off.
   c.profile = mlc.ConfigDict({"start_step": 5 if tiny else 100, "num_steps": 0})
 
+  # Held-out loss during training: every `every` steps (0 = never), over the first
+  # `batches` global batches of `files` (ArrayRecord shards; empty with data.demo = the demo
+  # corpus's validation split), the same batches each time. Into metrics.jsonl and
+  # TensorBoard as eval/loss, eval/lm_loss, ...; it never touches the training state or
+  # data order (resume stays exact).
+  c.eval = mlc.ConfigDict({"every": 0, "files": (), "batches": 2})
+
   c.model = model_sizes(variant)
   c.model.use_teacher = False
   c.model.dtype = "float32" if tiny else "bfloat16"       # compute; master weights fp32
@@ -74,6 +81,7 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data = mlc.ConfigDict()
   c.data.demo = tiny               # generate + build the embedded demo corpus in the workdir
   c.data.demo_samples = 240
+  c.data.demo_val_samples = 24     # the demo corpus's validation split (held-out loss)
   c.data.demo_dir = ""             # where the demo corpus goes; "" = WORKDIR/demo_data
   c.data.train_files = ()          # ArrayRecord shards (data_pipelines.build)
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)

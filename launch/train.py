@@ -108,19 +108,41 @@ def prepare_data(cfg, workdir: str):
   done = os.path.join(root, "ready.json")
   if jax.process_index() == 0 and not os.path.isfile(done):
     log.info("building the demo corpus in %s (%d samples)", root, d.demo_samples)
-    demo_data.generate(os.path.join(root, "raw"), d.demo_samples, 0, seed=0)
+    demo_data.generate(os.path.join(root, "raw"), d.demo_samples, d.demo_val_samples, seed=0)
     with open(os.path.join(root, "raw", "train.jsonl")) as f:
       texts = [t["value"] for l in f for t in json.loads(l)["conversations"]]
     SentencePieceTokenizer.train(texts * 4, os.path.join(root, "spm"), vocab_size=1024)
     tok = SentencePieceTokenizer(os.path.join(root, "spm.model"))
     stats = build_lib.build(os.path.join(root, "raw", "train.jsonl"), os.path.join(root, "raw"),
                             os.path.join(root, "ar"), scfg, tok, log=log.info)
+    val = build_lib.build(os.path.join(root, "raw", "val.jsonl"), os.path.join(root, "raw"),
+                          os.path.join(root, "ar_val"), scfg, tok, log=log.info)
     with open(done, "w") as f:
-      json.dump(stats, f)
+      json.dump({**stats, "val_shards": val["shards"]}, f)
   multihost_utils.sync_global_devices("demo data")
   with open(done) as f:
     stats = json.load(f)
   return [os.path.join(root, "ar", s) for s in stats["shards"]], run_tokenizer(cfg, workdir), scfg
+
+
+def eval_files(cfg, workdir: str) -> list:
+  """The held-out shards of `config.eval`: eval.files, else the demo corpus's validation
+  split."""
+  if cfg.eval.files:
+    missing = [f for f in cfg.eval.files if not os.path.isfile(f)]
+    if missing:
+      raise FileNotFoundError(f"config.eval.files: {missing[0]} not found")
+    return list(cfg.eval.files)
+  if not cfg.data.demo:
+    raise ValueError("config.eval.every is set but config.eval.files is empty: list the "
+                     "held-out ArrayRecord shards")
+  root = _demo_root(cfg, workdir)
+  with open(os.path.join(root, "ready.json")) as f:
+    val = json.load(f).get("val_shards")
+  if not val:
+    raise ValueError(f"{root} has no validation split (built by an older version): delete "
+                     "the folder to rebuild it")
+  return [os.path.join(root, "ar_val", s) for s in val]
 
 
 def build_program(cfg, image_token_id=None):
@@ -176,6 +198,7 @@ def main(argv):
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
                          skipped=pipeline.SKIPPED)
+  evaluate = _evaluator(cfg, program, workdir, tokenizer, scfg) if cfg.eval.every else None
   profiler, sigterm = Profiler(cfg.profile, workdir), _Sigterm()
   nonfinite = _NonFinite(cfg, int(jax.device_get(state.skipped_total)))
   try:
@@ -201,6 +224,10 @@ def main(argv):
           nonfinite.check(step, m, saver)
           if log_now:
             writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
+        if evaluate is not None and step % cfg.eval.every == 0:
+          t = time.time()
+          writer.write_eval(step, evaluate(state.params, teacher_params, step))
+          writer.wait(time.time() - t)
         if save_now:
           t = time.time()
           saver.save(step, state, feed.get_state(), cfg.to_dict(), teacher_params)
@@ -217,6 +244,31 @@ def main(argv):
     profiler.close()
     saver.close()
     writer.close()
+
+
+def _evaluator(cfg, program, workdir, tokenizer, scfg):
+  """-> evaluate(params, teacher_params, step) -> {metric: value}: the held-out loss of
+  `config.eval` over the first `eval.batches` batches of its shards, read by a fresh
+  pipeline each time (the same batches every time; the training data's order and state
+  are untouched). Losses are averaged over batches, token counts summed."""
+  import jax
+  from data_pipelines.feed import DataFeed
+  paths = eval_files(cfg, workdir)
+  ecfg = cfg.copy_and_resolve_references()
+  ecfg.data.workers = 0                        # a few batches: no worker processes
+  log.info("held-out loss every %d steps over %d batches of %s", cfg.eval.every,
+           cfg.eval.batches, ", ".join(os.path.basename(p) for p in paths))
+
+  def evaluate(params, teacher_params, step):
+    feed = DataFeed(paths, tokenizer, scfg, ecfg, program.abstract_batch)
+    total = None
+    for _ in range(cfg.eval.batches):
+      m = program.eval_step(params, feed.next()[0], teacher_params, step)
+      total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
+    total = jax.device_get(total)
+    return {k: float(v) if "tokens" in k else float(v) / cfg.eval.batches
+            for k, v in sorted(total.items())}
+  return evaluate
 
 
 class Stop(Exception):

@@ -60,10 +60,12 @@ def test_kill9_at_random_points_then_resume_gives_identical_losses(uninterrupted
   """Three kill -9 at random points of one run (seeded): after a random log step, during
   an async checkpoint write (its temporary folder exists), and at a random later time;
   each restart resumes from the last whole checkpoint, and the final losses of every
-  step equal the uninterrupted run's."""
+  step equal the uninterrupted run's. The held-out loss is on (every 10 steps): it
+  changes neither the training nor the resume, and appears at steps 10, 20 and 30 in
+  metrics.jsonl and TensorBoard."""
   root, ref, _ = uninterrupted
   wd, rng = root / "kill9", random.Random(0)
-  base = ("--config.checkpoint_every=5",)
+  base = ("--config.checkpoint_every=5", "--config.eval.every=10")
   first, last = rng.randint(3, 9), rng.randint(18, 26)
   kills = [lambda: _last_step(wd) >= first,
            lambda: glob.glob(str(wd / "checkpoints" / "*orbax-checkpoint-tmp*")),
@@ -83,6 +85,10 @@ def test_kill9_at_random_points_then_resume_gives_identical_losses(uninterrupted
   m = metrics(wd)
   assert sorted(m) == list(range(1, 31))
   _same_losses(m, ref, range(1, 31))
+  assert sorted(s for s in m if "eval" in m[s]) == [10, 20, 30]
+  assert m[30]["eval"]["loss"] < m[10]["eval"]["loss"] and m[30]["eval"]["label_tokens"] > 0
+  events = glob.glob(str(wd / "tensorboard" / "events.out.tfevents*"))
+  assert any(b"eval/loss" in open(e, "rb").read() for e in events)
 
 
 def test_nan_bursts_shorter_than_the_limit_are_skipped_longer_ones_stop(uninterrupted):

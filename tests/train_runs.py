@@ -24,11 +24,12 @@ def run(workdir, demo_dir, *extra, config="stage1.py:tiny", timeout=600, env=Non
 
 
 def metrics(workdir):
-  """step -> record of WORKDIR/metrics.jsonl (a resumed run re-logs steps after its
-  checkpoint: the last record of a step wins)."""
+  """step -> the records of WORKDIR/metrics.jsonl for that step, merged (the training
+  record and the held-out one, {"eval": ...}; a resumed run re-logs steps after its
+  checkpoint: the last values of a step win)."""
   recs = {}
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     for line in f:
       r = json.loads(line)
-      recs[r["step"]] = r
+      recs.setdefault(r["step"], {}).update(r)
   return recs

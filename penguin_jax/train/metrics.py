@@ -96,6 +96,17 @@ class MetricsWriter:
       workdir_lib.copy_up(*self.tb_dirs)
     return rec
 
+  def write_eval(self, step: int, m: dict):
+    """The held-out metrics of step `step`: a console line, a metrics.jsonl record
+    {"step", "eval": {...}} and TensorBoard's eval/*."""
+    log.info("eval at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in m.items()))
+    if self.file:
+      self.file.write(json.dumps({"step": step, "eval": m}) + "\n")
+      for k, v in m.items():
+        self.tb.add_scalar(f"eval/{k}", v, step)
+      self.tb.flush()
+      workdir_lib.copy_up(*self.tb_dirs)
+
   def close(self):
     if self.file:
       self.file.close()

@@ -30,7 +30,7 @@ from penguin_jax.sharding import LOGICAL_RULES, params_shardings
 from penguin_jax.teacher import TeacherConfig, ViTTeacher
 from penguin_jax.train import flops as flops_lib
 from penguin_jax.train.optim import make_optimizer
-from penguin_jax.train.step import TrainState, make_train_step
+from penguin_jax.train.step import TrainState, make_eval_step, make_train_step
 from penguin_jax.vlm import PenguinVL
 
 
@@ -120,6 +120,7 @@ class TrainProgram:
   abstract_batch: dict                # ShapeDtypeStructs with shardings
   abstract_teacher: Any               # teacher params (None without a teacher)
   train_step: Any                     # jitted (state, batch, teacher_params) -> (state, metrics)
+  eval_step: Any                      # jitted (params, batch, teacher_params, step) -> metrics
 
   @contextlib.contextmanager
   def context(self):
@@ -276,9 +277,12 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
                        out_shardings=(state_sh, None), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model, teacher=teacher, grad_accum=grad_accum, **loss_kw),
+                      in_shardings=(state_sh.params, batch_sh, teacher_sh, None))
   return TrainProgram(cfg=cfg, mesh=mesh, model=model, model_config=vcfg, teacher=teacher,
                       teacher_config=tcfg, optimizer=opt, schedules=schedules,
                       trainable=trainable, grad_accum=grad_accum,
                       abstract_params_boxed=boxed, state_shardings=state_sh,
                       abstract_state=abstract_state, abstract_batch=abstract_batch,
-                      abstract_teacher=abstract_teacher, train_step=train_step)
+                      abstract_teacher=abstract_teacher, train_step=train_step,
+                      eval_step=eval_step)

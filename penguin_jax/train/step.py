@@ -176,3 +176,32 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
                    nonfinite_in_a_row=new.nonfinite_in_a_row, skipped_total=new.skipped_total)
     return new, metrics
   return step
+
+
+def make_eval_step(model: PenguinVL, *, teacher=None, grad_accum: int = 1, **loss_kw):
+  """(params, batch, teacher_params, step) -> metrics: the losses of `vlm_loss` on a
+  held-out batch, no gradient, in the train step's micro-batches (so that it fits where
+  the step fits) and with the whole batch's normalizers, as the train step computes them."""
+  weight = loss_kw.pop("reconstruction_weight", 0.0)
+  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
+                 max_label_tokens=loss_kw.get("max_label_tokens"),
+                 reconstruction=teacher is not None,
+                 relation_scope=loss_kw.get("relation_scope", "image"),
+                 relation_local_rows=loss_kw.get("relation_local_rows"))
+
+  def metrics_of(params, batch, teacher_params, normalizers, step):
+    kw = dict(loss_kw, normalizers=normalizers,
+              reconstruction_weight=weight(step) if callable(weight) else weight)
+    if teacher is not None:
+      kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
+    return vlm_loss(params, batch, model=model, **kw)[1]
+
+  def eval_step(params, batch, teacher_params=None, step=0):
+    if grad_accum == 1:
+      return metrics_of(params, batch, teacher_params, None, step)
+    micro = split_micro_batches(batch, grad_accum)
+    normalizers = jax.tree.map(lambda x: jnp.sum(x, axis=0),
+                               jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro))
+    per = jax.lax.map(lambda mb: metrics_of(params, mb, teacher_params, normalizers, step), micro)
+    return jax.tree.map(lambda m: jnp.sum(m, axis=0), per)   # shares of the batch's losses
+  return eval_step
