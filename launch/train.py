@@ -350,7 +350,7 @@ class _NonFinite:
 
 def _final_save(saver, step, state, feed, cfg, teacher_params, preempted) -> int:
   """The last checkpoint (end of training or SIGTERM); 0 only once it is on disk."""
-  if saver.mgr.latest_step() != step:
+  if saver.latest_on_disk() != step:
     saver.save(step, state, feed.get_state(), cfg.to_dict(), teacher_params)
   saver.finish()
   if saver.latest_on_disk() != step:

@@ -28,7 +28,7 @@ def normalize(text: str) -> str:
   for w in text.lower().split():
     n = to_number(w)
     if n is not None:
-      words.append(f"{n:g}" if abs(n) < 1e15 else w)
+      words.append(f"{n:.15g}")             # 1000.0 -> 1000, 3.50 -> 3.5, exact digits kept
       continue
     w = w.translate(str.maketrans("", "", string.punctuation))
     words.append(w)

@@ -9,7 +9,8 @@ from penguin_jax import evaluation as ev
     ("  Blue  ", "blue", True),
     ("1,000", "1000", True), ("3.50", "3.5", True), ("50%", "50", True),
     ("seven", "7", False),                       # words are not numbers
-    ("red", "reddish", False), ("12", "12.5", False)])
+    ("red", "reddish", False), ("12", "12.5", False),
+    ("1234567", "1234568", False), ("1,234,567", "1234567", True)])
 def test_exact_match_after_normalisation(pred, ref, same):
   assert ev.exact_match(pred, ref) is same
 

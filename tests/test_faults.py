@@ -187,10 +187,11 @@ def test_sigterm_while_the_pipeline_is_busy_saves_and_exits(uninterrupted):
   (step 0 here: the interrupted batch is read again after a resume) and exits 0."""
   root, _, _ = uninterrupted
   wd = root / "busy"
-  log = open(root / "busy.log", "w")
-  p = subprocess.Popen(cmd(wd, root / "demo", "--config.data.seq_len=16",
-                           "--config.data.max_skips_in_a_row=100000000", config="stage2.py:tiny"),
-                       cwd=REPO, env=ENV, stdout=log, stderr=log)
+  with open(root / "busy.log", "w") as log:
+    p = subprocess.Popen(cmd(wd, root / "demo", "--config.data.seq_len=16",
+                             "--config.data.max_skips_in_a_row=100000000",
+                             config="stage2.py:tiny"),
+                         cwd=REPO, env=ENV, stdout=log, stderr=log)
   _wait_for(lambda: open(root / "busy.log").read().count("too_long") > 200, p)
   t = time.time()
   p.send_signal(signal.SIGTERM)
@@ -376,7 +377,7 @@ def test_a_corrupt_or_empty_shard_is_one_line_and_a_corrupt_record_a_named_skip(
   named by file and index, and the rest is read."""
   from data_pipelines import pipeline as pipe
   root, _, _ = uninterrupted
-  shard = next(glob.glob(str(root / "demo" / "ar" / "*.array_record")).__iter__())
+  shard = glob.glob(str(root / "demo" / "ar" / "*.array_record"))[0]
   (tmp_path / "empty.array_record").write_bytes(b"")
   (tmp_path / "garbage.array_record").write_bytes(b"not an array record" * 10_000)
   for bad in ("empty", "garbage"):

@@ -86,26 +86,27 @@ class MetricsWriter:
              rec["tokens_per_s"], rec["visual_tokens_per_s"], rec["step_time_s"],
              f" mfu={rec['mfu']:.3f}" if "mfu" in rec else "", rec["goodput"],
              f" data_skipped={skipped}" if skipped else "", _hms(eta))
-    if self.file:
-      self.file.write(json.dumps(rec) + "\n")
-      for k, v in rec.items():
-        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):   # lr/<module>, ...
-          if k != "step" and np.isfinite(vv):
-            self.tb.add_scalar(f"{k}/{kk}" if kk else k, vv, step)
-      self.tb.flush()
-      workdir_lib.copy_up(*self.tb_dirs)
+    self._record(rec)
     return rec
 
   def write_eval(self, step: int, m: dict):
     """The held-out metrics of step `step`: a console line, a metrics.jsonl record
     {"step", "eval": {...}} and TensorBoard's eval/*."""
     log.info("eval at step %d: %s", step, " ".join(f"{k}={v:.4f}" for k, v in m.items()))
-    if self.file:
-      self.file.write(json.dumps({"step": step, "eval": m}) + "\n")
-      for k, v in m.items():
-        self.tb.add_scalar(f"eval/{k}", v, step)
-      self.tb.flush()
-      workdir_lib.copy_up(*self.tb_dirs)
+    self._record({"step": step, "eval": m})
+
+  def _record(self, rec: dict):
+    """One metrics.jsonl line and its TensorBoard scalars (a dict value {k: v} becomes
+    NAME/k: lr/<module>, data_skipped/<reason>, eval/<metric>); process 0 only."""
+    if not self.file:
+      return
+    self.file.write(json.dumps(rec) + "\n")
+    for k, v in rec.items():
+      for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+        if k != "step" and np.isfinite(vv):
+          self.tb.add_scalar(f"{k}/{kk}" if kk else k, vv, rec["step"])
+    self.tb.flush()
+    workdir_lib.copy_up(*self.tb_dirs)
 
   def close(self):
     if self.file:

@@ -101,6 +101,33 @@ def _replicated(tree):
   return jax.tree.map(lambda x: nn.with_logical_constraint(x, (None,) * x.ndim), tree)
 
 
+def _batch_losses(model: PenguinVL, teacher, loss_kw: dict):
+  """What the train and eval steps share: -> (kwargs(batch, teacher_params, normalizers,
+  step) -> `vlm_loss` keywords, the teacher's targets computed there, outside any
+  differentiated function; global_normalizers(micro) -> `loss_normalizers` of the whole
+  batch from its micro-batches [k, rows/k, ...])."""
+  loss_kw = dict(loss_kw)
+  weight = loss_kw.pop("reconstruction_weight", 0.0)
+  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
+                 max_label_tokens=loss_kw.get("max_label_tokens"),
+                 reconstruction=teacher is not None or "teacher_features" in loss_kw,
+                 relation_scope=loss_kw.get("relation_scope", "image"),
+                 relation_local_rows=loss_kw.get("relation_local_rows"))
+
+  def kwargs(batch, teacher_params, normalizers, step):
+    kw = dict(loss_kw, model=model, normalizers=normalizers,
+              reconstruction_weight=weight(step) if callable(weight) else weight)
+    if teacher is not None:
+      with jax.named_scope("teacher"):
+        kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
+    return kw
+
+  def global_normalizers(micro):
+    per_micro = jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro)
+    return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
+  return kwargs, global_normalizers
+
+
 def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *,
                     teacher=None, grad_accum: int = 1, trainable=None, **loss_kw):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
@@ -117,21 +144,11 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
   metrics["skipped"] = 1.
   `reconstruction_weight` (in `loss_kw`) may be a schedule, step -> weight (the release's
   3 falling to 2 over its epoch, DESIGN 1.4)."""
-  weight = loss_kw.pop("reconstruction_weight", 0.0)
-  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
-                 max_label_tokens=loss_kw.get("max_label_tokens"),
-                 reconstruction=teacher is not None or "teacher_features" in loss_kw,
-                 relation_scope=loss_kw.get("relation_scope", "image"),
-                 relation_local_rows=loss_kw.get("relation_local_rows"))
+  loss_kwargs, global_normalizers = _batch_losses(model, teacher, loss_kw)
 
   def loss_and_grads(params, batch, teacher_params, normalizers, step):
     """(loss, metrics), gradients of the trainable modules."""
-    kw = dict(loss_kw, normalizers=normalizers,
-              reconstruction_weight=weight(step) if callable(weight) else weight)
-    if teacher is not None:
-      with jax.named_scope("teacher"):
-        kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
-    fn = functools.partial(vlm_loss, model=model, **kw)
+    fn = functools.partial(vlm_loss, **loss_kwargs(batch, teacher_params, normalizers, step))
     frozen = {k: jax.lax.stop_gradient(v) for k, v in params.items() if not _trains(k)}
     train = {k: v for k, v in params.items() if _trains(k)}
     return jax.value_and_grad(lambda t, b: fn({**frozen, **t}, b), has_aux=True)(train, batch)
@@ -147,8 +164,7 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
         with jax.named_scope("teacher"):
           teacher_params = _replicated(teacher_params)
       micro = split_micro_batches(batch, grad_accum)
-      per_micro = jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro)
-      normalizers = jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
+      normalizers = global_normalizers(micro)
 
       def body(acc, mb):
         (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers,
@@ -182,26 +198,16 @@ def make_eval_step(model: PenguinVL, *, teacher=None, grad_accum: int = 1, **los
   """(params, batch, teacher_params, step) -> metrics: the losses of `vlm_loss` on a
   held-out batch, no gradient, in the train step's micro-batches (so that it fits where
   the step fits) and with the whole batch's normalizers, as the train step computes them."""
-  weight = loss_kw.pop("reconstruction_weight", 0.0)
-  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
-                 max_label_tokens=loss_kw.get("max_label_tokens"),
-                 reconstruction=teacher is not None,
-                 relation_scope=loss_kw.get("relation_scope", "image"),
-                 relation_local_rows=loss_kw.get("relation_local_rows"))
+  loss_kwargs, global_normalizers = _batch_losses(model, teacher, loss_kw)
 
   def metrics_of(params, batch, teacher_params, normalizers, step):
-    kw = dict(loss_kw, normalizers=normalizers,
-              reconstruction_weight=weight(step) if callable(weight) else weight)
-    if teacher is not None:
-      kw["teacher_features"] = teacher_targets(teacher, teacher_params, batch)
-    return vlm_loss(params, batch, model=model, **kw)[1]
+    return vlm_loss(params, batch, **loss_kwargs(batch, teacher_params, normalizers, step))[1]
 
   def eval_step(params, batch, teacher_params=None, step=0):
     if grad_accum == 1:
       return metrics_of(params, batch, teacher_params, None, step)
     micro = split_micro_batches(batch, grad_accum)
-    normalizers = jax.tree.map(lambda x: jnp.sum(x, axis=0),
-                               jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro))
+    normalizers = global_normalizers(micro)
     per = jax.lax.map(lambda mb: metrics_of(params, mb, teacher_params, normalizers, step), micro)
     return jax.tree.map(lambda m: jnp.sum(m, axis=0), per)   # shares of the batch's losses
   return eval_step
