@@ -76,8 +76,9 @@ def _placeholder(v: Visual) -> str:
   return ",".join(frames) + "\n"
 
 
-def normalize_conversation(sample: dict) -> list[tuple[str, str]]:
-  """Validated (role, text) turns of a JSONL sample, leading non-user turns dropped."""
+def normalize_conversation(sample: dict, prompt_only: bool = False) -> list[tuple[str, str]]:
+  """Validated (role, text) turns of a JSONL sample, leading non-user turns dropped.
+  `prompt_only`: a prompt for generation, which must end with a user turn."""
   sid = sample.get("id")
   conv = sample.get("conversations")
   if not isinstance(conv, list) or not conv:
@@ -91,15 +92,34 @@ def normalize_conversation(sample: dict) -> list[tuple[str, str]]:
     turns.append((ROLES[t["from"]], t["value"]))
   while turns and turns[0][0] == "assistant":
     turns.pop(0)
-  if not any(r == "assistant" for r, _ in turns):
+  if prompt_only:
+    if not turns or turns[-1][0] != "user":
+      raise BadSample("malformed_conversation", sample_id=sid,
+                      detail="a prompt must end with a user turn")
+  elif not any(r == "assistant" for r, _ in turns):
     raise BadSample("no_assistant_turn", sample_id=sid)
   return turns
 
 
-def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual]):
-  """-> (input_ids int32 [n], labels int32 [n]); raises BadSample."""
+def split_answer(sample: dict) -> tuple[dict, str]:
+  """A JSONL sample -> (the prompt: its turns before the last assistant turn, the
+  reference answer: that turn's text), for evaluating generated answers."""
+  turns = sample.get("conversations") or []
+  last = max((i for i, t in enumerate(turns)
+              if isinstance(t, dict) and ROLES.get(t.get("from")) == "assistant"), default=None)
+  if last is None:
+    raise BadSample("no_assistant_turn", sample_id=sample.get("id"))
+  return {**sample, "conversations": turns[:last]}, turns[last]["value"]
+
+
+def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual],
+                  prompt_only: bool = False):
+  """-> (input_ids int32 [n], labels int32 [n]); raises BadSample. `prompt_only`: the
+  sample is a prompt (it ends with a user turn), followed by the generation prompt, an
+  open assistant turn with the empty think block (`CHAT_TEMPLATE`'s
+  add_generation_prompt); its labels are all IGNORE_INDEX."""
   sid = sample.get("id")
-  turns = normalize_conversation(sample)
+  turns = normalize_conversation(sample, prompt_only)
   video = any(v.is_video for v in visuals)
   tag = VIDEO_TAG if video else IMAGE_TOKEN
   n_tags = sum(text.count(tag) for role, text in turns if role == "user")
@@ -154,4 +174,8 @@ def format_sample(tokenizer: Tokenizer, sample: dict, visuals: Sequence[Visual])
       labels[after] = IGNORE_INDEX
     ids_all.append(ids)
     labels_all.append(labels)
+  if prompt_only:
+    ids = np.asarray(enc(f"<|im_start|>assistant\n{THINK_SCAFFOLD}"), np.int32)
+    ids_all.append(ids)
+    labels_all.append(np.full_like(ids, IGNORE_INDEX))
   return np.concatenate(ids_all), np.concatenate(labels_all)

@@ -69,13 +69,15 @@ class NoProgress(ValueError):
 SKIPPED = collections.Counter()       # reasons of samples skipped in this process
 
 
-def sample_features(record: dict, tokenizer, scfg: sample_lib.SampleConfig) -> dict:
-  """A decoded record -> the per-sample arrays the packer packs (local indices)."""
+def sample_features(record: dict, tokenizer, scfg: sample_lib.SampleConfig,
+                    prompt_only: bool = False) -> dict:
+  """A decoded record -> the per-sample arrays the packer packs (local indices).
+  `prompt_only`: a generation prompt (see `chat.format_sample`)."""
   arrays = [images_lib.load_image(b) for b in record["images"]]
   frames = stamps = None
   if record.get("video") is not None:
     frames, stamps = video_lib.load_video(record["video"], scfg.fps, scfg.max_frames)
-  out = sample_lib.process(record, arrays, frames, stamps, tokenizer, scfg)
+  out = sample_lib.process(record, arrays, frames, stamps, tokenizer, scfg, prompt_only)
   grids, merges = out["grids"].tolist(), out["merge_sizes"].tolist()
   ids = out["input_ids"]
   lay = patch_layout.pack_items(grids, merges)

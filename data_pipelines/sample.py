@@ -62,8 +62,9 @@ def media_of(sample: dict) -> tuple[list, list]:
 
 
 def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenizer,
-            cfg: SampleConfig) -> dict:
-  """Decoded media -> model arrays (see module docstring). Raises BadSample."""
+            cfg: SampleConfig, prompt_only: bool = False) -> dict:
+  """Decoded media -> model arrays (see module docstring). Raises BadSample.
+  `prompt_only`: a prompt for generation (see `chat.format_sample`)."""
   sid = sample.get("id")
   try:
     patches, grids, merges, visuals = [], [], [], []
@@ -88,12 +89,12 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
       m2 = cfg.video_merge_size ** 2
       visuals.append(chat.Visual(tuple(g[1] * g[2] // m2 for g in gs),
                                  tuple(float(t) for t in timestamps)))
-    ids, labels = chat.format_sample(tokenizer, sample, visuals)
+    ids, labels = chat.format_sample(tokenizer, sample, visuals, prompt_only)
   except BadSample as e:
     raise e.with_id(sid) if e.sample_id is None else e
   if cfg.max_length is not None and len(ids) > cfg.max_length:
     raise BadSample("too_long", f"{len(ids)} tokens > max_length {cfg.max_length}", sid)
-  if not (labels != chat.IGNORE_INDEX).any():
+  if not prompt_only and not (labels != chat.IGNORE_INDEX).any():
     raise BadSample("no_label_tokens", "", sid)
   return {
       "input_ids": ids.astype(np.int32),

@@ -196,6 +196,44 @@ class SentencePieceTokenizer:
     return _token_to_id(self, token)
 
 
+class JsonTokenizer:
+  """A model folder's `tokenizer.json` that is not Qwen3's (e.g. a demo run's small
+  tokenizer as `save_hf` exports it), with the chat format's special tokens."""
+
+  def __init__(self, path: str):
+    from tokenizers import Tokenizer as HFTokenizer
+    self._b = HFTokenizer.from_file(path)
+    self.vocab_size = self._b.get_vocab_size()
+    self.specials = {t: self._b.token_to_id(t) for t in CHAT_SYMBOLS}
+    missing = [t for t, i in self.specials.items() if i is None]
+    if missing:
+      raise ValueError(f"{path}: the chat format's special tokens {missing} are missing")
+    self.eos_id = self.specials["<|im_end|>"]
+    self.pad_id = self.specials["<|endoftext|>"]
+    self.image_token_id = self.specials[IMAGE_TOKEN]
+
+  def encode(self, text: str) -> list[int]:
+    return self._b.encode(text, add_special_tokens=False).ids
+
+  def decode(self, ids) -> str:
+    return self._b.decode([int(i) for i in ids], skip_special_tokens=False)
+
+  def token_to_id(self, token: str) -> int:
+    return _token_to_id(self, token)
+
+
+def from_model_dir(path: str):
+  """The tokenizer of an HF model folder: Qwen3's (a released Penguin-VL, an export of a
+  run on real data) or another `tokenizer.json` (an export of a demo run)."""
+  f = os.path.join(path, "tokenizer.json")
+  if not os.path.isfile(f):
+    raise FileNotFoundError(f"{path}: no tokenizer.json there")
+  from tokenizers import Tokenizer as HFTokenizer
+  if HFTokenizer.from_file(f).get_vocab_size() >= QWEN3_NUM_RANKS:
+    return Qwen3Tokenizer.from_tokenizer_json(f)
+  return JsonTokenizer(f)
+
+
 # --------------------------------------------------------------------------- HF export
 def _hf_backend(tok) -> "tokenizers.Tokenizer":
   """The tokenizer as a `tokenizers.Tokenizer` that encodes text to the same ids.

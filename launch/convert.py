@@ -111,30 +111,20 @@ def export_run(args):
   """`workdir-to-hf`: the run's parameters, config and tokenizer -> an HF directory."""
   import dataclasses
   import os
-  from ml_collections import ConfigDict
   from data_pipelines.chat import CHAT_TEMPLATE
   from data_pipelines.tokenizer import save_hf
-  from launch.train import run_tokenizer
+  from launch.models import from_workdir
   from penguin_jax import hf, preprocessor
-  from penguin_jax.train import checkpoint as ckpt
-  from penguin_jax.train.program import model_config
 
   dtype = _dtype(args.dtype)
-  step, run, params = ckpt.read_run(args.workdir, args.step, dtype=dtype)
-  cfg = ConfigDict(run)
-  workdir = args.workdir.rstrip("/")
-  if os.path.basename(workdir) == "checkpoints":
-    workdir = os.path.dirname(workdir)
-  tok = run_tokenizer(cfg, workdir)
-  vocab = params["llm"]["embed_tokens"]["embedding"].shape[0]
-  vcfg, _ = model_config(cfg, vocab_size=vocab, image_token_id=tok.image_token_id)
+  run = from_workdir(args.workdir, args.step, dtype, keep_distill_head=args.keep_distill_head)
+  cfg, step, tok, params, vcfg = run.run_config, run.step, run.tokenizer, run.params, run.model.cfg
+  workdir = run.workdir
   has_head = "vision_distill_layer" in params
   if args.keep_distill_head and not has_head:
     raise ValueError(f"{args.workdir}: --keep_distill_head, but this run ({cfg.stage}) has no "
                      "distill head")
-  if has_head and not args.keep_distill_head:
-    params = {k: v for k, v in params.items() if k != "vision_distill_layer"}
-    vcfg = dataclasses.replace(vcfg, teacher_hidden_size=None)
+  if cfg.model.use_teacher and not has_head:
     logging.info("distill head dropped (inference does not use it; --keep_distill_head keeps it)")
   elif has_head:
     run_teacher = cfg.init.get("teacher", "")

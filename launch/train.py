@@ -61,6 +61,17 @@ def run_tokenizer(cfg, workdir: str):
   return Qwen3Tokenizer.load(d.tokenizer or None)
 
 
+def sample_config(cfg):
+  """The per-sample settings (`SampleConfig`) of a run's `config.data`."""
+  from data_pipelines import sample as sample_lib
+  d = cfg.data
+  return sample_lib.SampleConfig(image_merge_size=d.image_merge_size,
+                                 video_merge_size=d.video_merge_size, min_tokens=d.min_tokens,
+                                 max_tokens=d.max_tokens, fps=d.fps, max_frames=d.max_frames,
+                                 max_length=d.seq_len, image_mean=tuple(d.image_mean),
+                                 image_std=tuple(d.image_std), multi_image=d.multi_image)
+
+
 def _demo_root(cfg, workdir: str) -> str:
   """The demo corpus's folder: data.demo_dir, else WORKDIR/demo_data (a local WORKDIR:
   ArrayRecord shards and the tokenizer are local files)."""
@@ -78,7 +89,7 @@ def prepare_data(cfg, workdir: str):
   corpus, trains a small SentencePiece tokenizer on it and builds it (once, process 0)."""
   import jax
   from jax.experimental import multihost_utils
-  from data_pipelines import build as build_lib, demo_data, pipeline, sample as sample_lib
+  from data_pipelines import build as build_lib, demo_data, pipeline
   from data_pipelines.tokenizer import SentencePieceTokenizer
   from data_pipelines.images import read_preprocessor_config
   d = cfg.data
@@ -89,11 +100,7 @@ def prepare_data(cfg, workdir: str):
                               f"at {d.preprocessor_config}")
     d.image_mean, d.image_std = norm   # recorded in the run's config (its checkpoints)
     log.info("image normalisation from %s: mean %s, std %s", d.preprocessor_config, *norm)
-  scfg = sample_lib.SampleConfig(image_merge_size=d.image_merge_size,
-                                 video_merge_size=d.video_merge_size, min_tokens=d.min_tokens,
-                                 max_tokens=d.max_tokens, fps=d.fps, max_frames=d.max_frames,
-                                 max_length=d.seq_len, image_mean=tuple(d.image_mean),
-                                 image_std=tuple(d.image_std), multi_image=d.multi_image)
+  scfg = sample_config(cfg)
   if not d.demo:
     if not d.train_files:
       raise ValueError("config.data.train_files is empty: build shards with "

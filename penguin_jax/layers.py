@@ -357,7 +357,7 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, ("batch", "length", "act_kv_heads", "kv"))
 
     if self.decode:
-      out = self._decode_attention(q, k, v)
+      out = self._decode_attention(q, k, v, segment_ids)
     else:
       out = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                       causal=self.causal, implementation=cfg.attention,
@@ -365,26 +365,25 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
     return dense(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="o_proj")(out)
 
-  def _decode_attention(self, q, k, v):
-    """KV-cache path: write the new keys/values at `cache_index`, attend to the filled
-    prefix. The cache's length is fixed when it is created (see generate.init_cache)."""
+  def _decode_attention(self, q, k, v, segment_ids):
+    """KV-cache path: write the new keys/values (and their segment ids) at `cache_index`,
+    attend causally to the cache. Segment id 0 marks left padding of a shorter prompt in
+    a batch: no real token attends to it; slots not yet written are after every query.
+    The cache's length is fixed when it is created (see generate.init_cache)."""
     initialized = self.has_variable("cache", "cached_key")
     ck = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
     cv = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    cs = self.variable("cache", "cached_segment", jnp.zeros, q.shape[:2], jnp.int32)
     ci = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
     if not initialized:  # creating the cache (init): plain causal attention
       seg = jnp.ones(q.shape[:2], jnp.int32)
       return attention(q, k, v, q_segment_ids=seg, kv_segment_ids=seg, causal=True)
     idx = ci.value
-    s = q.shape[1]
     ck.value = jax.lax.dynamic_update_slice(ck.value, k.astype(ck.value.dtype), (0, idx, 0, 0))
     cv.value = jax.lax.dynamic_update_slice(cv.value, v.astype(cv.value.dtype), (0, idx, 0, 0))
-    ci.value = idx + s
-    b, t = ck.value.shape[:2]
-    kv_valid = (jnp.arange(t)[None, :] < idx + s).astype(jnp.int32)
-    kv_valid = jnp.broadcast_to(kv_valid, (b, t))
-    q_seg = jnp.ones((b, s), jnp.int32)
-    return attention(q, ck.value, cv.value, q_segment_ids=q_seg, kv_segment_ids=kv_valid,
+    cs.value = jax.lax.dynamic_update_slice(cs.value, segment_ids.astype(jnp.int32), (0, idx))
+    ci.value = idx + q.shape[1]
+    return attention(q, ck.value, cv.value, q_segment_ids=segment_ids, kv_segment_ids=cs.value,
                      causal=True, q_offset=idx, implementation="xla")
 
 

@@ -53,3 +53,18 @@ def uninterrupted(tmp_path_factory):
   r = run(root / "a", root / "demo")
   assert r.returncode == 0, r.stderr[-3000:]
   return root, metrics(root / "a"), r.stderr
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+  """Two tiny stage-3 runs of 2 steps (test_export, test_generate, test_eval_cli):
+  unscanned on one device; scanned on a (fsdp 4, tensor 2) mesh of 8 devices. Each
+  exported in float32. -> {name: (workdir, export)}; the demo corpus is ROOT/demo."""
+  from train_runs import export, short_run
+  root = tmp_path_factory.mktemp("export")
+  short_run(root / "plain", root / "demo", "configs/stage3.py:tiny")
+  short_run(root / "mesh", root / "demo", "configs/stage3.py:tiny",
+            "--config.model.scan_layers=True", "--config.mesh.data=1", "--config.mesh.fsdp=4",
+            "--config.mesh.tensor=2", devices=8)
+  return {name: (root / name, export(root / name, root / f"{name}_hf", "--dtype=float32"))
+          for name in ("plain", "mesh")}

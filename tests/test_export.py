@@ -4,8 +4,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,9 +12,8 @@ import pytest
 import penguin_jax
 from penguin_jax import hf, patches as P
 from penguin_jax.train import checkpoint as ckpt
+from train_runs import export as _export, short_run as _train
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 # 20 texts with chat markup, <image>, Chinese, code, emoji, odd whitespace, combining marks.
 TEXTS = [
     "<|im_start|>user\n<image><image>\nWhat is 3 plus 4?<|im_end|>\n",
@@ -29,34 +26,6 @@ TEXTS = [
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
     "混合 mixed 文本 text 123", "https://example.com/a?b=c&d=e", "UPPER lower MiXeD",
     "line one\nline two\n<image>\nline three"]
-
-
-def _train(workdir, demo_dir, config, *extra, devices=None):
-  cmd = [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}",
-         "--config.total_steps=2", "--config.checkpoint_every=2", "--config.log_every=1",
-         f"--config.data.demo_dir={demo_dir}", *extra]
-  if devices:
-    cmd.append(f"--local_device_count={devices}")
-  r = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-
-
-def _export(workdir, out, *extra):
-  from launch import convert
-  assert convert.main(["workdir-to-hf", f"--workdir={workdir}", f"--out={out}", *extra]) == 0
-  return out
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Two tiny stage-3 runs: unscanned on one device; scanned on a (fsdp 4, tensor 2) mesh
-  of 8 devices. Each exported in float32."""
-  root = tmp_path_factory.mktemp("export")
-  _train(root / "plain", root / "demo", "configs/stage3.py:tiny")
-  _train(root / "mesh", root / "demo", "configs/stage3.py:tiny", "--config.model.scan_layers=True",
-         "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.mesh.tensor=2", devices=8)
-  return {name: (root / name, _export(root / name, root / f"{name}_hf", "--dtype=float32"))
-          for name in ("plain", "mesh")}
 
 
 def _multimodal_batch(image_id, vocab, seed=0):

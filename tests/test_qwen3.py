@@ -61,6 +61,40 @@ def test_greedy_generation_with_kv_cache_equals_recomputation(qwen3_untied):
   np.testing.assert_array_equal(new, seq[:, 5:])
 
 
+def test_left_padded_batch_and_streaming_equal_transformers_generate(qwen3_untied):
+  """Prompts of different lengths in one left-padded batch: the scanned program and the
+  streaming loop both give transformers' greedy `generate` (attention_mask, left pad)."""
+  import torch
+  import transformers
+  from penguin_jax.generate import stream_greedy
+  path, _ = qwen3_untied
+  model, params = penguin_jax.from_pretrained(str(path))
+  rs = np.random.RandomState(7)
+  lens, p, n_new = [7, 3, 5], 7, 10
+  ids = np.zeros((3, p), np.int64)
+  mask = np.zeros((3, p), np.int64)
+  for r, n in enumerate(lens):
+    ids[r, p - n:] = rs.randint(1, 320, n)
+    mask[r, p - n:] = 1
+  ref = transformers.Qwen3ForCausalLM.from_pretrained(str(path)).eval()
+  with torch.no_grad():
+    out = ref.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), do_sample=False,
+                       max_new_tokens=n_new, min_new_tokens=n_new, pad_token_id=0)
+  expected = out[:, p:].numpy()
+  new = np.asarray(greedy_generate(model, params, jnp.asarray(ids), max_new_tokens=n_new,
+                                   prompt_mask=jnp.asarray(mask)))
+  np.testing.assert_array_equal(new, expected)
+  streamed = np.stack(list(stream_greedy(model, params, jnp.asarray(ids), max_new_tokens=n_new,
+                                         prompt_mask=jnp.asarray(mask))), axis=1)
+  np.testing.assert_array_equal(streamed, expected)
+  # stop tokens: the loop ends at the step where the last row has produced one
+  stop = {int(expected[r, 3 + r]) for r in range(3)}
+  first = [min(i for i in range(n_new) if expected[r, i] in stop) for r in range(3)]
+  steps = list(stream_greedy(model, params, jnp.asarray(ids), max_new_tokens=n_new,
+                             prompt_mask=jnp.asarray(mask), stop_ids=sorted(stop)))
+  assert len(steps) == max(first) + 1
+
+
 @pytest.mark.parametrize("fixture", ["qwen3_tied", "qwen3_untied"])
 def test_export_loads_in_transformers_with_same_logits(fixture, request, tmp_path):
   import transformers

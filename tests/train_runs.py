@@ -33,3 +33,21 @@ def metrics(workdir):
       r = json.loads(line)
       recs.setdefault(r["step"], {}).update(r)
   return recs
+
+
+def short_run(workdir, demo_dir, config, *extra, devices=None):
+  """A 2-step run of `config` (a checkpoint at step 2), which must succeed."""
+  c = [sys.executable, "-m", "launch.train", f"--config={config}", f"--workdir={workdir}",
+       "--config.total_steps=2", "--config.checkpoint_every=2", "--config.log_every=1",
+       f"--config.data.demo_dir={demo_dir}", *extra]
+  if devices:
+    c.append(f"--local_device_count={devices}")
+  r = subprocess.run(c, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+
+def export(workdir, out, *extra):
+  """`launch.convert workdir-to-hf` in this process; -> out."""
+  from launch import convert
+  assert convert.main(["workdir-to-hf", f"--workdir={workdir}", f"--out={out}", *extra]) == 0
+  return out
