@@ -14,8 +14,10 @@ from data_pipelines import pipeline as pipe
 
 
 class DataFeed:
+  """`one_pass`: read the data once, in order (evaluation): the last batch is filled up
+  with empty rows (no labels, no segments), then `next` raises StopIteration."""
 
-  def __init__(self, paths, tokenizer, scfg, cfg, abstract_batch: dict):
+  def __init__(self, paths, tokenizer, scfg, cfg, abstract_batch: dict, one_pass: bool = False):
     import jax
     self.pid, self.nproc = jax.process_index(), jax.process_count()
     d = cfg.data
@@ -31,7 +33,10 @@ class DataFeed:
                                batch_size=d.global_batch // self.num_shards,
                                packing=d.packing, num_packing_bins=d.packing_bins,
                                seed=cfg.seed, worker_count=d.workers,
-                               max_skips_in_a_row=d.max_skips_in_a_row)
+                               max_skips_in_a_row=d.max_skips_in_a_row,
+                               **(dict(num_epochs=1, shuffle=False, drop_remainder=False)
+                                  if one_pass else {}))
+    self.rows = pcfg.batch_size
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
     self.iters = [iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, s, self.num_shards))
@@ -42,7 +47,10 @@ class DataFeed:
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
     import jax
-    parts = [next(it) for it in self.iters]
+    parts = [_next_or_none(it) for it in self.iters]
+    if all(p is None for p in parts):
+      raise StopIteration
+    parts = [_filled(p, self.rows, self.spec) for p in parts]
     local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
              for k, s in self.spec.items()}
     if poison:
@@ -72,3 +80,25 @@ class DataFeed:
                        f"{self.num_shards}: set config.data.num_shards={len(data_state['shards'])}")
     for it, s in zip(self.iters, self.shards):
       it.set_state(data_state["shards"][s])
+
+
+def _next_or_none(it):
+  try:
+    return next(it)
+  except StopIteration:
+    return None
+
+
+def _filled(part, rows: int, spec: dict) -> dict:
+  """A shard's batch with `rows` rows: the rows it has, then empty ones (segment 0, no
+  labels, visual tokens dropped)."""
+  have = 0 if part is None else len(part["input_ids"])
+  if have == rows:
+    return part
+  out = {}
+  for k, s in spec.items():
+    fill = {"labels": pipe.IGNORE_INDEX,
+            "visual_positions": spec["input_ids"].shape[1]}.get(k, 0)   # the drop slot
+    empty = np.full((rows - have, *s.shape[1:]), fill, s.dtype)
+    out[k] = empty if part is None else np.concatenate([part[k].astype(s.dtype), empty])
+  return out

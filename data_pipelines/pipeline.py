@@ -57,6 +57,7 @@ class PipelineConfig:
   shuffle: bool = True
   seed: int = 0
   num_epochs: Optional[int] = None    # None: repeat forever
+  drop_remainder: bool = True         # False: a last, smaller batch (one pass for eval)
   worker_count: int = 0               # >0: multiprocessing workers
   worker_buffer_size: int = 2
   max_skips_in_a_row: int = 10_000    # then NoProgress: no sample of the data fits / decodes
@@ -244,7 +245,7 @@ def make_dataset(paths: Sequence[str], tokenizer, scfg: sample_lib.SampleConfig,
   it = packer(it, length_struct=lengths, num_packing_bins=cfg.num_packing_bins,
               seed=cfg.seed, shuffle_bins=cfg.shuffle)
   it = it.map(lambda row: finalize_row(row, cfg))
-  it = it.batch(cfg.batch_size, drop_remainder=True)
+  it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
   if cfg.worker_count > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside an absl app, defaults

@@ -48,18 +48,22 @@ class Generator:
   """A loaded model on a (1, fsdp, tensor) mesh of local devices: batches of prompts ->
   answers, each program compiled once per padded shape."""
 
-  def __init__(self, loaded, fsdp: int = 1, tensor: int = 1, max_new_tokens: int = 128):
+  def __init__(self, loaded, fsdp: int = 1, tensor: int = 1, max_new_tokens: int = 128,
+               mesh=None, params=None):
+    """`mesh` and `params`: parameters already placed on a mesh (launch.eval shares the
+    training program's); by default `loaded.params` are split over fsdp x tensor local
+    devices."""
     import jax
     from launch.models import shard
     from penguin_jax import hf
     from penguin_jax.sharding import make_mesh
     n = fsdp * tensor
-    if n > len(jax.local_devices()):
+    if mesh is None and n > len(jax.local_devices()):
       raise ValueError(f"--fsdp={fsdp} x --tensor={tensor} needs {n} devices, "
                        f"{len(jax.local_devices())} are local")
-    self.mesh = make_mesh(1, fsdp, tensor, devices=jax.local_devices()[:n])
+    self.mesh = mesh or make_mesh(1, fsdp, tensor, devices=jax.local_devices()[:n])
     self.loaded, self.max_new_tokens = loaded, max_new_tokens
-    self.params = shard(loaded, self.mesh)
+    self.params = params if params is not None else shard(loaded, self.mesh)
     self.llm = hf.build_model(loaded.model.cfg.llm)
     tok = loaded.tokenizer
     self.stop_ids = sorted({tok.eos_id, tok.pad_id})

@@ -254,12 +254,13 @@ def main(argv):
 
 
 def _evaluator(cfg, program, workdir, tokenizer, scfg):
-  """-> evaluate(params, teacher_params, step) -> {metric: value}: the held-out loss of
-  `config.eval` over the first `eval.batches` batches of its shards, read by a fresh
-  pipeline each time (the same batches every time; the training data's order and state
-  are untouched). Losses are averaged over batches, token counts summed."""
+  """-> evaluate(params, teacher_params, step) -> {metric: value}: the held-out loss and
+  per-token accuracy of `config.eval` over the first `eval.batches` batches of its
+  shards, read by a fresh pipeline each time (the same batches every time; the training
+  data's order and state are untouched); see `metrics.eval_summary`."""
   import jax
   from data_pipelines.feed import DataFeed
+  from penguin_jax.train.metrics import eval_summary
   paths = eval_files(cfg, workdir)
   ecfg = cfg.copy_and_resolve_references()
   ecfg.data.workers = 0                        # a few batches: no worker processes
@@ -272,9 +273,7 @@ def _evaluator(cfg, program, workdir, tokenizer, scfg):
     for _ in range(cfg.eval.batches):
       m = program.eval_step(params, feed.next()[0], teacher_params, step)
       total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
-    total = jax.device_get(total)
-    return {k: float(v) if "tokens" in k else float(v) / cfg.eval.batches
-            for k, v in sorted(total.items())}
+    return eval_summary(jax.device_get(total), cfg.eval.batches)
   return evaluate
 
 

@@ -113,7 +113,8 @@ def _target_in_slice(t, start, width, owns, vocab_local, vax):
 
 @jax.named_scope("lm_head_loss")
 def _ce_local_fwd(h, t, w, *, chunk):
-  """Per device: h [b, n, e], t [b, n], w [e_local, V_local] -> (loss, lse) [b, n] f32."""
+  """Per device: h [b, n, e], t [b, n], w [e_local, V_local] -> (loss, lse, hit) [b, n]
+  f32; hit = 1 where the target is the arg max of the logits (per-token accuracy)."""
   vax, eax = _axes("act_vocab"), _axes("embed")
   n, vl = h.shape[1], w.shape[1]
   hc, tc = _chunked(h, chunk), _chunked(t, chunk)               # [nt, b, c, e], [nt, b, c]
@@ -143,7 +144,8 @@ def _ce_local_fwd(h, t, w, *, chunk):
     s, tl, m = jax.lax.psum(s * jnp.exp(m - mm), vax), jax.lax.psum(tl, vax), mm
   lse = m + jnp.log(s)
   loss = jnp.where(tc >= 0, lse - tl, 0.0)
-  return _unchunked(loss, n), _unchunked(lse, n)
+  hit = ((tc >= 0) & (tl >= m)).astype(jnp.float32)
+  return _unchunked(loss, n), _unchunked(lse, n), _unchunked(hit, n)
 
 
 @jax.named_scope("lm_head_loss")
@@ -193,7 +195,6 @@ def _ce_local_bwd(h, t, w, lse, g, *, chunk):
   return _unchunked(dh, n).astype(h.dtype), dw.astype(w.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def lm_head_cross_entropy(hidden, targets, kernel, chunk_size: int = 1024):
   """Per-token cross-entropy of the LM head, logits = hidden @ kernel.
 
@@ -201,20 +202,28 @@ def lm_head_cross_entropy(hidden, targets, kernel, chunk_size: int = 1024):
   compute dtype, sharded like the parameter it comes from. Returns [b, n] float32. See
   the comment above for what runs where and what it communicates.
   """
+  return lm_head_cross_entropy_and_hits(hidden, targets, kernel, chunk_size)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def lm_head_cross_entropy_and_hits(hidden, targets, kernel, chunk_size: int = 1024):
+  """(`lm_head_cross_entropy`, hits [b, n] float32: 1 where the target is the logits' arg
+  max, the per-token accuracy; from the same pass, no gradient)."""
   return _lm_head_ce_fwd(hidden, targets, kernel, chunk_size)[0]
 
 
 def _lm_head_ce_fwd(hidden, targets, kernel, chunk_size):
   from penguin_jax.sharding import per_device
   chunk = min(chunk_size, hidden.shape[1])
-  fwd = per_device(functools.partial(_ce_local_fwd, chunk=chunk), (_H, _T, _W), [_T, _T])
-  loss, lse = fwd(hidden, targets, kernel)
-  return loss, (hidden, targets, kernel, lse)
+  fwd = per_device(functools.partial(_ce_local_fwd, chunk=chunk), (_H, _T, _W), [_T, _T, _T])
+  loss, lse, hit = fwd(hidden, targets, kernel)
+  return (loss, hit), (hidden, targets, kernel, lse)
 
 
 def _lm_head_ce_bwd(chunk_size, res, g):
   from penguin_jax.sharding import per_device
   hidden, targets, kernel, lse = res
+  g = g[0]                                  # hits have no gradient
   chunk = min(chunk_size, hidden.shape[1])
   bwd = per_device(functools.partial(_ce_local_bwd, chunk=chunk), (_H, _T, _W, _T, _T),
                    [_H, _W])
@@ -222,7 +231,7 @@ def _lm_head_ce_bwd(chunk_size, res, g):
   return dh, None, dw
 
 
-lm_head_cross_entropy.defvjp(_lm_head_ce_fwd, _lm_head_ce_bwd)
+lm_head_cross_entropy_and_hits.defvjp(_lm_head_ce_fwd, _lm_head_ce_bwd)
 
 
 def label_layout(labels, segment_ids, max_label_tokens: Optional[int] = None):
@@ -319,12 +328,14 @@ def lm_loss(hidden, labels, segment_ids, head_kernel, *, scope: str = "batch",
   pos, targets, seg, dropped = label_layout(labels, segment_ids, max_label_tokens)
   if pos is not None:
     hidden = jnp.take_along_axis(hidden, pos[..., None], axis=1)     # [b, k, e]
-  tok = lm_head_cross_entropy(hidden, targets, head_kernel.astype(hidden.dtype), chunk_size)
+  tok, hit = lm_head_cross_entropy_and_hits(hidden, targets, head_kernel.astype(hidden.dtype),
+                                            chunk_size)
   mask = targets != IGNORE_INDEX
   if denominator is None:   # from the whole rows: a gathered row lacks label-less sequences
     denominator = lm_normalizer(labels, segment_ids, scope, max_label_tokens)
   loss = reduce_token_loss(tok, mask, seg, scope, denominator, labels.shape[1])
-  return loss, {"label_tokens": jnp.sum(mask), "dropped_label_tokens": dropped}
+  return loss, {"label_tokens": jnp.sum(mask), "dropped_label_tokens": dropped,
+                "correct_tokens": jnp.sum(hit).astype(jnp.int32)}
 
 
 # --------------------------------------------------------------------------- reconstruction

@@ -92,3 +92,42 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
   assert "no checkpoints folder" in capsys.readouterr().err
   assert generate.main([f"--hf_dir={tmp_path}", "--prompt=hi"]) == 2
   assert "no config.json" in capsys.readouterr().err
+
+
+def test_eval_cli_on_a_tiny_run(runs, tmp_path, capsys):
+  """`launch.eval`: one pass reads every usable sample once (label tokens counted
+  independently from the chat format), names and skips a bad one, and scores each
+  generated answer with evaluation.py."""
+  from data_pipelines.pipeline import sample_features
+  from launch import eval as eval_cli
+  from penguin_jax import evaluation
+  workdir, _ = runs["plain"]
+  raw = workdir.parent / "demo" / "raw"
+  lines = [l for l in open(raw / "val.jsonl") if l.strip()][:10]
+  bad = json.loads(lines[0])
+  bad.update(id="bad-one", image=["media/nowhere.png"])
+  data = raw / "eval_test.jsonl"                         # media paths are relative to raw/
+  data.write_text("".join(lines) + json.dumps(bad) + "\n")
+  out = tmp_path / "answers.jsonl"
+  assert eval_cli.main([f"--workdir={workdir}", f"--data={data}", f"--out={out}",
+                        "--max_new_tokens=4"]) == 0
+  std = capsys.readouterr()
+  figures = json.loads(std.out.strip().splitlines()[-1])
+  assert any("bad-one" in l and "missing_file" in l for l in std.err.splitlines())
+  assert figures["samples"] == 10 and figures["skipped"] == {"missing_file": 1}
+  run = models.load(workdir=str(workdir))
+  expected = 0
+  for l in lines:
+    s = json.loads(l)
+    rec = {**s, "images": [open(raw / p, "rb").read() for p in s.get("image", [])],
+           "video": open(raw / s["video"][0], "rb").read() if s.get("video") else None}
+    expected += int((sample_features(rec, run.tokenizer, run.sample_config)["labels"] >= 0).sum())
+  held = figures["held_out"]
+  assert held["label_tokens"] == expected and held["dropped_label_tokens"] == 0
+  assert 0 <= held["correct_tokens"] <= expected and np.isfinite(held["loss"])
+  assert held["accuracy"] == held["correct_tokens"] / expected
+  recs = [json.loads(l) for l in open(out)]
+  assert [r["id"] for r in recs] == [json.loads(l)["id"] for l in lines]
+  assert all(r["exact_match"] == evaluation.exact_match(r["answer"], r["reference"]) for r in recs)
+  assert figures["answers"]["count"] == 10 and figures["answers"]["skipped"] == 1
+  assert figures["answers"]["exact_match"] == sum(r["exact_match"] for r in recs) / 10

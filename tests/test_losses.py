@@ -106,11 +106,21 @@ def _torch_token_ce(hidden, w, labels, seg):
 @pytest.mark.parametrize("budget", [None, 7])
 def test_lm_loss_scopes_against_torch(scope, budget):
   hidden, w, labels, seg = _ce_setup()
+  top = (hidden @ w).argmax(-1)                 # some labels are the logits' arg max
+  labels[:, 1::2] = np.where(labels[:, 1::2] >= 0, top[:, :-1:2], -100)
   loss, m = losses.lm_loss(jnp.asarray(hidden), jnp.asarray(labels), jnp.asarray(seg),
                            jnp.asarray(w), scope=scope, chunk_size=4, max_label_tokens=budget)
   toks = _torch_token_ce(hidden, w, labels, seg)
   assert int(m["label_tokens"]) == len(toks)
   assert int(m["dropped_label_tokens"]) == 0
+  # per-token accuracy: the label is torch's arg max of the logits
+  logits = torch.tensor(hidden) @ torch.tensor(w)
+  nxt = np.zeros_like(labels)
+  nxt[:, :-1] = labels[:, 1:]
+  same = (seg[:, :-1] > 0) & (seg[:, :-1] == seg[:, 1:]) & (labels[:, 1:] != -100)
+  hits = (logits.argmax(-1).numpy()[:, :-1] == nxt[:, :-1]) & same
+  assert 0 < hits.sum() < len(toks)
+  assert int(m["correct_tokens"]) == int(hits.sum())
   if scope == "batch":
     ref = np.mean([t[2] for t in toks])
   else:

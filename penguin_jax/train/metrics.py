@@ -64,8 +64,8 @@ class MetricsWriter:
     """One log line from the (fetched) metrics of the last step."""
     now = time.time()
     dt = max(now - self.t_last, 1e-9)
-    skip = ("label_tokens", "dropped_label_tokens", "skipped", "nonfinite_in_a_row",
-            "skipped_total")
+    skip = ("label_tokens", "dropped_label_tokens", "correct_tokens", "skipped",
+            "nonfinite_in_a_row", "skipped_total")
     rec = {"step": step, **{k: float(v) for k, v in m.items() if k not in skip},
            "skipped": int(m["skipped"]), "skipped_total": int(m["skipped_total"]),
            "dropped_label_tokens": int(m["dropped_label_tokens"]), "lr": lr,
@@ -73,6 +73,8 @@ class MetricsWriter:
            "step_time_s": dt / max(self.steps, 1),
            "goodput": max(0.0, now - self.t_loop - self.waiting) / max(now - self.t_start, 1e-9),
            "data_skipped": dict(self.skipped or {})}
+    if "correct_tokens" in m:                   # per-token accuracy of the LM loss
+      rec["accuracy"] = int(m["correct_tokens"]) / max(int(m["label_tokens"]), 1)
     eta = (self.total_steps - step) * rec["step_time_s"]
     if self.peak:
       rec["mfu"] = self.acc["flops"] / dt / self.peak
@@ -112,6 +114,15 @@ class MetricsWriter:
     if self.file:
       self.file.close()
       self.tb.close()
+
+
+def eval_summary(total: dict, batches: int) -> dict:
+  """Summed eval-step metrics of `batches` held-out batches (host values) -> the figures:
+  losses averaged over batches, token counts summed, and the per-token `accuracy`
+  (correct / label tokens)."""
+  out = {k: int(v) if "tokens" in k else float(v) / batches for k, v in sorted(total.items())}
+  out["accuracy"] = out.get("correct_tokens", 0) / max(out.get("label_tokens", 0), 1)
+  return out
 
 
 def _hms(seconds: float) -> str:
