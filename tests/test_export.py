@@ -12,7 +12,7 @@ import pytest
 import penguin_jax
 from penguin_jax import hf, patches as P
 from penguin_jax.train import checkpoint as ckpt
-from train_runs import export as _export, short_run as _train
+from train_runs import export as _export
 
 # 20 texts with chat markup, <image>, Chinese, code, emoji, odd whitespace, combining marks.
 TEXTS = [
@@ -165,6 +165,14 @@ def test_exported_tokenizer_loads_in_transformers_with_the_same_ids(runs, tmp_pa
       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n")
   assert theirs.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True) \
       .endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+  # launch.generate's prompts (chat.format_sample prompt_only) are the template's ids
+  from data_pipelines.chat import format_sample
+  sample = {"id": "q", "conversations": [{"from": "human", "value": "What is 3 plus 4?"}]}
+  ids, labels = format_sample(ours, sample, [], prompt_only=True)
+  msg = [{"role": "user", "content": "What is 3 plus 4?"}]
+  assert ids.tolist() == theirs.encode(theirs.apply_chat_template(
+      msg, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+  assert (labels == -100).all()
 
 
 def _tiny_vlm(teacher=None):
@@ -235,11 +243,10 @@ def test_released_layout_loads_from_the_hf_cache(tmp_path, monkeypatch, caplog):
   assert "model.vision_encoder.stray.weight" in caplog.text
 
 
-@pytest.fixture(scope="module")
-def stage1_run(tmp_path_factory):
-  root = tmp_path_factory.mktemp("export_stage1")
-  _train(root / "run", root / "demo", "configs/stage1.py:tiny")
-  return root / "run"
+@pytest.fixture
+def stage1_run(uninterrupted):
+  """conftest's tiny stage-1 run (checkpoints at 10, 20, 30), read only."""
+  return uninterrupted[0] / "a"
 
 
 def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path, capsys):
@@ -258,11 +265,11 @@ def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path, cap
   np.testing.assert_array_equal(loaded["vision_distill_layer"]["linear"]["kernel"],
                                 params["vision_distill_layer"]["linear"]["kernel"])
   # a chosen step: this one, or a one-line error naming the steps there are
-  _export(stage1_run, tmp_path / "step2", "--step=2")
+  _export(stage1_run, tmp_path / "step20", "--step=20")
   from launch import convert
   assert convert.main(["workdir-to-hf", f"--workdir={stage1_run}", f"--out={tmp_path / 'x'}",
                        "--step=7"]) == 2
-  assert "no checkpoint at step 7 (it has [2])" in capsys.readouterr().err
+  assert "no checkpoint at step 7 (it has [10, 20, 30])" in capsys.readouterr().err
   # bfloat16 by default, as the release's checkpoints
   bf = _export(stage1_run, tmp_path / "bf16")
   assert json.load(open(bf / "config.json"))["torch_dtype"] == "bfloat16"

@@ -80,9 +80,14 @@ def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
       "reconstruction_weight": 3.0, "reconstruction_weight_end": 2.0}})
   sched = reconstruction_weight(run)
   opt = optax.sgd(0.0)   # parameters stay: only the weight changes with the step
-  loss_at = lambda w, s: float(jax.jit(make_train_step(
-      model, opt, teacher_features=targets, reconstruction_weight=w))(
-          TrainState(jnp.asarray(s, jnp.int32), params, opt.init(params)), batch)[1]["loss"])
+  steps = {}                # one compiled step per weight (the scheduled one takes the step)
+
+  def loss_at(w, s):
+    if w not in steps:
+      steps[w] = jax.jit(make_train_step(model, opt, teacher_features=targets,
+                                         reconstruction_weight=w))
+    state = TrainState(jnp.asarray(s, jnp.int32), params, opt.init(params))
+    return float(steps[w](state, batch)[1]["loss"])
   for s, w in [(0, 3.0), (5, 2.5), (10, 2.0)]:
     np.testing.assert_allclose(loss_at(sched, s), loss_at(w, 0), rtol=1e-6)
   assert loss_at(3.0, 0) != loss_at(2.0, 0)
