@@ -74,36 +74,17 @@ def held_out_loss(run, paths, mesh_flags) -> tuple[dict, object, object]:
 
 def answers(run, samples, base, args, mesh=None, params=None) -> tuple[dict, list]:
   """Greedy answers to every sample's prompt, scored against its reference."""
-  from data_pipelines import prompts
-  from data_pipelines.errors import BadSample
   from penguin_jax import evaluation
   g = Generator(run, max_new_tokens=args.max_new_tokens, mesh=mesh, params=params)
-  records, skipped = [], 0
-  for start in range(0, len(samples), args.batch_size):
-    feats, chunk = [], []
-    for s in samples[start:start + args.batch_size]:
-      try:
-        prompt, reference = prompts.as_prompt(s)
-        if reference is None:
-          raise BadSample("no_assistant_turn", "no reference answer", s.get("id"))
-        feats.append(prompts.features(prompt, run.tokenizer, run.sample_config, base))
-        chunk.append((prompt, reference))
-      except BadSample as e:
-        if args.strict:
-          raise
-        skipped += 1
-        say(f"skip {e}")
-    if not feats:
-      continue
-    for (prompt, ref), ids in zip(chunk, g.generate(prompts.prompt_batch(feats, run.tokenizer.pad_id))):
-      text = run.tokenizer.decode(ids).strip()
-      records.append({"id": prompt["id"], "prompt": prompt["conversations"][-1]["value"],
-                      "reference": ref, "answer": text,
-                      "exact_match": evaluation.exact_match(text, ref),
-                      "relaxed_match": evaluation.relaxed_match(text, ref)})
+  records = []
+  for batch in g.answer([(s, base) for s in samples], args.batch_size, args.strict,
+                        need_reference=True):
+    records += [{"id": p["id"], "prompt": p["conversations"][-1]["value"], "reference": ref,
+                 "answer": text, "exact_match": evaluation.exact_match(text, ref),
+                 "relaxed_match": evaluation.relaxed_match(text, ref)} for p, ref, text in batch]
     say(f"... {len(records)} of {len(samples)} answered")
   scores = evaluation.score([r["answer"] for r in records], [r["reference"] for r in records])
-  scores["skipped"] = skipped
+  scores["skipped"] = g.skipped
   say(f"answers: exact match {scores['exact_match']:.4f}, relaxed accuracy "
       f"{scores['relaxed_accuracy']:.4f} over {scores['count']} samples; {g.summary()}")
   return scores, records

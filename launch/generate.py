@@ -67,7 +67,7 @@ class Generator:
     self.llm = hf.build_model(loaded.model.cfg.llm)
     tok = loaded.tokenizer
     self.stop_ids = sorted({tok.eos_id, tok.pad_id})
-    self._compiled = {}
+    self._compiled, self.skipped = {}, 0
     self.times = {"compile": 0.0, "prefill": 0.0, "decode": 0.0}
     self.counts = {"prompt_tokens": 0, "decode_steps": 0, "decode_tokens": 0}
 
@@ -130,6 +130,33 @@ class Generator:
     self.times["decode"] += time.perf_counter() - t
     return out
 
+  def answer(self, items, batch_size: int, strict: bool = False, need_reference: bool = False,
+             on_tokens=None):
+    """[(sample, folder its media paths are relative to)] -> yields, one batch at a time,
+    [(prompt, reference or None, answer text)]. A bad sample (or, with `need_reference`,
+    one without an answer to compare with) is named on one line and counted in
+    `self.skipped`; `strict`: raised instead."""
+    from data_pipelines import prompts
+    from data_pipelines.errors import BadSample
+    tok, scfg = self.loaded.tokenizer, self.loaded.sample_config
+    for start in range(0, len(items), batch_size):
+      feats, chunk = [], []
+      for sample, base in items[start:start + batch_size]:
+        try:
+          prompt, reference = prompts.as_prompt(sample)
+          if need_reference and reference is None:
+            raise BadSample("no_assistant_turn", "no reference answer", sample.get("id"))
+          feats.append(prompts.features(prompt, tok, scfg, base))
+          chunk.append((prompt, reference))
+        except BadSample as e:
+          if strict:
+            raise
+          self.skipped += 1
+          say(f"skip {e}")
+      if feats:
+        ids = self.generate(prompts.prompt_batch(feats, tok.pad_id), on_tokens)
+        yield [(p, r, tok.decode(a).strip()) for (p, r), a in zip(chunk, ids)]
+
   def summary(self) -> str:
     t, c = self.times, self.counts
     pre = c["prompt_tokens"] / max(t["prefill"], 1e-9)
@@ -184,8 +211,6 @@ def main(argv=None) -> int:
 
 def _run(args) -> int:
   import jax
-  from data_pipelines import prompts as prompts_lib
-  from data_pipelines.errors import BadSample
   from launch import models
   items = collect_prompts(args)
   t = time.perf_counter()
@@ -193,31 +218,14 @@ def _run(args) -> int:
   n = sum(x.size for x in jax.tree.leaves(loaded.params))
   say(f"model: {loaded.source} ({n:,} parameters, loaded in {time.perf_counter() - t:.1f} s)")
   g = Generator(loaded, args.fsdp, args.tensor, args.max_new_tokens)
-  tok = loaded.tokenizer
   stream = len(items) == 1 and args.out is None
   out = open(args.out, "w") if args.out else None
-  skipped = 0
   try:
-    for start in range(0, len(items), args.batch_size):
-      feats, chunk = [], []
-      for sample, base in items[start:start + args.batch_size]:
-        try:
-          prompt, reference = prompts_lib.as_prompt(sample)
-          feats.append(prompts_lib.features(prompt, tok, loaded.sample_config, base))
-          chunk.append((prompt, reference))
-        except BadSample as e:
-          if args.strict:
-            raise
-          skipped += 1
-          say(f"skip {e}")
-      if not feats:
-        continue
-      batch = prompts_lib.prompt_batch(feats, tok.pad_id)
-      answers = g.generate(batch, _Streamer(tok) if stream else None)
+    for batch in g.answer(items, args.batch_size, args.strict,
+                          on_tokens=_Streamer(loaded.tokenizer) if stream else None):
       if stream:
         print(flush=True)
-      for (prompt, reference), ids in zip(chunk, answers):
-        text = tok.decode(ids).strip()
+      for prompt, reference, text in batch:
         if not stream:
           print(f"[{prompt['id']}] {text}", flush=True)
         if out:
@@ -227,9 +235,9 @@ def _run(args) -> int:
     if out:
       out.close()
   say(g.summary())
-  if skipped:
-    say(f"{skipped} of {len(items)} prompt(s) skipped (named above)")
-  return 0 if skipped < len(items) else 2
+  if g.skipped:
+    say(f"{g.skipped} of {len(items)} prompt(s) skipped (named above)")
+  return 0 if g.skipped < len(items) else 2
 
 
 class _Streamer:
