@@ -83,6 +83,7 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.demo_samples = 240
   c.data.demo_val_samples = 24     # the demo corpus's validation split (held-out loss)
   c.data.demo_dir = ""             # where the demo corpus goes; "" = WORKDIR/demo_data
+  c.data.demo_text_only = False    # the corpus without its media (launch.demo's stage 0)
   c.data.train_files = ()          # ArrayRecord shards (data_pipelines.build)
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)
   c.data.seq_len = 512 if tiny else 16384
@@ -135,6 +136,7 @@ def base(variant: str) -> mlc.ConfigDict:
   # visual tokens of a chip's local batch, the release's. Either way one float32 Gram of
   # N x N per local batch, N = rows per chip x data.max_visual_tokens: 2b stage 1a,
   # N = 1 x 4096, 64 MiB per Gram (launch.aot: same 4.14 GiB peak on v5e-16 for both).
+  # "none": no relation term (launch.demo --ablation).
   c.loss.relation_scope = "image"
 
   # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state

@@ -3,7 +3,8 @@ deterministically from a seed, in the release's JSONL format (what `:tiny` confi
 
   python -m data_pipelines.demo_data --out=DIR [--train=400] [--val=40] [--seed=0]
 
-Writes DIR/train.jsonl, DIR/val.jsonl and DIR/media/. Kinds of sample:
+Writes DIR/train.jsonl, DIR/val.jsonl and DIR/media/, and the same conversations without
+their media, DIR/train_text.jsonl and DIR/val_text.jsonl (`without_media`). Kinds of sample:
   chart   rendered bar charts; Q/A about a bar's value or the tallest bar
   ocr     rendered words on a plain background; Q: what does it say
   photo   real photographs bundled with scikit-image, randomly cropped / flipped; captions
@@ -11,6 +12,14 @@ Writes DIR/train.jsonl, DIR/val.jsonl and DIR/media/. Kinds of sample:
   video   a coloured shape moving on a background, a scene cut at a known second;
           Q/A about the shape, its colour, or when the scene changes
   text    text-only arithmetic and word questions (short: they also fill packed rows)
+  colour  one shape on a plain background; Q: what colour is it
+  count   one to four shapes of one colour; Q: how many
+
+The training split mixes every kind. The validation split measures what the image adds:
+only questions that the text alone cannot answer (`VAL_KINDS`: a colour, a count, a digit,
+a photo's subject, the tallest bar's colour, a video's moving shape), each kind's answers
+spread evenly over its classes, so a model that ignores the image scores about one over
+the number of classes (1/4 to 1/12 by kind).
 """
 from __future__ import annotations
 
@@ -35,16 +44,27 @@ PHOTOS = {  # scikit-image's bundled images and what they show
     "coins": "a grey photo of many old coins",
     "moon": "a grey photo of the surface of the moon",
 }
-KINDS = ("chart", "ocr", "photo", "digit", "video", "text")
+SHAPES = ("square", "circle")
+KINDS = ("chart", "ocr", "photo", "digit", "video", "text", "colour", "count")
+# Validation: kind -> its answer classes (the sample generators take a class index).
+VAL_CLASSES = {"colour": len(COLORS), "count": 4, "digit": 10, "photo": len(PHOTOS),
+               "chart": len(COLORS), "video": len(COLORS) * len(SHAPES)}
+VAL_KINDS = tuple(VAL_CLASSES)
 
 
 def _font(size):
   return ImageFont.load_default(size=size)
 
 
-def chart(rs, path):
+def chart(rs, path, target=None):
+  """target: the tallest bar's colour (an index into COLORS): a "which is tallest" question."""
   names = rs.choice(list(COLORS), size=rs.randint(3, 6), replace=False)
   values = rs.randint(1, 10, size=len(names))
+  if target is not None:
+    want = list(COLORS)[target]
+    if want not in names:
+      names[rs.randint(len(names))] = want
+    values[list(names).index(want)] = values.max() + 1   # the one tallest bar
   W, H = 336, 252
   im = Image.new("RGB", (W, H), (255, 255, 255))
   d = ImageDraw.Draw(im)
@@ -55,14 +75,17 @@ def chart(rs, path):
     d.text((x0, H - 26), str(v), fill=(0, 0, 0), font=_font(16))
   d.line([15, H - 30, W - 15, H - 30], fill=(0, 0, 0), width=2)
   im.save(path)
-  if rs.rand() < 0.5:
+  if target is None and rs.rand() < 0.5:
+    k = rs.randint(len(names))
+    return f"What is the value of the {names[k]} bar?", f"The {names[k]} bar is {values[k]}."
+  if target is None and (values == values.max()).sum() > 1:   # a tie: ask for a value
     k = rs.randint(len(names))
     return f"What is the value of the {names[k]} bar?", f"The {names[k]} bar is {values[k]}."
   k = int(np.argmax(values))
-  return "Which bar is the tallest?", f"The {names[k]} bar, with {values[k]}."
+  return "Which bar is the tallest?", f"The {names[k]} bar."
 
 
-def ocr(rs, path):
+def ocr(rs, path, target=None):
   text = " ".join(rs.choice(WORDS, size=rs.randint(1, 4)))
   bg = tuple(int(x) for x in rs.randint(200, 256, size=3))
   im = Image.new("RGB", (392, 112), bg)
@@ -71,9 +94,9 @@ def ocr(rs, path):
   return "What does the text in the image say?", text
 
 
-def photo(rs, path):
+def photo(rs, path, target=None):
   import skimage.data
-  name = rs.choice(sorted(PHOTOS))
+  name = sorted(PHOTOS)[target] if target is not None else rs.choice(sorted(PHOTOS))
   arr = getattr(skimage.data, name)()
   if arr.ndim == 2:
     arr = np.repeat(arr[..., None], 3, axis=-1)
@@ -90,22 +113,28 @@ def photo(rs, path):
 _DIGITS = None
 
 
-def digit(rs, path):
+def digit(rs, path, target=None):
   global _DIGITS
   if _DIGITS is None:
     from sklearn.datasets import load_digits
     _DIGITS = load_digits()
-  i = rs.randint(len(_DIGITS.images))
+  if target is None:
+    i = rs.randint(len(_DIGITS.images))
+  else:
+    i = rs.choice(np.flatnonzero(_DIGITS.target == target))
   img = (_DIGITS.images[i] / 16.0 * 255).astype(np.uint8)
   Image.fromarray(img).resize((112, 112), Image.NEAREST).convert("RGB").save(path)
   return "Which digit is shown?", f"The digit {_DIGITS.target[i]}."
 
 
-def video(rs, path, seconds=6, rate=4, size=(112, 140)):
+def video(rs, path, target=None, seconds=6, rate=4, size=(112, 140)):
+  """target: (colour, shape) as one index: a "what shape moves" question."""
   import av
   h, w = size
-  shape = rs.choice(["square", "circle"])
+  shape = rs.choice(SHAPES)
   cname = rs.choice(list(COLORS))
+  if target is not None:
+    cname, shape = list(COLORS)[target // len(SHAPES)], SHAPES[target % len(SHAPES)]
   cut = int(rs.randint(2, seconds - 1))                      # scene cut at this second
   bgs = [tuple(int(x) for x in rs.randint(0, 120, size=3)), tuple(int(x) for x in rs.randint(150, 256, size=3))]
   with av.open(path, "w") as out:
@@ -116,18 +145,46 @@ def video(rs, path, seconds=6, rate=4, size=(112, 140)):
       im = Image.new("RGB", (w, h), bgs[int(t >= cut)])
       d = ImageDraw.Draw(im)
       x = int(10 + (w - 50) * (i / (seconds * rate)))
-      box = [x, h // 2 - 15, x + 30, h // 2 + 15]
-      (d.rectangle if shape == "square" else d.ellipse)(box, fill=COLORS[cname])
+      _draw_shape(d, shape, [x, h // 2 - 15, x + 30, h // 2 + 15], COLORS[cname])
       for p in st.encode(av.VideoFrame.from_ndarray(np.asarray(im), format="rgb24")):
         out.mux(p)
     for p in st.encode():
       out.mux(p)
-  q = rs.randint(3)
+  q = 0 if target is not None else rs.randint(3)
   if q == 0:
     return "<video>\nWhat shape moves across the video?", f"A {cname} {shape}."
   if q == 1:
     return "<video>\nAt what time does the scene change?", f"At {cut} seconds."
   return "<video>\nWhich way does the shape move?", "From left to right."
+
+
+def _draw_shape(d, shape, box, fill):
+  (d.rectangle if shape == "square" else d.ellipse)(box, fill=fill)
+
+
+def colour(rs, path, target=None):
+  names = list(COLORS)
+  cname = names[target] if target is not None else rs.choice(names)
+  im = Image.new("RGB", (112, 112), tuple(int(x) for x in rs.randint(225, 256, size=3)))
+  s = int(rs.randint(30, 70))
+  x, y = rs.randint(4, 112 - s - 4, size=2)
+  _draw_shape(ImageDraw.Draw(im), rs.choice(SHAPES), [x, y, x + s, y + s], COLORS[cname])
+  im.save(path)
+  return "What colour is the shape?", f"{cname.capitalize()}."
+
+
+def count(rs, path, target=None):
+  n = target + 1 if target is not None else int(rs.randint(1, 5))
+  im = Image.new("RGB", (112, 112), tuple(int(x) for x in rs.randint(225, 256, size=3)))
+  d, fill, shape = ImageDraw.Draw(im), COLORS[rs.choice(list(COLORS))], rs.choice(SHAPES)
+  cells = rs.permutation(4)[:n]                 # one shape per quadrant: none overlap
+  for c in cells:
+    s = int(rs.randint(20, 40))
+    x = (c % 2) * 56 + rs.randint(2, 56 - s - 2)
+    y = (c // 2) * 56 + rs.randint(2, 56 - s - 2)
+    _draw_shape(d, shape, [x, y, x + s, y + s], fill)
+  im.save(path)
+  return "How many shapes are there?", f"{n}."
 
 
 def text(rs):
@@ -138,6 +195,15 @@ def text(rs):
   return f"How many letters are in the word '{w}'?", f"{len(w)}."
 
 
+def without_media(sample: dict) -> dict:
+  """The sample as a text-only LLM sees it: no images or videos, no `<image>` / `<video>`
+  tags (the demo's stage-0 LLM trains on this, and the text-only baseline answers it)."""
+  conv = [{**t, "value": t["value"].replace("<image>\n", "").replace("<video>\n", "")}
+          for t in sample["conversations"]]
+  return {k: v for k, v in sample.items() if k not in ("image", "video")} | {
+      "conversations": conv}
+
+
 def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> dict:
   os.makedirs(os.path.join(out, "media"), exist_ok=True)
   counts = {}
@@ -145,7 +211,10 @@ def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> di
     rs = np.random.RandomState(s)
     lines = []
     for i in range(n):
-      kind = KINDS[i % len(KINDS)]
+      kinds = KINDS if split == "train" else VAL_KINDS
+      kind = kinds[i % len(kinds)]
+      # validation: the classes of a kind in turn, so that answers are balanced
+      target = None if split == "train" else (i // len(kinds)) % VAL_CLASSES[kind]
       sid = f"{split}-{i:05d}-{kind}"
       if kind == "text":
         q, a = text(rs)
@@ -153,16 +222,18 @@ def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> di
             {"from": "human", "value": q}, {"from": "gpt", "value": a}]})
       elif kind == "video":
         rel = f"media/{sid}.mp4"
-        q, a = video(rs, os.path.join(out, rel))
+        q, a = video(rs, os.path.join(out, rel), target)
         lines.append({"id": sid, "video": [rel],
                       "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]})
       else:
         rel = f"media/{sid}.png"
-        q, a = globals()[kind](rs, os.path.join(out, rel))
+        q, a = globals()[kind](rs, os.path.join(out, rel), target)
         lines.append({"id": sid, "image": [rel], "conversations": [
             {"from": "human", "value": "<image>\n" + q}, {"from": "gpt", "value": a}]})
     with open(os.path.join(out, f"{split}.jsonl"), "w") as f:
       f.writelines(json.dumps(l) + "\n" for l in lines)
+    with open(os.path.join(out, f"{split}_text.jsonl"), "w") as f:
+      f.writelines(json.dumps(without_media(l)) + "\n" for l in lines)
     counts[split] = len(lines)
   return counts
 

@@ -79,7 +79,7 @@ def answers(run, samples, base, args, mesh=None, params=None) -> tuple[dict, lis
   records = []
   for batch in g.answer([(s, base) for s in samples], args.batch_size, args.strict,
                         need_reference=True):
-    records += [{"id": p["id"], "prompt": p["conversations"][-1]["value"], "reference": ref,
+    records += [{"id": p.get("id"), "prompt": p["conversations"][-1]["value"], "reference": ref,
                  "answer": text, "exact_match": evaluation.exact_match(text, ref),
                  "relaxed_match": evaluation.relaxed_match(text, ref)} for p, ref, text in batch]
     say(f"... {len(records)} of {len(samples)} answered")
@@ -90,7 +90,7 @@ def answers(run, samples, base, args, mesh=None, params=None) -> tuple[dict, lis
   return scores, records
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m launch.eval", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", required=True, help="the training run")
@@ -106,13 +106,17 @@ def main(argv=None) -> int:
   p.add_argument("--skip_loss", action="store_true", help="only the generated answers")
   p.add_argument("--skip_answers", action="store_true", help="only the held-out loss")
   p.add_argument("--strict", action="store_true", help="stop at the first bad sample")
-  args = p.parse_args(argv)
+  return p
+
+
+def main(argv=None) -> int:
+  args = parser().parse_args(argv)
   import logging
   for noisy in ("absl", "jax._src", "orbax", "grain"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
   from data_pipelines.errors import BadSample
   try:
-    figures = _run(args)
+    figures = run(args)
   except (FileNotFoundError, ValueError, KeyError, BadSample) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
@@ -120,7 +124,8 @@ def main(argv=None) -> int:
   return 0
 
 
-def _run(args) -> dict:
+def run(args) -> dict:
+  """Every figure of `launch.eval` for parsed `args` (see `parser`); bad input raises."""
   from data_pipelines import build as build_lib, prompts
   from launch import models
   if not os.path.isfile(args.data):

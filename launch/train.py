@@ -84,6 +84,10 @@ def _demo_root(cfg, workdir: str) -> str:
   return os.path.join(workdir, "demo_data")
 
 
+# The demo corpus's splits (data_pipelines/demo_data.py): the corpus, and its text alone.
+DEMO_SPLITS = ("train", "val", "train_text", "val_text")
+
+
 def prepare_data(cfg, workdir: str):
   """-> (ArrayRecord paths, tokenizer, SampleConfig). For `data.demo`, generates the demo
   corpus, trains a small SentencePiece tokenizer on it and builds it (once, process 0)."""
@@ -115,21 +119,34 @@ def prepare_data(cfg, workdir: str):
   done = os.path.join(root, "ready.json")
   if jax.process_index() == 0 and not os.path.isfile(done):
     log.info("building the demo corpus in %s (%d samples)", root, d.demo_samples)
-    demo_data.generate(os.path.join(root, "raw"), d.demo_samples, d.demo_val_samples, seed=0)
-    with open(os.path.join(root, "raw", "train.jsonl")) as f:
+    raw = os.path.join(root, "raw")
+    demo_data.generate(raw, d.demo_samples, d.demo_val_samples, seed=0)
+    with open(os.path.join(raw, "train.jsonl")) as f:
       texts = [t["value"] for l in f for t in json.loads(l)["conversations"]]
     SentencePieceTokenizer.train(texts * 4, os.path.join(root, "spm"), vocab_size=1024)
     tok = SentencePieceTokenizer(os.path.join(root, "spm.model"))
-    stats = build_lib.build(os.path.join(root, "raw", "train.jsonl"), os.path.join(root, "raw"),
-                            os.path.join(root, "ar"), scfg, tok, log=log.info)
-    val = build_lib.build(os.path.join(root, "raw", "val.jsonl"), os.path.join(root, "raw"),
-                          os.path.join(root, "ar_val"), scfg, tok, log=log.info)
+    shards = {}
+    for split in DEMO_SPLITS:
+      shards[split] = build_lib.build(os.path.join(raw, f"{split}.jsonl"), raw,
+                                      os.path.join(root, f"ar_{split}"), scfg, tok,
+                                      log=log.info)["shards"]
     with open(done, "w") as f:
-      json.dump({**stats, "val_shards": val["shards"]}, f)
+      json.dump(shards, f)
   multihost_utils.sync_global_devices("demo data")
-  with open(done) as f:
-    stats = json.load(f)
-  return [os.path.join(root, "ar", s) for s in stats["shards"]], run_tokenizer(cfg, workdir), scfg
+  return demo_shards(cfg, workdir, "train"), run_tokenizer(cfg, workdir), scfg
+
+
+def demo_shards(cfg, workdir: str, split: str) -> list:
+  """The ArrayRecord shards of the demo corpus's `split` ("train" or "val"); with
+  `data.demo_text_only`, of its text without the media."""
+  root = _demo_root(cfg, workdir)
+  with open(os.path.join(root, "ready.json")) as f:
+    shards = json.load(f)
+  split += "_text" if cfg.data.demo_text_only else ""
+  if split not in shards:
+    raise ValueError(f"{root} has no {split} split (built by an older version): delete the "
+                     "folder to rebuild it")
+  return [os.path.join(root, f"ar_{split}", s) for s in shards[split]]
 
 
 def eval_files(cfg, workdir: str) -> list:
@@ -143,13 +160,7 @@ def eval_files(cfg, workdir: str) -> list:
   if not cfg.data.demo:
     raise ValueError("config.eval.every is set but config.eval.files is empty: list the "
                      "held-out ArrayRecord shards")
-  root = _demo_root(cfg, workdir)
-  with open(os.path.join(root, "ready.json")) as f:
-    val = json.load(f).get("val_shards")
-  if not val:
-    raise ValueError(f"{root} has no validation split (built by an older version): delete "
-                     "the folder to rebuild it")
-  return [os.path.join(root, "ar_val", s) for s in val]
+  return demo_shards(cfg, workdir, "val")
 
 
 def build_program(cfg, image_token_id=None):
@@ -488,7 +499,8 @@ def _help() -> str:
   return "\n".join([
       __doc__.strip(), "",
       f"Stages: --config=configs/STAGE.py:VARIANT, STAGE in {', '.join(stages)}; "
-      f"VARIANT in {', '.join(common.VARIANTS)}.", "",
+      f"VARIANT in {', '.join(common.VARIANTS)} (stage0, the demo's text-only LLM: tiny only).",
+      "",
       "Config fields (override any with --config.FIELD=VALUE; defaults of stage1:tiny):",
       *flat, "", "Flags:", FLAGS.main_module_help()])
 

@@ -430,6 +430,8 @@ def reconstruction_normalizers(token_segment_ids, relation_scope: str = "image",
   """The denominators of the reconstruction losses for this batch, from the data alone:
   valid visual tokens (amplitude, direction) and compared pairs (relation)."""
   valid = token_segment_ids != 0
+  if relation_scope == "none":   # no relation term (an ablation)
+    return {"tokens": jnp.sum(valid).astype(jnp.float32), "pairs": jnp.zeros((), jnp.float32)}
   if relation_scope == "image":  # sum over frames of tokens^2, without the [b, V, V] mask
     key, n = _sequence_keys(token_segment_ids)
     per = jax.ops.segment_sum(valid.reshape(-1).astype(jnp.float32), key, num_segments=n)
@@ -444,13 +446,16 @@ def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="
                         local_rows: Optional[int] = None):
   """amplitude + direction + relation (DESIGN 1.4), each returned too.
   student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e].
-  `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation)."""
+  `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation).
+  relation_scope "none": the relation term is 0 and not computed (`launch.demo --ablation`
+  compares the warm-up with and without it)."""
   valid = token_segment_ids != 0
   n = normalizers or {}
   parts = {
       "amplitude": amplitude_loss(student, teacher, valid, beta, n.get("tokens")),
       "direction": direction_loss(student, teacher, valid, denominator=n.get("tokens")),
-      "relation": relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
-                                n.get("pairs"), local_rows),
+      "relation": (jnp.zeros((), jnp.float32) if relation_scope == "none" else
+                   relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
+                                 n.get("pairs"), local_rows)),
   }
   return parts["amplitude"] + parts["direction"] + parts["relation"], parts

@@ -29,3 +29,30 @@ def test_demo_data_is_deterministic_and_builds(tmp_path):
                           sample_lib.SampleConfig(min_tokens=4, max_tokens=256, max_length=2048),
                           Qwen3Tokenizer.from_vocab_file(), log=lambda *_: None)
   assert stats["written"] == 10 and stats["skipped"] == 0
+
+
+def test_validation_questions_need_the_image_and_their_answers_are_balanced(tmp_path):
+  """The validation split (what launch.demo scores) asks only what the image answers,
+  each kind's answers cycling through its classes; its text-only twin has no media."""
+  import collections
+  n_per_kind = 12
+  demo_data.generate(str(tmp_path), 8, n_per_kind * len(demo_data.VAL_KINDS), seed=5)
+  val = [json.loads(l) for l in open(tmp_path / "val.jsonl")]
+  by_kind = collections.defaultdict(collections.Counter)
+  for s in val:
+    kind = s["id"].rsplit("-", 1)[1]
+    assert kind in demo_data.VAL_KINDS and (s.get("image") or s.get("video"))
+    by_kind[kind][s["conversations"][-1]["value"]] += 1
+  assert set(by_kind) == set(demo_data.VAL_KINDS)
+  for kind, answers in by_kind.items():
+    k = demo_data.VAL_CLASSES[kind]
+    assert len(answers) == min(k, n_per_kind), (kind, answers)   # every class, or 12 of them
+    assert max(answers.values()) - min(answers.values()) <= 1, (kind, answers)
+  assert by_kind["colour"]["Red."] == 2 and by_kind["count"]["3."] == 3
+  text = [json.loads(l) for l in open(tmp_path / "val_text.jsonl")]
+  assert [t["id"] for t in text] == [s["id"] for s in val]
+  for s, t in zip(val, text):
+    assert "image" not in t and "video" not in t
+    q, a = s["conversations"][0]["value"], t["conversations"][0]["value"]
+    assert a == q.replace("<image>\n", "").replace("<video>\n", "") and "<" not in a
+    assert t["conversations"][1] == s["conversations"][1]

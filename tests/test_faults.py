@@ -381,7 +381,7 @@ def test_a_corrupt_or_empty_shard_is_one_line_and_a_corrupt_record_a_named_skip(
   named by file and index, and the rest is read."""
   from data_pipelines import pipeline as pipe
   root, _, _ = uninterrupted
-  shard = glob.glob(str(root / "demo" / "ar" / "*.array_record"))[0]
+  shard = glob.glob(str(root / "demo" / "ar_train" / "*.array_record"))[0]
   (tmp_path / "empty.array_record").write_bytes(b"")
   (tmp_path / "garbage.array_record").write_bytes(b"not an array record" * 10_000)
   for bad in ("empty", "garbage"):

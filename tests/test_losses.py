@@ -24,6 +24,13 @@ def test_reconstruction_losses_match_torch_release_formulas():
   np.testing.assert_allclose(parts["direction"], direction.item(), rtol=1e-5)
   np.testing.assert_allclose(parts["relation"], rel.item(), rtol=1e-5)
   np.testing.assert_allclose(total, (amp + direction + rel).item(), rtol=1e-5)
+  # relation_scope "none" (the ablation without the relation loss): amplitude + direction
+  total0, parts0 = losses.reconstruction_loss(jnp.asarray(s), jnp.asarray(t), jnp.asarray(seg),
+                                              relation_scope="none")
+  assert float(parts0["relation"]) == 0.0
+  np.testing.assert_allclose(total0, (amp + direction).item(), rtol=1e-5)
+  n = losses.reconstruction_normalizers(jnp.asarray(seg), "none")
+  assert float(n["tokens"]) == 10 and float(n["pairs"]) == 0
 
 
 def test_relation_scopes_and_padding():
