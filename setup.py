@@ -33,6 +33,7 @@ setup(
         "scikit-learn",          # demo data: bundled digits
         "sentencepiece",         # small tokenizer for :tiny configs
         "tensorboardX",          # TensorBoard event files without TensorFlow
+        "matplotlib",            # launch.demo's loss curves and ablation plot
         "etils[epath]", "fsspec",  # WORKDIR on gs:// and other object stores (workdir.py)
     ],
     extras_require={
