@@ -28,6 +28,11 @@ setup(
         "av>=12",                 # PyAV: video decoding without a system ffmpeg
         "grain>=0.2.12",
         "array-record>=0.7",
+        # the release's JSONL as a TFDS dataset (data_pipelines/tfds_penguin.py), read with
+        # tfds.data_source; no TensorFlow. Its builders need importlib_resources without
+        # TensorFlow, which tensorflow-datasets 4.9.10 does not declare.
+        "tensorflow-datasets>=4.9.10",
+        "importlib_resources",
         "msgpack",
         "scikit-image",          # demo data: bundled photographs
         "scikit-learn",          # demo data: bundled digits

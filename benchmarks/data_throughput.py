@@ -1,9 +1,11 @@
 """Data pipeline throughput and packing efficiency on the embedded demo data.
 
   python benchmarks/data_throughput.py [--batches=30] [--workers=0] [--packing=best_fit]
+      [--format=tfds|array_record]
 
-Generates the demo corpus (data_pipelines.demo_data) and builds it into ArrayRecord in a
-temporary folder, then times the Grain pipeline at tiny-stage settings. Prints one line per
+Generates the demo corpus (data_pipelines.demo_data) and builds it in a temporary folder
+as the TFDS dataset penguin_vl (default; read with tfds.data_source) or as plain
+ArrayRecord shards, then times the Grain pipeline at tiny-stage settings. Prints one line per
 figure: token_fill= and patch_fill= (fraction of token / patch slots holding real data)
 and batches_per_s=.
 """
@@ -17,6 +19,7 @@ import time
 import numpy as np
 
 from data_pipelines import build as build_lib, demo_data, pipeline as P, sample as sample_lib
+from data_pipelines import tfds_penguin
 from data_pipelines.tokenizer import Qwen3Tokenizer
 
 # Tiny-stage settings (small images and videos, short rows).
@@ -34,20 +37,32 @@ def main():
   ap.add_argument("--batch_size", type=int, default=4)
   ap.add_argument("--bins", type=int, default=64)
   ap.add_argument("--train", type=int, default=200)
+  ap.add_argument("--format", default="tfds", choices=["tfds", "array_record"])
   args = ap.parse_args()
   tmp = tempfile.mkdtemp(prefix="penguin_demo_")
   t0 = time.time()
   demo_data.generate(tmp, args.train, 0, seed=0)
   tok = Qwen3Tokenizer.from_vocab_file()
-  stats = build_lib.build(os.path.join(tmp, "train.jsonl"), tmp, os.path.join(tmp, "ar"),
-                          SAMPLE, tok, log=lambda *_: None)
-  print(f"# demo corpus: {stats['written']} samples built in {time.time() - t0:.1f}s ({tmp})")
+  if args.format == "tfds":
+    config = tfds_penguin.PenguinConfig(name="bench", splits={"train": "train.jsonl"},
+                                        min_tokens=SAMPLE.min_tokens,
+                                        max_tokens=SAMPLE.max_tokens,
+                                        max_length=SAMPLE.max_length)
+    builder = tfds_penguin.prepare(tmp, os.path.join(tmp, "tfds"), config)
+    written = builder.info.metadata["train"]["written"]
+    source = tfds_penguin.Split("penguin_vl/bench", "train", os.path.join(tmp, "tfds"))
+  else:
+    stats = build_lib.build(os.path.join(tmp, "train.jsonl"), tmp, os.path.join(tmp, "ar"),
+                            SAMPLE, tok, log=lambda *_: None)
+    written = stats["written"]
+    source = [os.path.join(tmp, "ar", s) for s in stats["shards"]]
+  print(f"# demo corpus ({args.format}): {written} samples built in "
+        f"{time.time() - t0:.1f}s ({tmp})")
   cfg = P.PipelineConfig(seq_len=args.seq_len, max_patches=args.max_patches,
                          max_visual_tokens=args.max_visual_tokens, batch_size=args.batch_size,
                          packing=args.packing, num_packing_bins=args.bins,
                          worker_count=args.workers)
-  paths = [os.path.join(tmp, "ar", s) for s in stats["shards"]]
-  it = iter(P.make_dataset(paths, tok, SAMPLE, cfg, process_index=0, process_count=1))
+  it = iter(P.make_dataset(source, tok, SAMPLE, cfg, process_index=0, process_count=1))
   # Timed from the first batch: a packer emits its bins a round at a time, so any window
   # shorter than several rounds (bins / batch_size batches each) would be misleading.
   tok_fill, patch_fill = [], []

@@ -50,11 +50,11 @@ def base(variant: str) -> mlc.ConfigDict:
   c.profile = mlc.ConfigDict({"start_step": 5 if tiny else 100, "num_steps": 0})
 
   # Held-out loss during training: every `every` steps (0 = never), over the first
-  # `batches` global batches of `files` (ArrayRecord shards; empty with data.demo = the demo
-  # corpus's validation split), the same batches each time. Into metrics.jsonl and
+  # `batches` global batches of the split `split` of data.tfds_name (the demo corpus's:
+  # "val"), or of `files` (plain ArrayRecord shards) when given, the same batches each time. Into metrics.jsonl and
   # TensorBoard as eval/loss, eval/lm_loss, ...; it never touches the training state or
   # data order (resume stays exact).
-  c.eval = mlc.ConfigDict({"every": 0, "files": (), "batches": 2})
+  c.eval = mlc.ConfigDict({"every": 0, "split": "val", "files": (), "batches": 2})
 
   c.model = model_sizes(variant)
   c.model.use_teacher = False
@@ -84,7 +84,14 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.demo_val_samples = 24     # the demo corpus's validation split (held-out loss)
   c.data.demo_dir = ""             # where the demo corpus goes; "" = WORKDIR/demo_data
   c.data.demo_text_only = False    # the corpus without its media (launch.demo's stage 0)
-  c.data.train_files = ()          # ArrayRecord shards (data_pipelines.build)
+  # The training data: a TFDS dataset of the release's JSONL (data_pipelines/tfds_penguin.py;
+  # `tfds build ... --manual_dir=DATA --data_dir=DIR`), its split read with tfds.data_source;
+  # the demo corpus is built as one ("penguin_vl/demo"). Else plain ArrayRecord shards
+  # (`python -m data_pipelines.build --format=array_record`) in train_files.
+  c.data.tfds_name = ""            # e.g. "penguin_vl/release"
+  c.data.tfds_data_dir = ""        # its --data_dir; "" = TFDS's default (~/tensorflow_datasets)
+  c.data.split = "train"           # the training split (tfds_name, demo)
+  c.data.train_files = ()          # plain ArrayRecord shards, when tfds_name is empty
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)
   c.data.seq_len = 512 if tiny else 16384
   c.data.max_patches = 640 if tiny else 20480

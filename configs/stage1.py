@@ -3,7 +3,8 @@
   python -m launch.train --config=configs/stage1.py:tiny --workdir=/tmp/stage1
   python -m launch.train --config=configs/stage1.py:2b --workdir=gs://BUCKET/stage1 \\
       --config.init.encoder_from_qwen3=Qwen3-0.6B --config.init.llm=Qwen3-1.7B \\
-      --config.init.teacher=VL3-SigLIP-NaViT --config.data.train_files=...
+      --config.init.teacher=VL3-SigLIP-NaViT --config.data.tfds_name=penguin_vl/release \\
+      --config.data.tfds_data_dir=DIR
 
 Trains encoder + projector (+ distill head), LLM frozen; <= 2048 visual tokens per image,
 sequence 4096; LR 1e-3 for both; reconstruction losses against the frozen teacher

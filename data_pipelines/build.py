@@ -1,12 +1,22 @@
-"""Build ArrayRecord shards from the release's training data (JSONL + media folder).
+"""Build the release's training data (JSONL + media folder) for training.
 
-  python -m data_pipelines.build --annotations=train.jsonl --data-folder=DATA --out=OUT \\
-      [--max-length=16384] [--num-shards=8] [--tokenizer=DIR_WITH_tokenizer.json] [--strict]
+  python -m data_pipelines.build --annotations=train.jsonl [--annotations=val.jsonl] \\
+      --data-folder=DATA --out=DATA_DIR [--max-length=16384] \\
+      [--name=custom] [--tokenizer=DIR_WITH_tokenizer.json] [--strict]
+  python -m data_pipelines.build --format=array_record --annotations=train.jsonl \\
+      --data-folder=DATA --out=OUT [--num-shards=8] ...
+
+--format=tfds (default) builds the TFDS dataset penguin_vl/NAME in DATA_DIR, one split per
+JSONL (data_pipelines/tfds_penguin.py; the same as `tfds build`); training reads it with
+config.data.tfds_name=penguin_vl/NAME, data.tfds_data_dir=DATA_DIR. --format=array_record
+writes plain shards (msgpack records) for config.data.train_files: launch.eval builds
+these from a JSONL it is given, and shards built by earlier versions stay readable.
 
 Every sample is checked by doing the real work once (JSON, conversation, media decoding,
 image budget, TRA, tokenisation, length). A bad sample gets one line `skip ID: REASON
 (detail)`, is counted and left out; `--strict` stops at the first one instead. The last
-line printed is a JSON object: {"written", "skipped", "reasons": {reason: count}, ...}.
+line printed is a JSON object: {"written", "skipped", "reasons": {reason: count}, ...}
+(tfds: one such object per split, also in the dataset's metadata.json).
 
 A record (msgpack) keeps the sample's conversation and its media *bytes*, so training
 reads no other file: {"id", "conversations", "images": [bytes], "video": bytes | None,
@@ -25,7 +35,7 @@ import msgpack
 
 from data_pipelines import images, sample as sample_lib, video
 from data_pipelines.errors import BadSample
-from data_pipelines.tokenizer import Qwen3Tokenizer
+from data_pipelines.tokenizer import from_spec
 
 
 def read_jsonl(path: str):
@@ -94,10 +104,11 @@ def _media_bytes(entry, data_folder: str, allow_outside: bool = False) -> bytes:
   return buf.getvalue()
 
 
-def encode_record(sample: dict, data_folder: str, tokenizer, cfg,
-                  allow_outside: bool = False) -> tuple[bytes, dict]:
-  """Validate one sample fully and pack it as a record. Raises BadSample, also for an
-  unexpected error while checking it ("unexpected_error", with the exception)."""
+def check_sample(sample: dict, data_folder: str, tokenizer, cfg,
+                 allow_outside: bool = False) -> dict:
+  """Validate one sample fully, by doing the real work once -> its record: {"id",
+  "conversations", "images": [bytes], "video": bytes | None, "num_tokens", "num_patches"}.
+  Raises BadSample, also for an unexpected error ("unexpected_error", with the exception)."""
   sid = sample["id"]
   try:
     img_entries, vid_entries = sample_lib.media_of(sample)
@@ -112,10 +123,46 @@ def encode_record(sample: dict, data_folder: str, tokenizer, cfg,
     raise e.with_id(sid) if e.sample_id is None else e
   except Exception as e:   # one sample never ends a build: named, counted, skipped
     raise BadSample("unexpected_error", f"{type(e).__name__}: {e}", sid) from e
-  record = {"id": str(sid), "conversations": sample["conversations"], "images": img_bytes,
-            "video": vid_bytes, "num_tokens": int(len(out["input_ids"])),
-            "num_patches": int(len(out["patches"]))}
-  return msgpack.packb(record, use_bin_type=True), record
+  return {"id": str(sid), "conversations": sample["conversations"], "images": img_bytes,
+          "video": vid_bytes, "num_tokens": int(len(out["input_ids"])),
+          "num_patches": int(len(out["patches"]))}
+
+
+def valid_records(items, data_folder: str, tokenizer, cfg, reasons: collections.Counter,
+                  strict: bool = False, log=print, allow_outside: bool = False):
+  """(n, sample | BadSample) items (`read_samples`) -> (n, record) of the good samples.
+  A bad one is one line `skip ID: REASON (detail)` and counted in `reasons`; `strict`
+  raises it instead. Both writers (ArrayRecord shards here, the TFDS builder in
+  `tfds_penguin`) validate through this one loop."""
+  written, t0 = 0, time.time()
+  for n, item in items:
+    try:
+      if isinstance(item, BadSample):
+        raise item
+      rec = check_sample(item, data_folder, tokenizer, cfg, allow_outside)
+    except BadSample as e:
+      if strict:
+        raise
+      reasons[e.reason] += 1
+      log(f"skip {e.sample_id}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
+      continue
+    written += 1
+    if written % 1000 == 0:
+      log(f"... {written} written, {sum(reasons.values())} skipped, "
+          f"{written / (time.time() - t0):.0f} samples/s")
+    yield n, rec
+
+
+def read_samples(annotations):
+  """A JSONL path (`read_jsonl`) or a data source (`read_data_source`)."""
+  if isinstance(annotations, (str, os.PathLike)):
+    return read_jsonl(annotations)
+  return read_data_source(annotations)
+
+
+def encode_record(record: dict) -> bytes:
+  """A record (`check_sample`) as the bytes of one ArrayRecord entry (msgpack)."""
+  return msgpack.packb(record, use_bin_type=True)
 
 
 def decode_record(raw: bytes) -> dict:
@@ -124,7 +171,8 @@ def decode_record(raw: bytes) -> dict:
 
 def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: int = 1,
           strict: bool = False, log=print, allow_outside: bool = False) -> dict:
-  """annotations: a JSONL path, or a data source (see `read_data_source`).
+  """Plain ArrayRecord shards (`data-0000i-of-0000n.array_record` + `stats.json`).
+  annotations: a JSONL path, or a data source (see `read_data_source`).
   `allow_outside`: media paths may leave `data_folder`. Atomic: the shards are written
   as `*.tmp` and renamed, then `stats.json` is written, only when every sample has been
   seen; a build that stops early (--strict, an interrupt, a crash) leaves no shard."""
@@ -137,25 +185,11 @@ def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: i
   written = tokens = 0
   t0 = time.time()
   try:
-    items = read_jsonl(annotations) if isinstance(annotations, (str, os.PathLike)) \
-        else read_data_source(annotations)
-    for n, item in items:
-      try:
-        if isinstance(item, BadSample):
-          raise item
-        raw, rec = encode_record(item, data_folder, tokenizer, cfg, allow_outside)
-      except BadSample as e:
-        if strict:
-          raise
-        reasons[e.reason] += 1
-        log(f"skip {e.sample_id}: {e.reason}" + (f" ({e.detail})" if e.detail else ""))
-        continue
-      writers[written % num_shards].write(raw)
+    for _, rec in valid_records(read_samples(annotations), data_folder, tokenizer, cfg,
+                                reasons, strict, log, allow_outside):
+      writers[written % num_shards].write(encode_record(rec))
       written += 1
       tokens += rec["num_tokens"]
-      if written % 1000 == 0:
-        log(f"... {written} written, {sum(reasons.values())} skipped, "
-            f"{written / (time.time() - t0):.0f} samples/s")
   except BaseException:
     for w, p in zip(writers, paths):
       w.close()
@@ -176,61 +210,104 @@ def build(annotations, data_folder: str, out: str, cfg, tokenizer, num_shards: i
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(prog="python -m data_pipelines.build", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+  from data_pipelines.tfds_penguin import PenguinConfig
+  d = PenguinConfig(name="release")      # the defaults: the real stages' settings
+  ap.add_argument("--format", choices=("tfds", "array_record"), default="tfds",
+                  help="tfds (default): the TFDS dataset penguin_vl/NAME in --out (a TFDS "
+                       "data_dir); array_record: plain shards in --out")
   src = ap.add_mutually_exclusive_group(required=True)
-  src.add_argument("--annotations", help="the release's JSONL file")
-  src.add_argument("--tfds", help="a prepared TFDS dataset NAME:SPLIT (tfds.data_source)")
+  src.add_argument("--annotations", action="append",
+                   help="the release's JSONL file; tfds: repeat it, each NAME.jsonl is split NAME")
+  src.add_argument("--tfds", help="array_record: read a prepared TFDS dataset NAME:SPLIT "
+                                  "in the release's layout (tfds.data_source)")
   ap.add_argument("--tfds-data-dir", default=None)
+  ap.add_argument("--name", default="custom",
+                  help="tfds: the config name, penguin_vl/NAME (not 'release': that is the "
+                       "built-in config of `tfds build`)")
   ap.add_argument("--data-folder", default=".", help="folder the media paths are relative to")
-  ap.add_argument("--out", required=True, help="output folder for the ArrayRecord shards")
-  ap.add_argument("--num-shards", type=int, default=1)
-  ap.add_argument("--max-length", type=int, default=16384, help="max tokens per sample")
-  ap.add_argument("--max-tokens", type=int, default=16384, help="visual tokens budget per image / video")
-  ap.add_argument("--min-tokens", type=int, default=16)
-  ap.add_argument("--multi-image", choices=images.MULTI_IMAGE_MODES, default="release",
+  ap.add_argument("--out", required=True, help="output folder (TFDS data_dir, or the shards')")
+  ap.add_argument("--num-shards", type=int, default=1, help="array_record: shards to write")
+  ap.add_argument("--max-length", type=int, default=d.max_length, help="max tokens per sample")
+  ap.add_argument("--max-tokens", type=int, default=d.max_tokens,
+                  help="visual tokens budget per sample's images / video")
+  ap.add_argument("--min-tokens", type=int, default=d.min_tokens)
+  ap.add_argument("--multi-image", choices=images.MULTI_IMAGE_MODES, default=d.multi_image,
                   help="several images in a sample: one budget and the first image's size "
                        "for all, as the release (default), or each image sized alone")
-  ap.add_argument("--image-merge-size", type=int, default=1)
-  ap.add_argument("--video-merge-size", type=int, default=2)
-  ap.add_argument("--fps", type=float, default=1.0)
-  ap.add_argument("--max-frames", type=int, default=180)
-  ap.add_argument("--tokenizer", default=None, help="dir with tokenizer.json (default: offline Qwen3)")
+  ap.add_argument("--image-merge-size", type=int, default=d.image_merge_size)
+  ap.add_argument("--video-merge-size", type=int, default=d.video_merge_size)
+  ap.add_argument("--fps", type=float, default=d.fps)
+  ap.add_argument("--max-frames", type=int, default=d.max_frames)
+  ap.add_argument("--tokenizer", default="", help="dir with tokenizer.json, or a SentencePiece "
+                                                   ".model (default: offline Qwen3)")
   ap.add_argument("--strict", action="store_true", help="stop at the first bad sample")
   ap.add_argument("--allow-outside", action="store_true",
                   help="read media paths outside --data-folder (../, absolute paths)")
   args = ap.parse_args(argv)
-  cfg = sample_lib.SampleConfig(image_merge_size=args.image_merge_size,
-                                video_merge_size=args.video_merge_size,
-                                min_tokens=args.min_tokens, max_tokens=args.max_tokens,
-                                fps=args.fps, max_frames=args.max_frames,
-                                max_length=args.max_length, multi_image=args.multi_image)
-  for p, what in [(args.annotations, "--annotations"), (args.data_folder, "--data-folder")]:
-    if p is not None and not os.path.exists(p):
+  for p, what in [*[(a, "--annotations") for a in args.annotations or ()],
+                  (args.data_folder, "--data-folder")]:
+    if not os.path.exists(p):
       print(f"error: {what} {p} does not exist", file=sys.stderr)
       return 2
   if args.num_shards < 1:
     print(f"error: --num-shards={args.num_shards}: give 1 or more", file=sys.stderr)
     return 2
   if os.path.exists(args.out) and not os.path.isdir(args.out):
-    print(f"error: --out {args.out} is a file; give a folder for the shards", file=sys.stderr)
+    print(f"error: --out {args.out} is a file; give a folder", file=sys.stderr)
     return 2
-  source = args.annotations
+  settings = dict(max_length=args.max_length, max_tokens=args.max_tokens,
+                  min_tokens=args.min_tokens, image_merge_size=args.image_merge_size,
+                  video_merge_size=args.video_merge_size, fps=args.fps,
+                  max_frames=args.max_frames, multi_image=args.multi_image)
+  if args.format == "tfds":
+    return _main_tfds(args, settings)
+  if args.annotations and len(args.annotations) > 1:
+    print("error: --format=array_record builds one --annotations file", file=sys.stderr)
+    return 2
+  source = args.annotations[0] if args.annotations else None
   if args.tfds:
-    try:
-      import tensorflow_datasets as tfds
-    except ImportError:
-      print("error: --tfds needs tensorflow-datasets: pip install tensorflow-datasets",
-            file=sys.stderr)
-      return 2
+    import tensorflow_datasets as tfds
     name, _, split = args.tfds.partition(":")
     source = tfds.data_source(name, split=split or "train", data_dir=args.tfds_data_dir)
   try:
-    stats = build(source, args.data_folder, args.out, cfg,
-                  Qwen3Tokenizer.load(args.tokenizer), args.num_shards, args.strict,
+    stats = build(source, args.data_folder, args.out, sample_lib.SampleConfig(**settings),
+                  from_spec(args.tokenizer), args.num_shards, args.strict,
                   allow_outside=args.allow_outside)
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(json.dumps(stats))
+  return 0
+
+
+def _main_tfds(args, settings) -> int:
+  """--format=tfds: the JSONL files as splits of penguin_vl/NAME (tfds_penguin)."""
+  from data_pipelines import tfds_penguin
+  if args.tfds:
+    print("error: --tfds reads a TFDS dataset: give --format=array_record", file=sys.stderr)
+    return 2
+  if args.name in {c.name for c in tfds_penguin.PenguinVl.BUILDER_CONFIGS}:
+    print(f"error: --name={args.name} is a built-in config (`tfds build "
+          f"data_pipelines/tfds_penguin.py --config={args.name} --manual_dir=DATA` builds "
+          "it): give another name", file=sys.stderr)
+    return 2
+  names = [os.path.basename(a)[:-len(".jsonl")] if a.endswith(".jsonl") else
+           os.path.basename(a) for a in args.annotations]
+  if len(set(names)) < len(names):
+    print(f"error: two --annotations files give the same split name ({names})", file=sys.stderr)
+    return 2
+  config = tfds_penguin.PenguinConfig(
+      name=args.name, splits={n: os.path.abspath(a) for n, a in zip(names, args.annotations)},
+      data_folder=os.path.abspath(args.data_folder), strict=args.strict,
+      tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else "",
+      allow_outside=args.allow_outside, **settings)
+  try:
+    builder = tfds_penguin.prepare(os.path.abspath(args.data_folder), args.out, config)
+  except BadSample as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(json.dumps({"dataset": f"penguin_vl/{args.name}", "data_dir": args.out,
+                    "path": os.fspath(builder.data_path), **dict(builder.info.metadata)}))
   return 0
 
 

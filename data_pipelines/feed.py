@@ -14,10 +14,11 @@ from data_pipelines import pipeline as pipe
 
 
 class DataFeed:
-  """`one_pass`: read the data once, in order (evaluation): the last batch is filled up
+  """`data`: a TFDS split (`tfds_penguin.Split`) or ArrayRecord paths (`make_dataset`).
+  `one_pass`: read the data once, in order (evaluation): the last batch is filled up
   with empty rows (no labels, no segments), then `next` raises StopIteration."""
 
-  def __init__(self, paths, tokenizer, scfg, cfg, abstract_batch: dict, one_pass: bool = False):
+  def __init__(self, data, tokenizer, scfg, cfg, abstract_batch: dict, one_pass: bool = False):
     import jax
     self.pid, self.nproc = jax.process_index(), jax.process_count()
     d = cfg.data
@@ -39,7 +40,7 @@ class DataFeed:
     self.rows = pcfg.batch_size
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
-    self.iters = [iter(pipe.make_dataset(paths, tokenizer, scfg, pcfg, s, self.num_shards))
+    self.iters = [iter(pipe.make_dataset(data, tokenizer, scfg, pcfg, s, self.num_shards))
                   for s in self.shards]
     self.spec = abstract_batch
 

@@ -1,4 +1,5 @@
-"""The Grain pipeline: ArrayRecord shards -> packed, static-shape multimodal batches.
+"""The Grain pipeline: a TFDS split (`tfds_penguin.Split`) or plain ArrayRecord shards
+-> packed, static-shape multimodal batches.
 
     read record -> decode media -> chat format + labels -> image budget / TRA -> patches
     -> per-sample layout (2D positions, merge plan, where visual tokens go)
@@ -139,7 +140,7 @@ class UnreadableShard(ValueError):
   """A file of `train_files` that is not a readable ArrayRecord shard, or has no records."""
 
 
-class _Unreadable(typing.NamedTuple):
+class Unreadable(typing.NamedTuple):
   """A record that cannot be read (a corrupt chunk): skipped as "corrupt_record"."""
   where: str
   reason: str
@@ -149,7 +150,7 @@ class RecordSource:
   """ArrayRecord shards as one random-access source (Grain's `ArrayRecordDataSource`, one
   per file), whose bad parts are named: a file that cannot be opened or holds no records
   is an `UnreadableShard` at start (its path and the reason, one line); a record that
-  cannot be read later is an `_Unreadable` naming file and index, which the pipeline
+  cannot be read later is an `Unreadable` naming file and index, which the pipeline
   counts and skips."""
 
   def __init__(self, paths: Sequence[str]):
@@ -176,21 +177,22 @@ class RecordSource:
     try:
       return self.sources[f][j]
     except Exception as e:
-      return _Unreadable(f"{os.path.basename(self.paths[f])}[{j}]",
+      return Unreadable(f"{os.path.basename(self.paths[f])}[{j}]",
                          f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
 
 
 class _Process:
-  """Record bytes -> sample features, or None (logged and counted) for a bad sample."""
+  """A record (msgpack bytes, or the dict a `tfds_penguin.Split` gives) -> sample
+  features, or None (logged and counted) for a bad sample."""
 
   def __init__(self, tokenizer, scfg, cfg):
     self.tokenizer, self.scfg, self.cfg = tokenizer, scfg, cfg
     self.in_a_row = collections.Counter()    # reasons of the skips since the last good one
 
-  def __call__(self, raw: bytes):
-    if isinstance(raw, _Unreadable):
+  def __call__(self, raw):
+    if isinstance(raw, Unreadable):
       return self._skip(raw.where, "corrupt_record", raw.reason)
-    rec = decode_record(raw)
+    rec = raw if isinstance(raw, dict) else decode_record(raw)
     try:
       f = sample_features(rec, self.tokenizer, self.scfg)
     except BadSample as e:
@@ -220,16 +222,20 @@ class _Process:
     return None
 
 
-def make_dataset(paths: Sequence[str], tokenizer, scfg: sample_lib.SampleConfig,
+def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig,
                  cfg: PipelineConfig, process_index: Optional[int] = None,
                  process_count: Optional[int] = None):
-  """A Grain IterDataset of packed batches (see module docstring)."""
+  """A Grain IterDataset of packed batches (see module docstring). `source`: a TFDS split
+  (`tfds_penguin.Split`, the standard path), or a list of plain ArrayRecord shards
+  (`data_pipelines.build --format=array_record`)."""
   import grain
   import grain.experimental as gx
   if process_index is None:
     import jax
     process_index, process_count = jax.process_index(), jax.process_count()
-  ds = grain.MapDataset.source(RecordSource(paths))
+  if isinstance(source, (list, tuple)):
+    source = RecordSource(source)
+  ds = grain.MapDataset.source(source)
   if cfg.shuffle:
     ds = ds.shuffle(seed=cfg.seed)
   ds = ds.repeat(cfg.num_epochs)

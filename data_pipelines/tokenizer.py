@@ -222,6 +222,17 @@ class JsonTokenizer:
     return _token_to_id(self, token)
 
 
+def from_spec(spec: str = ""):
+  """A tokenizer named by one string (a dataset config's `tokenizer`): "" = the offline
+  Qwen3; a SentencePiece `.model` file (the demo corpus's); else a folder or file with
+  Qwen3's tokenizer.json."""
+  if spec.endswith(".model"):
+    if not os.path.isfile(spec):
+      raise FileNotFoundError(f"{spec}: no SentencePiece model there")
+    return SentencePieceTokenizer(spec)
+  return Qwen3Tokenizer.load(spec or None)
+
+
 def from_model_dir(path: str):
   """The tokenizer of an HF model folder: Qwen3's (a released Penguin-VL, an export of a
   run on real data) or another `tokenizer.json` (an export of a demo run)."""

@@ -9,7 +9,8 @@ The recipe, each step a command of this project, logged as it runs (WORKDIR/STAG
 has a stage's whole log), so that any step can be re-run alone:
   data     the demo corpus (`data_pipelines/demo_data.py`): a mixed training split, a
            validation split of questions only the image answers (balanced classes), and
-           both without their media; a SentencePiece tokenizer; ArrayRecord shards
+           both without their media; a SentencePiece tokenizer; the TFDS dataset
+           penguin_vl/demo (data_pipelines/tfds_penguin.py)
   stage0   a tiny text-only Qwen3 trained on the corpus's text (`configs/stage0.py`),
            written as an HF Qwen3 folder: it plays Qwen3-0.6B (the encoder starts from it)
            and Qwen3-1.7B (the decoder); asked the questions without images, it is the

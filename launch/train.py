@@ -74,7 +74,7 @@ def sample_config(cfg):
 
 def _demo_root(cfg, workdir: str) -> str:
   """The demo corpus's folder: data.demo_dir, else WORKDIR/demo_data (a local WORKDIR:
-  ArrayRecord shards and the tokenizer are local files)."""
+  its TFDS dataset and the tokenizer are local files)."""
   from penguin_jax.train.workdir import is_remote
   if cfg.data.demo_dir:
     return cfg.data.demo_dir
@@ -86,15 +86,16 @@ def _demo_root(cfg, workdir: str) -> str:
 
 # The demo corpus's splits (data_pipelines/demo_data.py): the corpus, and its text alone.
 DEMO_SPLITS = ("train", "val", "train_text", "val_text")
+DEMO_TFDS = "penguin_vl/demo"     # the demo corpus as a TFDS dataset, in DEMO_ROOT/tfds
 
 
 def prepare_data(cfg, workdir: str):
-  """-> (ArrayRecord paths, tokenizer, SampleConfig). For `data.demo`, generates the demo
-  corpus, trains a small SentencePiece tokenizer on it and builds it (once, process 0)."""
+  """-> (the training data: a TFDS split or ArrayRecord paths, tokenizer, SampleConfig).
+  data.demo: generates the demo corpus, trains a small SentencePiece tokenizer on it and
+  builds it as the TFDS dataset `penguin_vl/demo` (once, process 0)."""
   import jax
   from jax.experimental import multihost_utils
-  from data_pipelines import build as build_lib, demo_data, pipeline
-  from data_pipelines.tokenizer import SentencePieceTokenizer
+  from data_pipelines import pipeline
   from data_pipelines.images import read_preprocessor_config
   d = cfg.data
   if d.preprocessor_config:
@@ -105,62 +106,81 @@ def prepare_data(cfg, workdir: str):
     d.image_mean, d.image_std = norm   # recorded in the run's config (its checkpoints)
     log.info("image normalisation from %s: mean %s, std %s", d.preprocessor_config, *norm)
   scfg = sample_config(cfg)
-  if not d.demo:
-    if not d.train_files:
-      raise ValueError("config.data.train_files is empty: build shards with "
-                       "`python -m data_pipelines.build` and list them, or set data.demo=True")
-    missing = [f for f in d.train_files if not os.path.isfile(f)]
-    if missing:
-      raise FileNotFoundError(f"config.data.train_files: {len(missing)} of "
-                              f"{len(d.train_files)} files not found, e.g. {missing[0]}")
-    pipeline.RecordSource(d.train_files)   # each opens and holds records, or one line now
-    return list(d.train_files), run_tokenizer(cfg, workdir), scfg
-  root = _demo_root(cfg, workdir)
-  done = os.path.join(root, "ready.json")
-  if jax.process_index() == 0 and not os.path.isfile(done):
+  if d.demo and d.tfds_name:
+    raise ValueError(f"config.data.tfds_name={d.tfds_name} and data.demo are both set: add "
+                     "--config.data.demo=False to train on the dataset")
+  if d.demo:
+    if jax.process_index() == 0:
+      _build_demo(cfg, workdir, scfg)
+    multihost_utils.sync_global_devices("demo data")
+    return data_split(cfg, workdir, d.split), run_tokenizer(cfg, workdir), scfg
+  if d.tfds_name:
+    return data_split(cfg, workdir, d.split), run_tokenizer(cfg, workdir), scfg
+  if not d.train_files:
+    raise ValueError("no training data: build the release's JSONL as a TFDS dataset (tfds build "
+                     "data_pipelines/tfds_penguin.py --manual_dir=DATA --data_dir=DIR) and set "
+                     "config.data.tfds_name=penguin_vl/release and data.tfds_data_dir=DIR; or "
+                     "list plain ArrayRecord shards in data.train_files; or set data.demo=True")
+  missing = [f for f in d.train_files if not os.path.isfile(f)]
+  if missing:
+    raise FileNotFoundError(f"config.data.train_files: {len(missing)} of "
+                            f"{len(d.train_files)} files not found, e.g. {missing[0]}")
+  pipeline.RecordSource(d.train_files)   # each opens and holds records, or one line now
+  return list(d.train_files), run_tokenizer(cfg, workdir), scfg
+
+
+def _build_demo(cfg, workdir: str, scfg):
+  """The demo corpus (JSONL + media in DEMO_ROOT/raw), its tokenizer (DEMO_ROOT/spm.model)
+  and its TFDS dataset (DEMO_ROOT/tfds): each made once."""
+  from data_pipelines import demo_data, tfds_penguin
+  from data_pipelines.tokenizer import SentencePieceTokenizer
+  d, root = cfg.data, _demo_root(cfg, workdir)
+  raw, spm = os.path.join(root, "raw"), os.path.join(root, "spm")
+  if not os.path.isfile(spm + ".model"):
     log.info("building the demo corpus in %s (%d samples)", root, d.demo_samples)
-    raw = os.path.join(root, "raw")
     demo_data.generate(raw, d.demo_samples, d.demo_val_samples, seed=0)
     with open(os.path.join(raw, "train.jsonl")) as f:
       texts = [t["value"] for l in f for t in json.loads(l)["conversations"]]
-    SentencePieceTokenizer.train(texts * 4, os.path.join(root, "spm"), vocab_size=1024)
-    tok = SentencePieceTokenizer(os.path.join(root, "spm.model"))
-    shards = {}
-    for split in DEMO_SPLITS:
-      shards[split] = build_lib.build(os.path.join(raw, f"{split}.jsonl"), raw,
-                                      os.path.join(root, f"ar_{split}"), scfg, tok,
-                                      log=log.info)["shards"]
-    with open(done, "w") as f:
-      json.dump(shards, f)
-  multihost_utils.sync_global_devices("demo data")
-  return demo_shards(cfg, workdir, "train"), run_tokenizer(cfg, workdir), scfg
+    SentencePieceTokenizer.train(texts * 4, spm + ".tmp", vocab_size=1024)
+    os.replace(spm + ".tmp.model", spm + ".model")   # the corpus is complete
+  config = tfds_penguin.PenguinConfig(
+      name="demo", splits={s: f"{s}.jsonl" for s in DEMO_SPLITS}, tokenizer=spm + ".model",
+      max_length=scfg.max_length, max_tokens=scfg.max_tokens, min_tokens=scfg.min_tokens,
+      image_merge_size=scfg.image_merge_size, video_merge_size=scfg.video_merge_size,
+      fps=scfg.fps, max_frames=scfg.max_frames, multi_image=scfg.multi_image)
+  tfds_penguin.prepare(raw, os.path.join(root, "tfds"), config)   # a no-op once built
 
 
-def demo_shards(cfg, workdir: str, split: str) -> list:
-  """The ArrayRecord shards of the demo corpus's `split` ("train" or "val"); with
-  `data.demo_text_only`, of its text without the media."""
-  root = _demo_root(cfg, workdir)
-  with open(os.path.join(root, "ready.json")) as f:
-    shards = json.load(f)
-  split += "_text" if cfg.data.demo_text_only else ""
-  if split not in shards:
-    raise ValueError(f"{root} has no {split} split (built by an older version): delete the "
-                     "folder to rebuild it")
-  return [os.path.join(root, f"ar_{split}", s) for s in shards[split]]
+def data_split(cfg, workdir: str, split: str):
+  """A split of the run's TFDS dataset (`tfds_penguin.Split`): data.tfds_name, or the
+  demo corpus's (with `data.demo_text_only`, the text without the media)."""
+  from data_pipelines import tfds_penguin
+  d = cfg.data
+  if d.demo:
+    split += "_text" if d.demo_text_only else ""
+    return tfds_penguin.Split(DEMO_TFDS, split, os.path.join(_demo_root(cfg, workdir), "tfds"))
+  return tfds_penguin.Split(d.tfds_name, split, d.tfds_data_dir)
 
 
-def eval_files(cfg, workdir: str) -> list:
-  """The held-out shards of `config.eval`: eval.files, else the demo corpus's validation
-  split."""
+def data_name(data) -> str:
+  """A run's data for a log line: a TFDS split, or its ArrayRecord files."""
+  if isinstance(data, (list, tuple)):
+    return ", ".join(os.path.basename(p) for p in data)
+  return repr(data)
+
+
+def eval_data(cfg, workdir: str):
+  """The held-out data of `config.eval`: eval.files (plain ArrayRecord shards), else the
+  split eval.split of the run's TFDS dataset (the demo corpus's validation split)."""
   if cfg.eval.files:
     missing = [f for f in cfg.eval.files if not os.path.isfile(f)]
     if missing:
       raise FileNotFoundError(f"config.eval.files: {missing[0]} not found")
     return list(cfg.eval.files)
-  if not cfg.data.demo:
-    raise ValueError("config.eval.every is set but config.eval.files is empty: list the "
-                     "held-out ArrayRecord shards")
-  return demo_shards(cfg, workdir, "val")
+  if not (cfg.data.demo or cfg.data.tfds_name):
+    raise ValueError("config.eval.every is set but there is no held-out data: set "
+                     "config.eval.split (a split of data.tfds_name) or eval.files")
+  return data_split(cfg, workdir, cfg.eval.split)
 
 
 def build_program(cfg, image_token_id=None):
@@ -195,7 +215,7 @@ def main(argv):
     workdir_lib.lock(workdir)
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
-  paths, tokenizer, scfg = prepare_data(cfg, workdir)
+  data, tokenizer, scfg = prepare_data(cfg, workdir)
   if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, config.model.vocab_size "
                      f"is {cfg.model.vocab_size}")
@@ -205,7 +225,8 @@ def main(argv):
            f"{sum(v for k, v in counts.items() if k not in ('llm_body', 'teacher')):,}",
            ", ".join(program.trainable), program.grad_accum,
            cfg.data.global_batch // program.grad_accum)
-  feed = DataFeed(paths, tokenizer, scfg, cfg, program.abstract_batch)
+  log.info("training data: %s", data_name(data))
+  feed = DataFeed(data, tokenizer, scfg, cfg, program.abstract_batch)
   rng = jax.random.PRNGKey(cfg.seed)
   mgr, state, step, teacher_params = _restore_or_initialise(cfg, program, feed, rng, workdir)
   saver = ckpt.Saver(mgr, log)
@@ -272,14 +293,14 @@ def _evaluator(cfg, program, workdir, tokenizer, scfg):
   import jax
   from data_pipelines.feed import DataFeed
   from penguin_jax.train.metrics import eval_summary
-  paths = eval_files(cfg, workdir)
+  data = eval_data(cfg, workdir)
   ecfg = cfg.copy_and_resolve_references()
   ecfg.data.workers = 0                        # a few batches: no worker processes
   log.info("held-out loss every %d steps over %d batches of %s", cfg.eval.every,
-           cfg.eval.batches, ", ".join(os.path.basename(p) for p in paths))
+           cfg.eval.batches, data_name(data))
 
   def evaluate(params, teacher_params, step):
-    feed = DataFeed(paths, tokenizer, scfg, ecfg, program.abstract_batch)
+    feed = DataFeed(data, tokenizer, scfg, ecfg, program.abstract_batch)
     total = None
     for _ in range(cfg.eval.batches):
       m = program.eval_step(params, feed.next()[0], teacher_params, step)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from data_pipelines.build import decode_record
@@ -54,21 +55,53 @@ def make_dataset(root):
   return root / "train.jsonl", d
 
 
+TWELVE = {"corrupt_image": 1, "missing_file": 1, "truncated_video": 1, "zero_size_image": 1,
+          "aspect_ratio": 1, "image_tag_mismatch": 1, "empty_conversation": 1,
+          "malformed_conversation": 1, "unknown_role": 1, "too_long": 1, "invalid_json": 1,
+          "invalid_utf8": 1}
+
+
+def test_tfds_builder_names_counts_and_skips_every_bad_kind(tmp_path):
+  """TFDS's own `build` command (`tfds build data_pipelines/tfds_penguin.py`) on the same
+  data: the 12 skips as lines, their counts in the dataset's metadata, the 3 good samples
+  read back with tfds.data_source."""
+  import tensorflow_datasets as tfds
+  ann, data = make_dataset(tmp_path)
+  config = json.dumps({"name": "bad", "splits": {"train": str(ann)}, "data_folder": str(data),
+                       "max_length": 300})
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.tfds_build",
+                      f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'tfds'}",
+                      f"--config={config}"], cwd=REPO, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-3000:]
+  meta = json.load(open(tmp_path / "tfds" / "penguin_vl" / "bad" / "1.0.0" / "metadata.json"))
+  assert meta["train"]["written"] == 3 and meta["train"]["skipped"] == 12
+  assert meta["train"]["reasons"] == TWELVE
+  skips = [l.split("] ", 1)[1] for l in r.stderr.splitlines() if "] skip " in l]
+  assert len(skips) == 12 and "skip corrupt: corrupt_image (" in "\n".join(skips), skips
+  assert "skip line 15: invalid_utf8 (" in "\n".join(skips)
+  src = tfds.data_source("penguin_vl/bad", split="train", data_dir=str(tmp_path / "tfds"))
+  from data_pipelines.tfds_penguin import to_record
+  recs = {r["id"]: r for r in (to_record(src[i]) for i in range(len(src)))}
+  assert list(recs) == ["good_image", "good_video", "good_text"]      # the JSONL's order
+  assert Image.open(io.BytesIO(recs["good_image"]["images"][0])).size == (160, 120)
+  assert recs["good_video"]["video"] == (data / "ok.mp4").read_bytes()
+  assert recs["good_text"]["video"] is None and recs["good_text"]["images"] == []
+  assert recs["good_text"]["conversations"] == _conv("Hi", "Hello.")
+
+
 def test_builder_names_counts_and_skips_every_bad_kind(tmp_path):
   ann, data = make_dataset(tmp_path)
   out = tmp_path / "out"
-  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
-                      f"--data-folder={data}", f"--out={out}", "--max-length=300",
-                      "--num-shards=2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", "--format=array_record",
+                      f"--annotations={ann}", f"--data-folder={data}", f"--out={out}",
+                      "--max-length=300", "--num-shards=2"], cwd=REPO, capture_output=True,
+                     text=True, timeout=300)
   assert r.returncode == 0, r.stderr
   lines = r.stdout.strip().splitlines()
   stats = json.loads(lines[-1])
   assert stats["written"] == 3 and stats["skipped"] == 12
-  assert stats["reasons"] == {
-      "corrupt_image": 1, "missing_file": 1, "truncated_video": 1, "zero_size_image": 1,
-      "aspect_ratio": 1, "image_tag_mismatch": 1, "empty_conversation": 1,
-      "malformed_conversation": 1, "unknown_role": 1, "too_long": 1, "invalid_json": 1,
-      "invalid_utf8": 1}
+  assert stats["reasons"] == TWELVE
   skips = [l for l in lines if l.startswith("skip ")]
   assert len(skips) == 12
   assert any(l.startswith("skip 'corrupt': corrupt_image") or l.startswith("skip corrupt: corrupt_image") for l in skips)
@@ -86,13 +119,18 @@ def test_builder_names_counts_and_skips_every_bad_kind(tmp_path):
   assert vid["video"] == (data / "ok.mp4").read_bytes() and vid["num_patches"] > 0
 
 
-def test_strict_mode_stops_with_the_reason(tmp_path):
+@pytest.mark.parametrize("fmt", ["tfds", "array_record"])
+def test_strict_mode_stops_with_the_reason(tmp_path, fmt):
   ann, data = make_dataset(tmp_path)
-  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
-                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
-                     cwd=REPO, capture_output=True, text=True, timeout=300)
-  assert r.returncode == 1 and "corrupt_image" in r.stderr.strip().splitlines()[-1]
-  assert os.listdir(tmp_path / "o") == []          # atomic: no partial shard, no stats
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--format={fmt}",
+                      f"--annotations={ann}", f"--data-folder={data}", f"--out={tmp_path / 'o'}",
+                      "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert r.returncode == 1, r.stderr[-2000:]
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: sample 'corrupt': corrupt_image"), last
+  left = [f for _, _, fs in os.walk(tmp_path / "o") for f in fs
+          if "array_record" in f or f in ("stats.json", "dataset_info.json")]
+  assert left == []          # atomic: no partial shard or split, no stats
 
 
 def test_builder_accepts_a_data_source(tmp_path):

@@ -379,9 +379,14 @@ def test_a_corrupt_or_empty_shard_is_one_line_and_a_corrupt_record_a_named_skip(
   """An empty file and a garbage file in train_files: one line naming the file (exit 2).
   A flipped byte inside a shard: the records of that chunk are skipped as corrupt_record,
   named by file and index, and the rest is read."""
-  from data_pipelines import pipeline as pipe
+  from data_pipelines import build as build_lib, pipeline as pipe, sample as sample_lib
+  from data_pipelines.tokenizer import SentencePieceTokenizer
   root, _, _ = uninterrupted
-  shard = glob.glob(str(root / "demo" / "ar_train" / "*.array_record"))[0]
+  demo = root / "demo"             # the demo corpus's JSONL, as plain ArrayRecord shards
+  stats = build_lib.build(str(demo / "raw" / "train.jsonl"), str(demo / "raw"), str(tmp_path / "ar"),
+                          sample_lib.SampleConfig(min_tokens=4, max_tokens=64, max_length=512),
+                          SentencePieceTokenizer(str(demo / "spm.model")), log=lambda *_: None)
+  shard = str(tmp_path / "ar" / stats["shards"][0])
   (tmp_path / "empty.array_record").write_bytes(b"")
   (tmp_path / "garbage.array_record").write_bytes(b"not an array record" * 10_000)
   for bad in ("empty", "garbage"):
@@ -397,7 +402,7 @@ def test_a_corrupt_or_empty_shard_is_one_line_and_a_corrupt_record_a_named_skip(
   flipped = tmp_path / "flipped.array_record"
   flipped.write_bytes(bytes(data))
   src = pipe.RecordSource([str(flipped)])
-  bad = [i for i in range(len(src)) if isinstance(src[i], pipe._Unreadable)]
+  bad = [i for i in range(len(src)) if isinstance(src[i], pipe.Unreadable)]
   assert 0 < len(bad) < len(src) and src[bad[0]].where == f"flipped.array_record[{bad[0]}]"
   before = pipe.SKIPPED["corrupt_record"]
   proc = pipe._Process(None, None, pipe.PipelineConfig(seq_len=16, max_patches=16,

@@ -1,6 +1,6 @@
 """The README's Python blocks run as written: each ```python block is executed in a
-folder that holds what it names (tiny random models at path/to/..., a demo shard at
-demo/ar/...), and what it computes is checked."""
+folder that holds what it names (tiny random models at path/to/..., the demo corpus
+as penguin_vl/release in tfds_data/), and what it computes is checked."""
 import os
 import re
 
@@ -45,12 +45,9 @@ def test_the_use_block_runs(folder, monkeypatch):
 
 
 def test_the_pipeline_block_runs(tmp_path, monkeypatch):
-  from data_pipelines import build, demo_data, sample
-  from data_pipelines.tokenizer import Qwen3Tokenizer
-  demo_data.generate(str(tmp_path / "demo" / "raw"), 16, 0, seed=0)
-  build.build(str(tmp_path / "demo" / "raw" / "train.jsonl"), str(tmp_path / "demo" / "raw"),
-              str(tmp_path / "demo" / "ar"), sample.SampleConfig(), Qwen3Tokenizer.load(),
-              log=lambda *_: None)
+  from data_pipelines import demo_data, tfds_penguin
+  demo_data.generate(str(tmp_path / "demo"), 16, 4, seed=0)
+  tfds_penguin.prepare(str(tmp_path / "demo"), str(tmp_path / "tfds_data"), "release")
   monkeypatch.chdir(tmp_path)
   ns = {}
   exec(_block("pipeline.make_dataset"), ns)

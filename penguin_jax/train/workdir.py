@@ -6,7 +6,7 @@ metrics.jsonl, TensorBoard events and the run lock go through epath. Object stor
 exclusive create, so on them metrics.jsonl is rewritten whole at each log line, TensorBoard
 events are written locally and copied up after each flush, and the lock is checked, then
 written (two runs started in the same second are not told apart). What must be a local
-file (the demo corpus's ArrayRecord shards, a random teacher's safetensors) lives in
+file (the demo corpus's TFDS dataset, a random teacher's safetensors) lives in
 `data.demo_dir` / a local cache when WORKDIR is remote.
 """
 from __future__ import annotations

@@ -1,0 +1,200 @@
+"""The release's training data as a TensorFlow Datasets builder: `penguin_vl`.
+
+Build (offline; no TensorFlow needed):
+
+  tfds build data_pipelines/tfds_penguin.py --manual_dir=DATA --data_dir=~/tensorflow_datasets \\
+      [--config=release | --config='{"name": "mine", "max_length": 8192, "tokenizer": "DIR"}']
+
+DATA holds the release's JSONL files and the media their paths are relative to. Each
+`NAME.jsonl` in DATA is split NAME (`train.jsonl` -> "train", `val.jsonl` -> "val"), or
+the config's `splits` names them. Every sample is checked as `data_pipelines.build` checks
+it (the same `valid_records` loop: JSON, conversation, media decoding, image budget, TRA,
+tokenisation, length); a bad one is one line `skip ID: REASON (detail)`, counted and left
+out, and each split's counts are in the dataset's metadata (`metadata.json`: written,
+skipped, reasons, tokens). `strict` stops at the first one. The examples keep the JSONL
+order (the training pipeline shuffles with its own seed).
+
+Read: `tfds.data_source("penguin_vl/release", split="train", data_dir=...)`, which the
+Grain pipeline takes through `Split` (config: data.tfds_name, data.tfds_data_dir,
+data.split). An example holds exactly what training reads:
+
+    id              text    the JSONL `id` (else "line N")
+    conversations   [{from, value}] text
+    images          [encoded image file bytes]      a sample has images,
+    video           encoded video file bytes, b''   or one video, or neither (text)
+    num_tokens      int32   tokens of the formatted sample (visual tokens included)
+    num_patches     int32   14x14 patches of its images / video frames
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import build as build_lib, sample as sample_lib
+from data_pipelines.pipeline import Unreadable
+from data_pipelines.tokenizer import from_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PenguinConfig(tfds.core.BuilderConfig):
+  """What a build depends on: where the data is, and the sample settings of validation
+  (the lengths a sample is checked against). Defaults: the real stages' (configs/common)."""
+  splits: dict = dataclasses.field(default_factory=dict)  # split -> JSONL ({}: each NAME.jsonl)
+  data_folder: str = ""          # media root, relative to the manual dir ("" = the manual dir)
+  tokenizer: str = ""            # "" = offline Qwen3; Qwen3 tokenizer.json dir; SentencePiece .model
+  max_length: int = 16384        # tokens per sample (data.seq_len)
+  max_tokens: int = 10240        # visual tokens per sample's images / video
+  min_tokens: int = 16
+  image_merge_size: int = 1
+  video_merge_size: int = 2
+  fps: float = 1.0
+  max_frames: int = 180
+  multi_image: str = "release"
+  allow_outside: bool = False    # media paths may leave the data folder
+  strict: bool = False           # stop at the first bad sample
+
+  def sample_config(self) -> sample_lib.SampleConfig:
+    return sample_lib.SampleConfig(
+        image_merge_size=self.image_merge_size, video_merge_size=self.video_merge_size,
+        min_tokens=self.min_tokens, max_tokens=self.max_tokens, fps=self.fps,
+        max_frames=self.max_frames, max_length=self.max_length, multi_image=self.multi_image)
+
+
+class PenguinVl(tfds.core.GeneratorBasedBuilder):
+  """The release's JSONL + media folder -> validated examples in ArrayRecord files."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "The release's JSONL layout, validated as data_pipelines.build."}
+  BUILDER_CONFIGS = [PenguinConfig(name="release", description="the real stages' settings")]
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      "Put the release's JSONL files (each NAME.jsonl is split NAME) and their media "
+      "folder in the manual dir (--manual_dir).")
+
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")   # random access for Grain
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    T, blob = tfds.features.Text, lambda doc: tfds.features.Tensor(shape=(), dtype=np.object_, doc=doc)
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.split("\n\n")[0],
+        features=tfds.features.FeaturesDict({
+            "id": T(doc="the JSONL id"),
+            "conversations": tfds.features.Sequence({"from": T(), "value": T()}),
+            "images": tfds.features.Sequence(blob("an encoded image file")),
+            "video": blob("the encoded video file; b'' when the sample has none"),
+            "num_tokens": tfds.features.Scalar(np.int32, doc="tokens, visual ones included"),
+            "num_patches": tfds.features.Scalar(np.int32, doc="14x14 patches"),
+        }),
+        metadata=tfds.core.MetadataDict(),
+        disable_shuffling=True,            # the JSONL order; Grain shuffles with its seed
+        homepage="https://github.com/tencent-ailab/Penguin-VL")
+
+  def _split_generators(self, dl_manager):
+    c = self.builder_config
+    root = os.fspath(dl_manager.manual_dir)
+    splits = dict(c.splits) or {f[:-len(".jsonl")]: f for f in sorted(os.listdir(root))
+                                if f.endswith(".jsonl")}
+    if not splits:
+      raise FileNotFoundError(f"{root} holds no .jsonl file: put the release's JSONL files "
+                              "there (each NAME.jsonl is split NAME), or give the config's splits")
+    files = {s: os.path.join(root, f) for s, f in splits.items()}
+    missing = [f for f in files.values() if not os.path.isfile(f)]
+    if missing:
+      raise FileNotFoundError(f"{missing[0]}: no such JSONL file (config splits {splits})")
+    tokenizer = from_spec(c.tokenizer if not c.tokenizer or os.path.isabs(c.tokenizer)
+                          else os.path.join(root, c.tokenizer))
+    folder = os.path.join(root, c.data_folder)
+    return {s: self._generate_examples(f, folder, tokenizer, s) for s, f in files.items()}
+
+  def _generate_examples(self, path, data_folder, tokenizer, split):
+    c = self.builder_config
+    reasons, written, tokens = collections.Counter(), 0, 0
+    for n, rec in build_lib.valid_records(build_lib.read_jsonl(path), data_folder, tokenizer,
+                                          c.sample_config(), reasons, c.strict, log.warning,
+                                          c.allow_outside):
+      written += 1
+      tokens += rec["num_tokens"]
+      yield n, to_example(rec)
+    counts = {"written": written, "skipped": sum(reasons.values()), "reasons": dict(reasons),
+              "tokens": tokens}
+    self.info.metadata[split] = counts
+    log.info("split %s: %d written, %d skipped %s", split, written, counts["skipped"],
+                dict(reasons))
+
+
+def to_example(record: dict) -> dict:
+  """A validated record (`build.check_sample`) -> a `penguin_vl` example."""
+  return {"id": record["id"],
+          "conversations": [{"from": str(t["from"]), "value": t["value"]}
+                            for t in record["conversations"]],
+          "images": list(record["images"]), "video": record["video"] or b"",
+          "num_tokens": record["num_tokens"], "num_patches": record["num_patches"]}
+
+
+def to_record(example: dict) -> dict:
+  """A `penguin_vl` example as `tfds.data_source` returns it -> the pipeline's record
+  (the layout of `build.check_sample`)."""
+  txt = lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)
+  conv = example["conversations"]
+  return {"id": txt(example["id"]),
+          "conversations": [{"from": txt(f), "value": txt(v)}
+                            for f, v in zip(conv["from"], conv["value"])],
+          "images": [bytes(b) for b in example["images"]],
+          "video": bytes(example["video"]) or None,
+          "num_tokens": int(example["num_tokens"]), "num_patches": int(example["num_patches"])}
+
+
+def prepare(manual_dir: str, data_dir: str, config: PenguinConfig | str) -> PenguinVl:
+  """Build (once; a prepared dataset is reused) -> the builder. `config`: a PenguinConfig
+  or a built-in config's name ("release"). Progress bars only on a
+  terminal (the skip lines and a count every 1,000 samples are logged either way)."""
+  import sys
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+  builder = PenguinVl(config=config, data_dir=data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  return builder
+
+
+class Split:
+  """One split of a prepared `penguin_vl` dataset as the Grain pipeline's random-access
+  source (`tfds.data_source`), each example in the record layout; an example that cannot
+  be read (a corrupt chunk) is an `Unreadable` naming split and index, which the pipeline
+  counts and skips as "corrupt_record". `name`: "penguin_vl/CONFIG[:VERSION]"."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+      n = len(self.source)
+    except Exception as e:   # not prepared, no such split: tfds's message, first line
+      raise FileNotFoundError(
+          f"TFDS {name} split {split!r} in {data_dir or 'the default data_dir'}: "
+          f"{str(e).strip().splitlines()[0][:300]} (build it: tfds build "
+          "data_pipelines/tfds_penguin.py --manual_dir=DATA --data_dir=DIR)") from None
+    if n == 0:
+      raise FileNotFoundError(f"TFDS {name} split {split!r} holds no example")
+    self.where = f"{name}:{split}"
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i: int):
+    try:
+      example = self.source[i]
+    except Exception as e:
+      return Unreadable(f"{self.where}[{i}]",
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return to_record(example)
+
+  def __repr__(self):
+    return f"Split({self.where}, {len(self)} examples)"
