@@ -44,10 +44,7 @@ def main():
   demo_data.generate(tmp, args.train, 0, seed=0)
   tok = Qwen3Tokenizer.from_vocab_file()
   if args.format == "tfds":
-    config = tfds_penguin.PenguinConfig(name="bench", splits={"train": "train.jsonl"},
-                                        min_tokens=SAMPLE.min_tokens,
-                                        max_tokens=SAMPLE.max_tokens,
-                                        max_length=SAMPLE.max_length)
+    config = tfds_penguin.PenguinConfig.of("bench", SAMPLE, splits={"train": "train.jsonl"})
     builder = tfds_penguin.prepare(tmp, os.path.join(tmp, "tfds"), config)
     written = builder.info.metadata["train"]["written"]
     source = tfds_penguin.Split("penguin_vl/bench", "train", os.path.join(tmp, "tfds"))

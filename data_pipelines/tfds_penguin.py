@@ -60,6 +60,13 @@ class PenguinConfig(tfds.core.BuilderConfig):
   allow_outside: bool = False    # media paths may leave the data folder
   strict: bool = False           # stop at the first bad sample
 
+  @classmethod
+  def of(cls, name: str, scfg: sample_lib.SampleConfig, **kw) -> "PenguinConfig":
+    """The config that validates with a run's sample settings (`launch.train.sample_config`)."""
+    fields = ("max_length", "max_tokens", "min_tokens", "image_merge_size",
+              "video_merge_size", "fps", "max_frames", "multi_image")
+    return cls(name=name, **{f: getattr(scfg, f) for f in fields}, **kw)
+
   def sample_config(self) -> sample_lib.SampleConfig:
     return sample_lib.SampleConfig(
         image_merge_size=self.image_merge_size, video_merge_size=self.video_merge_size,

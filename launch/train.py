@@ -143,11 +143,8 @@ def _build_demo(cfg, workdir: str, scfg):
       texts = [t["value"] for l in f for t in json.loads(l)["conversations"]]
     SentencePieceTokenizer.train(texts * 4, spm + ".tmp", vocab_size=1024)
     os.replace(spm + ".tmp.model", spm + ".model")   # the corpus is complete
-  config = tfds_penguin.PenguinConfig(
-      name="demo", splits={s: f"{s}.jsonl" for s in DEMO_SPLITS}, tokenizer=spm + ".model",
-      max_length=scfg.max_length, max_tokens=scfg.max_tokens, min_tokens=scfg.min_tokens,
-      image_merge_size=scfg.image_merge_size, video_merge_size=scfg.video_merge_size,
-      fps=scfg.fps, max_frames=scfg.max_frames, multi_image=scfg.multi_image)
+  config = tfds_penguin.PenguinConfig.of("demo", scfg, tokenizer=spm + ".model",
+                                        splits={s: f"{s}.jsonl" for s in DEMO_SPLITS})
   tfds_penguin.prepare(raw, os.path.join(root, "tfds"), config)   # a no-op once built
 
 

@@ -56,15 +56,33 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def runs(tmp_path_factory):
-  """Two tiny stage-3 runs of 2 steps (test_export, test_generate, test_eval_cli):
-  unscanned on one device; scanned on a (fsdp 4, tensor 2) mesh of 8 devices. Each
-  exported in float32. -> {name: (workdir, export)}; the demo corpus is ROOT/demo."""
+def quick_demo(tmp_path_factory):
+  """`python -m launch.demo --quick` as a user runs it (test_demo.py); its stage-3 run is
+  also `runs["plain"]`. -> (W, the finished process)."""
+  import subprocess
+  import sys
+  from train_runs import ENV, REPO
+  w = tmp_path_factory.mktemp("quick_demo") / "demo"
+  r = subprocess.run([sys.executable, "-m", "launch.demo", f"--workdir={w}", "--quick"],
+                     cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  return w, r
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory, quick_demo):
+  """Two tiny stage-3 runs (test_export, test_generate, test_eval_cli), each exported in
+  float32: "plain", launch.demo --quick's stage 3 (unscanned, one device, 3 steps from its
+  stage 2), and "mesh", 2 steps scanned on a (fsdp 4, tensor 2) mesh of 8 devices on the
+  same demo corpus. -> {name: (workdir, export), "data": the demo corpus's folder (raw/,
+  spm.model)}."""
   from train_runs import export, short_run
   root = tmp_path_factory.mktemp("export")
-  short_run(root / "plain", root / "demo", "configs/stage3.py:tiny")
-  short_run(root / "mesh", root / "demo", "configs/stage3.py:tiny",
+  w, _ = quick_demo
+  data = w / "data"
+  short_run(root / "mesh", data, "configs/stage3.py:tiny",
             "--config.model.scan_layers=True", "--config.mesh.data=1", "--config.mesh.fsdp=4",
             "--config.mesh.tensor=2", devices=8)
-  return {name: (root / name, export(root / name, root / f"{name}_hf", "--dtype=float32"))
-          for name in ("plain", "mesh")}
+  out = {name: (wd, export(wd, root / f"{name}_hf", "--dtype=float32"))
+         for name, wd in (("plain", w / "stage3"), ("mesh", root / "mesh"))}
+  return {**out, "data": data}

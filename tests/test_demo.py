@@ -2,18 +2,12 @@
 teacher, stages 1a -> 1b -> 2 -> 3 chained, export, evaluation), as a user runs it."""
 import json
 import os
-import subprocess
-import sys
 
 from launch import demo
-from train_runs import ENV, REPO
 
 
-def test_demo_quick_chains_every_stage_and_reports(tmp_path, capsys):
-  w = tmp_path / "demo"
-  r = subprocess.run([sys.executable, "-m", "launch.demo", f"--workdir={w}", "--quick"],
-                     cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
+def test_demo_quick_chains_every_stage_and_reports(quick_demo, capsys):
+  w, _ = quick_demo         # conftest: the command a user runs, `launch.demo --quick`
   st = json.load(open(w / "results.json"))
   # stage 0 trained on the corpus's text alone; its LLM is an HF Qwen3 folder that stage
   # 1a's encoder and LLM start from (the release's code path), with the SigLIP teacher

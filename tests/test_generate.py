@@ -31,7 +31,7 @@ def _answers(loaded, samples, base, max_new_tokens=10, batch_size=4):
 
 def test_workdir_and_its_export_give_the_same_tokens(runs):
   workdir, exported = runs["plain"]
-  raw = workdir.parent / "demo" / "raw"
+  raw = runs["data"] / "raw"
   samples = prompts.read_jsonl(str(raw / "val.jsonl"))[:6]      # charts ... and a video
   assert any(s.get("video") for s in samples) and any(s.get("image") for s in samples)
   a = _answers(_perturbed(models.load(workdir=str(workdir))), samples, str(raw))
@@ -45,7 +45,7 @@ def test_workdir_and_its_export_give_the_same_tokens(runs):
 
 def test_cli_streams_an_answer_and_answers_a_file(runs, tmp_path, capsys):
   workdir, exported = runs["plain"]
-  raw = workdir.parent / "demo" / "raw"
+  raw = runs["data"] / "raw"
   image = next(raw.glob("media/*chart*.png"))
   assert generate.main([f"--workdir={workdir}", f"--image={image}", "--max_new_tokens=5",
                         "--prompt=What is the value of the red bar?"]) == 0
@@ -70,7 +70,7 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
   workdir, _ = runs["plain"]
   garbage = tmp_path / "broken.png"
   garbage.write_bytes(b"not an image")
-  image = next((workdir.parent / "demo" / "raw").glob("media/*chart*.png"))
+  image = next((runs["data"] / "raw").glob("media/*chart*.png"))
   cases = [
       ([f"--image={tmp_path / 'missing.png'}", "--prompt=hi"], "missing_file"),
       ([f"--image={garbage}", "--prompt=hi"], "corrupt_image"),
@@ -102,7 +102,7 @@ def test_eval_cli_on_a_tiny_run(runs, tmp_path, capsys):
   from launch import eval as eval_cli
   from penguin_jax import evaluation
   workdir, _ = runs["plain"]
-  raw = workdir.parent / "demo" / "raw"
+  raw = runs["data"] / "raw"
   lines = [l for l in open(raw / "val.jsonl") if l.strip()][:10]
   bad = json.loads(lines[0])
   bad.update(id="bad-one", image=["media/nowhere.png"])

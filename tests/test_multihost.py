@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -27,24 +28,36 @@ def _args(workdir, demo, steps, *extra):
           "--config.data.global_batch=8", "--config.data.num_shards=2", *extra]
 
 
+def _start(workdir, demo, steps, *extra):
+  """A run whose output goes to a file (no pipe that a silent reader could let fill up
+  while its partner process waits in a collective)."""
+  log = tempfile.TemporaryFile("w+")
+  p = subprocess.Popen(_args(workdir, demo, steps, *extra), cwd=REPO, env=ENV, stdout=log,
+                       stderr=subprocess.STDOUT, text=True)
+  p.log = log
+  return p
+
+
 def _two_processes(workdir, demo, steps):
   port = _free_port()
-  procs = [subprocess.Popen(
-      _args(workdir, demo, steps, f"--coordinator_address=127.0.0.1:{port}",
-            "--num_processes=2", f"--process_id={i}", "--local_device_count=4"),
-      cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, o in zip(procs, outs):
-    assert p.returncode == 0, o[-3000:]
-  return outs
+  return [_start(workdir, demo, steps, f"--coordinator_address=127.0.0.1:{port}",
+                 "--num_processes=2", f"--process_id={i}", "--local_device_count=4")
+          for i in range(2)]
 
 
 def _one_process(workdir, demo, steps, *extra):
-  r = subprocess.run(_args(workdir, demo, steps, "--local_device_count=8", *extra), cwd=REPO,
-                     env=ENV, capture_output=True, text=True, timeout=600)
-  assert r.returncode == 0, r.stderr[-3000:]
-  return r.stderr
+  return [_start(workdir, demo, steps, "--local_device_count=8", *extra)]
+
+
+def _wait(procs):
+  """The runs' outputs; each must succeed."""
+  for p in procs:
+    p.wait(timeout=600)
+    p.log.seek(0)
+  outs = [p.log.read() for p in procs]
+  for p, o in zip(procs, outs):
+    assert p.returncode == 0, o[-3000:]
+  return outs
 
 
 def _losses(workdir):
@@ -56,20 +69,26 @@ def _losses(workdir):
 
 
 def test_two_processes_equal_one_and_resume(tmp_path):
+  """The one-process and two-process runs go side by side (the demo corpus built first,
+  here, so that no two of them build it)."""
+  from configs import stage1
+  from launch import train
   demo = tmp_path / "demo"
-  _one_process(tmp_path / "one", demo, 3)            # also builds the demo corpus once
-  _two_processes(tmp_path / "two", demo, 3)
-  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-  assert sorted(one) == sorted(two) == [1, 2, 3]
-  for s in one:
-    assert two[s] == pytest.approx(one[s], abs=1e-5), s
+  cfg = stage1.get_config("tiny")
+  cfg.data.demo_dir = str(demo)
+  train._build_demo(cfg, str(tmp_path), train.sample_config(cfg))
+  one, *two = _wait(_one_process(tmp_path / "one", demo, 3) +
+                    _two_processes(tmp_path / "two", demo, 3))
+  a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  for s in a:
+    assert b[s] == pytest.approx(a[s], abs=1e-5), s
   # resume: the two processes from their own checkpoint; the single process onto a
   # different mesh shape
-  outs = _two_processes(tmp_path / "two", demo, 5)
-  assert all("resumed from step 3" in o for o in outs)
-  log = _one_process(tmp_path / "one", demo, 5, "--config.mesh.data=1",
-                     "--config.mesh.fsdp=4", "--config.mesh.tensor=2")
-  assert "resumed from step 3" in log
-  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  one, *two = _wait(_one_process(tmp_path / "one", demo, 5, "--config.mesh.data=1",
+                                 "--config.mesh.fsdp=4", "--config.mesh.tensor=2") +
+                    _two_processes(tmp_path / "two", demo, 5))
+  assert all("resumed from step 3" in o for o in [one, *two])
+  a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   for s in (4, 5):
-    assert two[s] == pytest.approx(one[s], abs=1e-4), s
+    assert b[s] == pytest.approx(a[s], abs=1e-4), s

@@ -31,9 +31,8 @@ def demo(tmp_path_factory):
   tok = SentencePieceTokenizer.train(texts * 4, str(root / "spm"), vocab_size=1024)
   stats = build_lib.build(str(raw / "train.jsonl"), str(raw), str(root / "ar"), SCFG, tok,
                           log=lambda *_: None)
-  builder = tfds_penguin.prepare(str(raw), str(root / "tfds"), tfds_penguin.PenguinConfig(
-      name="demo", tokenizer=str(root / "spm.model"), max_length=512, max_tokens=64,
-      min_tokens=4))
+  builder = tfds_penguin.prepare(str(raw), str(root / "tfds"), tfds_penguin.PenguinConfig.of(
+      "demo", SCFG, tokenizer=str(root / "spm.model")))
   return root, tok, [str(root / "ar" / s) for s in stats["shards"]], builder
 
 
