@@ -24,6 +24,21 @@ from penguin_jax.train import flops as flops_lib, workdir as workdir_lib
 log = logging.getLogger("train")
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter, imported without the PyTorch it tries to import at start
+  when PyTorch is installed (2 s per training process, and unused: we log floats)."""
+  import sys
+  if "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None               # `import torch` raises ImportError: skipped
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]                # a later `import torch` works as ever
+  return SummaryWriter
+
+
 class MetricsWriter:
 
   def __init__(self, workdir: str, program, *, process_index: int, process_count: int,
@@ -35,7 +50,7 @@ class MetricsWriter:
     self.peak = flops_lib.peak_flops_per_device(device_kind=device_kind) * device_count
     self.file = self.tb = None
     if process_index == 0:                  # local or remote WORKDIR (workdir.py)
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _summary_writer()
       root = epath.Path(workdir)
       self.file = workdir_lib.AppendFile(root / "metrics.jsonl")
       self.tb_dirs = workdir_lib.local_dir(root / "tensorboard")
