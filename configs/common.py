@@ -36,6 +36,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.variant = variant
   c.stage = ""
   c.seed = 0
+  # JAX's persistent compilation cache (as MaxText's jax_cache_dir): a restarted or resumed
+  # run, or the next stage with the same shapes, loads its compiled step instead of
+  # compiling it again. Local or gs://; "" = off.
+  c.jax_cache_dir = "~/jax_cache"
   c.total_steps = 60 if tiny else 100_000
   c.log_every = 5 if tiny else 50
   c.checkpoint_every = 20 if tiny else 1000
@@ -51,9 +55,9 @@ def base(variant: str) -> mlc.ConfigDict:
 
   # Held-out loss during training: every `every` steps (0 = never), over the first
   # `batches` global batches of the split `split` of data.tfds_name (the demo corpus's:
-  # "val"), or of `files` (plain ArrayRecord shards) when given, the same batches each time. Into metrics.jsonl and
-  # TensorBoard as eval/loss, eval/lm_loss, ...; it never touches the training state or
-  # data order (resume stays exact).
+  # "val"), or of `files` (plain ArrayRecord shards) when given, the same batches each
+  # time. Into metrics.jsonl and TensorBoard as eval/loss, eval/lm_loss, ...; it never
+  # touches the training state or data order (resume stays exact).
   c.eval = mlc.ConfigDict({"every": 0, "split": "val", "files": (), "batches": 2})
 
   c.model = model_sizes(variant)
@@ -89,7 +93,7 @@ def base(variant: str) -> mlc.ConfigDict:
   # the demo corpus is built as one ("penguin_vl/demo"). Else plain ArrayRecord shards
   # (`python -m data_pipelines.build --format=array_record`) in train_files.
   c.data.tfds_name = ""            # e.g. "penguin_vl/release"
-  c.data.tfds_data_dir = ""        # its --data_dir; "" = TFDS's default (~/tensorflow_datasets)
+  c.data.tfds_data_dir = ""        # its --data_dir; "" = TFDS's default, ~/tensorflow_datasets
   c.data.split = "train"           # the training split (tfds_name, demo)
   c.data.train_files = ()          # plain ArrayRecord shards, when tfds_name is empty
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)

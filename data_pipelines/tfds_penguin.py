@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 class PenguinConfig(tfds.core.BuilderConfig):
   """What a build depends on: where the data is, and the sample settings of validation
   (the lengths a sample is checked against). Defaults: the real stages' (configs/common)."""
-  splits: dict = dataclasses.field(default_factory=dict)  # split -> JSONL ({}: each NAME.jsonl)
+  splits: dict = dataclasses.field(default_factory=dict)  # split -> JSONL; {}: each NAME.jsonl
   data_folder: str = ""          # media root, relative to the manual dir ("" = the manual dir)
   tokenizer: str = ""            # "" = offline Qwen3; Qwen3 tokenizer.json dir; SentencePiece .model
   max_length: int = 16384        # tokens per sample (data.seq_len)
@@ -89,7 +89,8 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    T, blob = tfds.features.Text, lambda doc: tfds.features.Tensor(shape=(), dtype=np.object_, doc=doc)
+    T = tfds.features.Text
+    blob = lambda doc: tfds.features.Tensor(shape=(), dtype=np.object_, doc=doc)
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],

@@ -39,6 +39,8 @@ def _setup_jax():
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={FLAGS.local_device_count}")
   import jax
+  if FLAGS.config.jax_cache_dir:   # compiled programs kept: a restart loads, not compiles
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.jax_cache_dir))
   if FLAGS.coordinator_address:
     if jax.config.jax_platforms in (None, "", "cpu") and FLAGS.local_device_count:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
