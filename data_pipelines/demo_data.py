@@ -75,10 +75,8 @@ def chart(rs, path, target=None):
     d.text((x0, H - 26), str(v), fill=(0, 0, 0), font=_font(16))
   d.line([15, H - 30, W - 15, H - 30], fill=(0, 0, 0), width=2)
   im.save(path)
-  if target is None and rs.rand() < 0.5:
-    k = rs.randint(len(names))
-    return f"What is the value of the {names[k]} bar?", f"The {names[k]} bar is {values[k]}."
-  if target is None and (values == values.max()).sum() > 1:   # a tie: ask for a value
+  tie = (values == values.max()).sum() > 1               # no one tallest bar: ask a value
+  if target is None and (rs.rand() < 0.5 or tie):
     k = rs.randint(len(names))
     return f"What is the value of the {names[k]} bar?", f"The {names[k]} bar is {values[k]}."
   k = int(np.argmax(values))

@@ -224,13 +224,17 @@ class Demo:
     return res
 
   # ------------------------------------------------------------------------ recipes
+  def foundation(self) -> tuple[str, str]:
+    """What the recipe and the ablation both start from: the corpus, the stage-0 LLM (an
+    HF Qwen3 folder) and the SigLIP teacher; -> (LLM folder, teacher folder)."""
+    self.prepare_data()
+    self.train("stage0", "stage0.py", self.b.steps["stage0"])
+    return self.export_llm(), self.teacher()
+
   def recipe(self):
     t0 = time.time()
-    self.prepare_data()
+    llm, teacher = self.foundation()
     s = self.b.steps
-    self.train("stage0", "stage0.py", s["stage0"])
-    llm = self.export_llm()
-    teacher = self.teacher()
     prev = None
     for key, config in STAGES[1:]:
       init = ([f"--config.init.init_from={prev}"] if prev else
@@ -246,10 +250,7 @@ class Demo:
     say(f"== done in {time.time() - t0:.0f} s: {self.w}/results.md, {self.w}/loss_curves.png")
 
   def ablation(self, seeds: int):
-    self.prepare_data()
-    s = self.b.steps
-    self.train("stage0", "stage0.py", s["stage0"])
-    llm, teacher = self.export_llm(), self.teacher()
+    llm, teacher = self.foundation()
     self.evaluate("stage0", os.path.join(self.w, "stage0"), text_only=True)
     s = self.b.ablation_steps
     for seed in range(seeds):
@@ -314,10 +315,16 @@ def write_report(w: str, st: dict) -> str:
   return text
 
 
-def _plot_curves(w: str, st: dict):
+def _pyplot():
+  """matplotlib's pyplot without a display (files only)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  return plt
+
+
+def _plot_curves(w: str, st: dict):
+  plt = _pyplot()
   fig, ax = plt.subplots(figsize=(10, 4.5))
   offset = 0
   for key, _ in STAGES:
@@ -366,9 +373,7 @@ def write_ablation(w: str, st: dict, seeds: int) -> str:
   with open(os.path.join(w, "ablation.json"), "w") as f:
     json.dump(summary, f, indent=1)
   print(text, flush=True)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
   for ax, key, title in zip(axes, ("loss", "exact_match"),
                             ("held-out LM loss", "answer exact match")):

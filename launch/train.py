@@ -115,8 +115,7 @@ def prepare_data(cfg, workdir: str):
     if jax.process_index() == 0:
       _build_demo(cfg, workdir, scfg)
     multihost_utils.sync_global_devices("demo data")
-    return data_split(cfg, workdir, d.split), run_tokenizer(cfg, workdir), scfg
-  if d.tfds_name:
+  if d.demo or d.tfds_name:
     return data_split(cfg, workdir, d.split), run_tokenizer(cfg, workdir), scfg
   if not d.train_files:
     raise ValueError("no training data: build the release's JSONL as a TFDS dataset (tfds build "

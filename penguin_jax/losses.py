@@ -393,9 +393,12 @@ def relation_loss(student, teacher, token_segment_ids, scope: str = "image",
                  holds; None = all b rows).
   Both compute [b / local_rows, N, N] Grams with N = local_rows * V (image: local_rows =
   1, pairs masked), float32: 4 N^2 bytes per Gram, and a few such arrays live at once.
+        "none": no relation term: 0, no Gram computed (`launch.demo --ablation`).
   """
+  if scope == "none":
+    return jnp.zeros((), jnp.float32)
   if scope not in ("image", "batch"):
-    raise ValueError(f"unknown relation loss scope {scope!r}: use 'image' or 'batch'")
+    raise ValueError(f"unknown relation loss scope {scope!r}: use 'image', 'batch' or 'none'")
   s, t, seg = _local_batches(student, teacher, token_segment_ids,
                              local_rows if scope == "batch" else 1)
   s = _l2_normalize(s.astype(jnp.float32))          # [groups, N, e]
@@ -446,16 +449,13 @@ def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="
                         local_rows: Optional[int] = None):
   """amplitude + direction + relation (DESIGN 1.4), each returned too.
   student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e].
-  `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation).
-  relation_scope "none": the relation term is 0 and not computed (`launch.demo --ablation`
-  compares the warm-up with and without it)."""
+  `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation)."""
   valid = token_segment_ids != 0
   n = normalizers or {}
   parts = {
       "amplitude": amplitude_loss(student, teacher, valid, beta, n.get("tokens")),
       "direction": direction_loss(student, teacher, valid, denominator=n.get("tokens")),
-      "relation": (jnp.zeros((), jnp.float32) if relation_scope == "none" else
-                   relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
-                                 n.get("pairs"), local_rows)),
+      "relation": relation_loss(student, teacher, token_segment_ids, relation_scope, beta,
+                                n.get("pairs"), local_rows),
   }
   return parts["amplitude"] + parts["direction"] + parts["relation"], parts
