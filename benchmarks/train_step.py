@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from penguin_jax import hf, patches as P
-from penguin_jax.configs import EncoderConfig, Qwen3Config, VLMConfig
+from penguin_jax import hf, patches as P, registry
+from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
 
@@ -66,7 +66,7 @@ def main():
   args = ap.parse_args()
   cfg = workload_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adamw(1e-4, weight_decay=0.0)
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
   step = jax.jit(make_train_step(model, opt, max_label_tokens=args.max_label_tokens or None),

@@ -143,7 +143,7 @@ def _overrides_from_argv(argv) -> dict:
 
 
 def _one(argv) -> int:
-  from penguin_jax.train import aot, hardware
+  from penguin_jax.train import aot_analysis as aot, hardware
   if FLAGS.config is None or FLAGS.topology is None:
     raise app.UsageError("give --config=configs/STAGE.py:VARIANT and --topology=... (or --sweep)")
   sl = hardware.parse_slice(FLAGS.topology)
@@ -250,7 +250,7 @@ def _status(rep) -> str:
 
 
 def _sweep() -> int:
-  from penguin_jax.train import aot, hardware
+  from penguin_jax.train import aot_analysis as aot, hardware
   os.makedirs(FLAGS.out, exist_ok=True)
   cache_path = FLAGS.cache or os.path.join(FLAGS.out, "cache.jsonl")
   cache = _load_cache(cache_path)
@@ -277,7 +277,7 @@ def _sweep() -> int:
 
 def _search_batch(stage, variant, topo, ov, cache, cache_path, vers, label, i, n):
   """The largest rows_per_chip (1, 2, 4, ...) that fits and divides the global batch."""
-  from penguin_jax.train import aot, hardware
+  from penguin_jax.train import aot_analysis as aot, hardware
   cfg = aot.point_config(stage, variant, ov)
   chips = hardware.parse_slice(topo).num_devices
   dp = chips // max(1, cfg.mesh.tensor if cfg.mesh.tensor > 0 else 1)

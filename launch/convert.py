@@ -81,15 +81,15 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.ERROR)
 
-  from penguin_jax import checkpoints, hf  # after arg parsing: --help stays fast
+  from penguin_jax import orbax_params, hf  # after arg parsing: --help stays fast, registry
   t0 = time.time()
   try:
     if args.cmd == "hf-to-orbax":
       model, params = hf.from_pretrained(args.hf_dir, dtype=_dtype(args.dtype),
                                          scan_layers=args.scan_layers)
-      checkpoints.save_params(args.out, model, params)
+      orbax_params.save_params(args.out, model, params)
     elif args.cmd == "orbax-to-hf":
-      model, params = checkpoints.load_params(args.ckpt)
+      model, params = orbax_params.load_params(args.ckpt)
       hf.save_pretrained(model, params, args.out, dtype=_dtype(args.dtype),
                          max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
     elif args.cmd == "workdir-to-hf":
@@ -131,7 +131,7 @@ def export_run(args):
     run_teacher = os.path.abspath(run_teacher) if run_teacher not in ("", "random") else ""
     vcfg = dataclasses.replace(vcfg, teacher_name=args.teacher or run_teacher or vcfg.teacher_name)
   d = cfg.data
-  model = hf.build_model(vcfg)
+  model = registry.build_model(vcfg)
   hf.save_pretrained(
       model, params, args.out, dtype=dtype, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3),
       encoder_ref=args.encoder_ref,
@@ -154,7 +154,7 @@ def set_encoder(hf_dir: str, encoder_ref=None) -> int:
   """Rewrite `mm_vision_encoder` / `vision_encoder` of an exported VLM's config.json."""
   import json
   import os
-  from penguin_jax.configs import ENCODER_DIRNAME
+  from penguin_jax.model_config import ENCODER_DIRNAME
   f = os.path.join(hf_dir, "config.json")
   ref = encoder_ref or os.path.abspath(os.path.join(hf_dir, ENCODER_DIRNAME))
   if not os.path.isfile(f) or (encoder_ref is None and not os.path.isdir(ref)):

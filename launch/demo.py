@@ -154,9 +154,9 @@ class Demo:
     out = os.path.join(self.w, "stage0", "qwen3")
     if not os.path.isfile(os.path.join(out, "config.json")):
       from launch import models
-      from penguin_jax import hf
+      from penguin_jax import hf, registry
       run = models.from_workdir(os.path.join(self.w, "stage0"))
-      hf.save_pretrained(hf.build_model(run.model.cfg.llm), run.params["llm"], out)
+      hf.save_pretrained(registry.build_model(run.model.cfg.llm), run.params["llm"], out)
     return out
 
   def teacher(self) -> str:

@@ -63,7 +63,7 @@ def pretrain(data_root: str, out: str, teacher_sizes: dict, scfg, *, steps: int 
   from flax import linen as nn
   from data_pipelines.tokenizer import SentencePieceTokenizer
   from penguin_jax import hf
-  from penguin_jax.configs import TeacherConfig
+  from penguin_jax.model_config import TeacherConfig
   from penguin_jax.teacher import ViTTeacher
   tok = SentencePieceTokenizer(os.path.join(data_root, "spm.model"))
   raw, P = os.path.join(data_root, "raw"), scfg.max_tokens

@@ -55,7 +55,7 @@ class Generator:
     devices."""
     import jax
     from launch.models import shard
-    from penguin_jax import hf
+    from penguin_jax import hf, registry
     from penguin_jax.sharding import make_mesh
     n = fsdp * tensor
     if mesh is None and n > len(jax.local_devices()):
@@ -64,7 +64,7 @@ class Generator:
     self.mesh = mesh or make_mesh(1, fsdp, tensor, devices=jax.local_devices()[:n])
     self.loaded, self.max_new_tokens = loaded, max_new_tokens
     self.params = params if params is not None else shard(loaded, self.mesh)
-    self.llm = hf.build_model(loaded.model.cfg.llm)
+    self.llm = registry.build_model(loaded.model.cfg.llm)
     tok = loaded.tokenizer
     self.stop_ids = sorted({tok.eos_id, tok.pad_id})
     self._compiled, self.skipped = {}, 0
@@ -87,7 +87,7 @@ class Generator:
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec
-    from penguin_jax import generate as gen
+    from penguin_jax import decoding as gen
     from penguin_jax.vlm import PenguinVL
     rep = NamedSharding(self.mesh, PartitionSpec())
     x = jax.device_put(batch, rep)

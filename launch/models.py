@@ -33,7 +33,7 @@ def from_workdir(workdir: str, step: Optional[int] = None, dtype=None,
   (inference does not use it)."""
   from ml_collections import ConfigDict
   from launch.train import run_tokenizer, sample_config
-  from penguin_jax import hf
+  from penguin_jax import hf, registry
   from penguin_jax.train import checkpoint as ckpt
   from penguin_jax.train.program import model_config
   step, run, params = ckpt.read_run(workdir, step, dtype=dtype)
@@ -48,7 +48,7 @@ def from_workdir(workdir: str, step: Optional[int] = None, dtype=None,
     params = {k: v for k, v in params.items() if k != "vision_distill_layer"}
     vcfg = dataclasses.replace(vcfg, teacher_hidden_size=None)
   scfg = dataclasses.replace(sample_config(cfg), max_length=None)
-  return Loaded(hf.build_model(vcfg), params, tok, scfg, f"{root} step {step}", cfg, step,
+  return Loaded(registry.build_model(vcfg), params, tok, scfg, f"{root} step {step}", cfg, step,
                 root)
 
 
@@ -92,6 +92,6 @@ def shard(loaded: Loaded, mesh, rules=None) -> dict:
   weights, as in training)."""
   import jax
   from penguin_jax import hf, sharding
-  boxed = hf.abstract_params(loaded.model, boxed=True)
+  boxed = registry.abstract_params(loaded.model, boxed=True)
   shardings = sharding.params_shardings(boxed, mesh, rules or sharding.LOGICAL_RULES)
   return jax.device_put(loaded.params, shardings)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from penguin_jax.configs import EncoderConfig
+from penguin_jax.model_config import EncoderConfig
 from penguin_jax.layers import LayerStack, Linear, RMSNorm, rope_2d
 
 

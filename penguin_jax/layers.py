@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
-from penguin_jax.configs import TransformerConfig
+from penguin_jax.model_config import TransformerConfig
 
 Dtype = jnp.dtype
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite: fully-masked (padding) rows stay finite

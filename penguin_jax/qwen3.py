@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from penguin_jax.configs import Qwen3Config
+from penguin_jax.model_config import Qwen3Config
 from penguin_jax.layers import LayerStack, Linear, RMSNorm, _p, default_kernel_init, rope_1d
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from penguin_jax.configs import TeacherConfig  # noqa: F401  (re-exported)
+from penguin_jax.model_config import TeacherConfig  # noqa: F401  (re-exported)
 from penguin_jax.encoder import merge
 from penguin_jax.layers import Linear, apply_rope, attention
 

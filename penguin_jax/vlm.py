@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from penguin_jax.configs import VLMConfig
+from penguin_jax.model_config import VLMConfig
 from penguin_jax.encoder import PenguinEncoder, merge
 from penguin_jax.projector import DistillHead, build_projector
 from penguin_jax.qwen3 import Qwen3ForCausalLM

@@ -39,7 +39,7 @@ def test_v5e4_compile_fits_above_the_analytic_lower_bound(tmp_path):
   """libtpu compiles the tiny stage-3 step for v5e-4 with the real splash kernel; the
   compiler's peak is at least what the state alone must take per chip."""
   from configs import stage3
-  from penguin_jax import hf
+  from penguin_jax import registry
   from penguin_jax.train import program
   out = tmp_path / "r.json"
   r = _aot("--config=configs/stage3.py:tiny", "--topology=v5e-4", f"--json={out}")
@@ -48,7 +48,7 @@ def test_v5e4_compile_fits_above_the_analytic_lower_bound(tmp_path):
   assert rep["fits"] and rep["device_kind"] == "TPU v5 lite" and rep["chips"] == 4
   vcfg, _ = program.model_config(stage3.get_config("tiny"))
   from penguin_jax.vlm import PenguinVL
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(hf.abstract_params(PenguinVL(vcfg))))
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(registry.abstract_params(PenguinVL(vcfg))))
   lower_bound = n * 4 * 3 / 4                    # f32 params + Adam mu, nu, over 4 chips
   m = rep["memory"]
   assert m["peak"] >= lower_bound and m["params"] + m["opt_state"] >= lower_bound
@@ -79,7 +79,7 @@ def test_train_and_aot_lower_the_same_program():
   """What launch.train jits is what launch.aot compiles (cpu:8, same lowered text)."""
   from configs import stage1
   from launch import train
-  from penguin_jax.train import aot, hardware
+  from penguin_jax.train import aot_analysis as aot, hardware
   cfg = stage1.get_config("tiny")
   cfg.data.global_batch = 8
   a = train.build_program(cfg).lower().as_text()

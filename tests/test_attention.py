@@ -146,8 +146,8 @@ def test_block_skipping_splash_equals_full_row_attention_on_packed_frames(causal
 def test_encoder_with_block_skipping_equals_full_row_encoder():
   """The Penguin-Encoder on a packed row of three images: splash (blocks between images
   skipped) and the xla backend (every pair of the row) give the same features."""
-  from penguin_jax import hf, patches as P
-  from penguin_jax.configs import EncoderConfig
+  from penguin_jax import hf, patches as P, registry
+  from penguin_jax.model_config import EncoderConfig
   from penguin_jax.encoder import PenguinEncoder
   cfg = EncoderConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=16)
@@ -155,7 +155,7 @@ def test_encoder_with_block_skipping_equals_full_row_encoder():
   seg = jnp.asarray(lay["patch_segment_ids"][None])
   pos = jnp.asarray(lay["patch_positions"][None])
   pix = jnp.asarray(np.random.RandomState(0).randn(1, 512, cfg.patch_dim).astype(np.float32))
-  params = hf.init_params(PenguinEncoder(cfg), jax.random.PRNGKey(0))
+  params = registry.init_params(PenguinEncoder(cfg), jax.random.PRNGKey(0))
   out = {impl: PenguinEncoder(dataclasses.replace(cfg, attention=impl, splash_block_size=128))
          .apply({"params": params}, pix, seg, pos) for impl in ("splash", "xla")}
   valid = np.asarray(seg[0]) > 0

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import penguin_jax
-from penguin_jax import checkpoints
+from penguin_jax import orbax_params
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,8 +36,8 @@ def test_cli_hf_orbax_hf_roundtrip_bit_exact(qwen3_untied, tmp_path):
 def test_orbax_checkpoint_restores_other_layout(qwen3_tied, tmp_path):
   path, _ = qwen3_tied
   model, params = penguin_jax.from_pretrained(str(path), scan_layers=True)
-  checkpoints.save_params(str(tmp_path), model, params)
-  m2, p2 = checkpoints.load_params(str(tmp_path), scan_layers=False)
+  orbax_params.save_params(str(tmp_path), model, params)
+  m2, p2 = orbax_params.load_params(str(tmp_path), scan_layers=False)
   assert not m2.cfg.scan_layers and "layers_1" in p2["layers"]
   np.testing.assert_array_equal(np.asarray(p2["layers"]["layers_1"]["mlp"]["up_proj"]["kernel"]),
                                 np.asarray(params["layers"]["layers"]["mlp"]["up_proj"]["kernel"][1]))

@@ -10,7 +10,7 @@ import optax
 
 from data_pipelines import build as B, demo_data, pipeline as P, sample as S
 from data_pipelines.tokenizer import SentencePieceTokenizer
-from penguin_jax import hf
+from penguin_jax import registry
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
 from test_vlm import tiny_vlm_config
@@ -34,7 +34,7 @@ def test_pipeline_batches_train_the_vlm(tmp_path):
   vcfg = dataclasses.replace(vcfg, image_token_index=sp.image_token_id,
                              llm=dataclasses.replace(vcfg.llm, vocab_size=sp.vocab_size))
   model = PenguinVL(vcfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adam(3e-3)
   step = jax.jit(make_train_step(model, opt, max_label_tokens=128, chunk_size=64))
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import penguin_jax
-from penguin_jax import hf, patches as P
+from penguin_jax import hf, patches as P, registry, hf_keys
 from penguin_jax.train import checkpoint as ckpt
 from train_runs import export as _export
 
@@ -62,7 +62,7 @@ def _run_logits(workdir, batch_fn):
                          image_token_id=tok.image_token_id)
   vcfg = vcfg.replace_runtime(attention="xla", dtype=jnp.float32)
   assert vcfg.llm.scan_layers == cfg.model.scan_layers
-  model = hf.build_model(vcfg)
+  model = registry.build_model(vcfg)
   batch = batch_fn(tok.image_token_id, vcfg.llm.vocab_size)
   return np.asarray(model.apply({"params": params}, **batch)), batch
 
@@ -118,8 +118,8 @@ def test_exported_config_meets_design_1_5_and_survives_a_move(runs, tmp_path, mo
   assert not any("distill" in k for k in keys)
   with safe_open(os.path.join(name, "model.safetensors"), "np") as f:
     enc_keys = set(f.keys())
-  assert enc_keys == {k[len(hf.VLM_ENCODER_PREFIX):] for k in keys
-                      if k.startswith(hf.VLM_ENCODER_PREFIX)}
+  assert enc_keys == {k[len(hf_keys.VLM_ENCODER_PREFIX):] for k in keys
+                      if k.startswith(hf_keys.VLM_ENCODER_PREFIX)}
   run = d["penguin_jax_run"]
   last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert run["stage"] == "stage3" and run["step"] == last
@@ -177,7 +177,7 @@ def test_exported_tokenizer_loads_in_transformers_with_the_same_ids(runs, tmp_pa
 
 
 def _tiny_vlm(teacher=None):
-  from penguin_jax.configs import EncoderConfig, Qwen3Config, VLMConfig
+  from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
   from penguin_jax.vlm import PenguinVL
   import jax
   cfg = VLMConfig(llm=Qwen3Config(vocab_size=320, hidden_size=48, intermediate_size=96,
@@ -186,7 +186,7 @@ def _tiny_vlm(teacher=None):
                                         num_heads=4, num_kv_heads=2, head_dim=16),
                   image_token_index=300, teacher_hidden_size=teacher)
   model = PenguinVL(cfg)
-  return model, hf.init_params(model, jax.random.PRNGKey(1))
+  return model, registry.init_params(model, jax.random.PRNGKey(1))
 
 
 def _as_released(path, hf_home):
@@ -213,13 +213,15 @@ def test_released_layout_loads_from_the_hf_cache(tmp_path, monkeypatch, caplog):
   elsewhere = tmp_path / "cwd"
   elsewhere.mkdir()
   monkeypatch.chdir(elsewhere)
-  monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+  # huggingface_hub reads HF_HOME / HF_HUB_CACHE when it is imported: set what it derived
+  from huggingface_hub import constants
   # not in the cache: the error names the places looked at
-  monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))
-  with pytest.raises(FileNotFoundError, match="looked for config.json in .*models--tencent--Penguin-Encoder"):
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_home" / "hub"))
+  with pytest.raises(FileNotFoundError, match="looked for config.json in .*Hugging Face cache "
+                     ".*empty_home.* for tencent/Penguin-Encoder"):
     penguin_jax.from_pretrained(str(src))
-  # in the cache under HF_HOME: loads, distill head width from the tensors
-  monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+  # in the cache: loads, distill head width from the tensors
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
   loaded_model, loaded = penguin_jax.from_pretrained(str(src))
   assert loaded_model.cfg.teacher_hidden_size == 32
   assert loaded_model.cfg.teacher_name == d["vision_encoder_teacher"]
@@ -230,7 +232,7 @@ def test_released_layout_loads_from_the_hf_cache(tmp_path, monkeypatch, caplog):
       a, b = a[k], b[k]
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # an explicit folder wins
-  monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_home"))
+  monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_home" / "hub"))
   snap = tmp_path / "hf_home" / "hub" / "models--tencent--Penguin-Encoder" / "snapshots" / "0123abcd"
   m2, _ = penguin_jax.from_pretrained(str(src), vision_encoder_dir=str(snap))
   assert m2.cfg.encoder.hidden_size == 64

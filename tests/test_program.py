@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from configs import stage1, stage3
-from penguin_jax import hf
+from penguin_jax import hf, registry
 from penguin_jax.sharding import make_mesh
 from penguin_jax.teacher import TeacherConfig, ViTTeacher, teacher_targets
 from penguin_jax.train import program as program_lib
@@ -53,7 +53,7 @@ def test_gradient_accumulation_equals_one_big_step(scope):
   every micro-batch divides by the counts of the whole batch."""
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   batch = _batch()
   labels = np.asarray(batch["input_ids"]).copy()
   labels[:, :20] = -100
@@ -77,7 +77,7 @@ def test_gradient_accumulation_equals_one_big_step(scope):
 def test_gradient_accumulation_with_reconstruction_losses(relation):
   cfg = tiny_vlm_config()        # (with a distill head to the 32-wide teacher)
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   teacher = ViTTeacher(TeacherConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2))
   batch = _batch()
   tok = np.zeros((4, 16), np.int32)
@@ -122,7 +122,7 @@ def test_frozen_modules_are_not_differentiated_and_the_update_is_unchanged():
   from penguin_jax.train.optim import make_optimizer
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   trainable = ("vision_encoder", "vision_projector")
   opt, _ = make_optimizer(params, {m: 1e-2 for m in trainable}, 10, trainable=trainable,
                           grad_clip=None)

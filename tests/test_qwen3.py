@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import penguin_jax
-from penguin_jax.generate import greedy_generate
+from penguin_jax.decoding import greedy_generate
 
 
 def _torch_logits(model, ids):
@@ -66,7 +66,7 @@ def test_left_padded_batch_and_streaming_equal_transformers_generate(qwen3_untie
   streaming loop both give transformers' greedy `generate` (attention_mask, left pad)."""
   import torch
   import transformers
-  from penguin_jax.generate import stream_greedy
+  from penguin_jax.decoding import stream_greedy
   path, _ = qwen3_untied
   model, params = penguin_jax.from_pretrained(str(path))
   rs = np.random.RandomState(7)

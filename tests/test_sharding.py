@@ -7,7 +7,7 @@ import pytest
 from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
-from penguin_jax import hf, patches as P
+from penguin_jax import hf, patches as P, registry
 from penguin_jax.sharding import LOGICAL_RULES, make_mesh, params_shardings
 from penguin_jax.vlm import PenguinVL
 from test_vlm import IMG, tiny_vlm_config
@@ -39,7 +39,7 @@ def test_sharded_init_and_forward_equal_single_device(scan):
   model = PenguinVL(cfg)
   batch = _batch()
   rng = jax.random.PRNGKey(0)
-  args, kwargs = hf.init_inputs(cfg)
+  args, kwargs = registry.kind(cfg).init_inputs(cfg)
 
   single_params = nn.unbox(model.init(rng, *args, **kwargs)["params"])
   single = model.apply({"params": single_params}, **batch)

@@ -11,7 +11,7 @@ import torch
 import transformers
 
 import penguin_jax
-from penguin_jax import hf, patches as P
+from penguin_jax import hf, patches as P, hf_keys
 from penguin_jax import teacher as teacher_lib
 from penguin_jax.encoder import merge
 
@@ -86,7 +86,7 @@ def test_remote_code_layout_loads(saved_teacher, tmp_path):
   remote = tmp_path / "VL3-SigLIP-NaViT"
   remote.mkdir()
   from penguin_jax import safetensors_io
-  safetensors_io.save_file(hf.params_to_hf(params, model.cfg), str(remote / "model.safetensors"))
+  safetensors_io.save_file(hf_keys.params_to_hf(params, model.cfg), str(remote / "model.safetensors"))
   d = json.load(open(path / "config.json"))
   for k in ("rope_parameters", "dtype", "transformers_version"):
     d.pop(k, None)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from penguin_jax import hf
+from penguin_jax import registry
 from penguin_jax.teacher import TeacherConfig, ViTTeacher, teacher_targets
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
@@ -21,7 +21,7 @@ def _labelled(batch):
 def test_loss_falls_on_a_fixed_batch():
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adam(3e-3)
   step = jax.jit(make_train_step(model, opt, max_label_tokens=16, chunk_size=8))
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
@@ -37,7 +37,7 @@ def test_loss_falls_on_a_fixed_batch():
 def test_reconstruction_losses_train_the_distill_head():
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   tcfg = TeacherConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2)
   teacher = ViTTeacher(tcfg)
   batch = _labelled(_batch())
@@ -70,7 +70,7 @@ def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
   from penguin_jax.train.program import reconstruction_weight
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   batch = _labelled(_batch())
   targets = jax.random.normal(jax.random.PRNGKey(3), (4, 16, 32))
   seg_tok = np.zeros((4, 16), np.int32)

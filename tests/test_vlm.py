@@ -10,8 +10,8 @@ import torch
 import transformers
 
 import penguin_jax
-from penguin_jax import hf, patches as P
-from penguin_jax.configs import EncoderConfig, Qwen3Config, VLMConfig
+from penguin_jax import hf, patches as P, registry
+from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.vlm import PenguinVL
 from torch_reference import TorchPenguinEncoder, encoder_hf_config
 
@@ -32,7 +32,7 @@ def saved_vlm(tmp_path_factory):
   path = tmp_path_factory.mktemp("vlm")
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
-  params = hf.init_params(model, jax.random.PRNGKey(0))
+  params = registry.init_params(model, jax.random.PRNGKey(0))
   # make norms non-trivial so a mix-up shows
   params = jax.tree_util.tree_map_with_path(
       lambda p, x: x * 1.3 if "scale" in jax.tree_util.keystr(p) else x, params)
@@ -129,7 +129,7 @@ def test_vlm_forward_matches_torch_composition(saved_vlm):
 def test_vlm_greedy_generation_from_multimodal_prompt(saved_vlm):
   """Prefill with visual features written in, then KV-cache decoding, equals greedy
   decoding by full recomputation of the VLM."""
-  from penguin_jax.generate import greedy_generate
+  from penguin_jax.decoding import greedy_generate
   _, model, params = saved_vlm
   rs = np.random.RandomState(5)
   n_new, p_len = 6, 10
@@ -143,7 +143,7 @@ def test_vlm_greedy_generation_from_multimodal_prompt(saved_vlm):
          "visual_positions": jnp.asarray([[2, 3, 4, 5]])}
   embeds, _ = model.apply({"params": params}, jnp.asarray(ids), **vis,
                           method=PenguinVL.embed_multimodal)
-  new = np.asarray(greedy_generate(hf.build_model(model.cfg.llm),
+  new = np.asarray(greedy_generate(registry.build_model(model.cfg.llm),
                                    params["llm"], prompt_embeds=embeds, max_new_tokens=n_new))
   seq = np.zeros((1, p_len + n_new), np.int64)
   seq[:, :p_len] = ids

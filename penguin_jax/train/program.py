@@ -24,8 +24,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from penguin_jax import hf
-from penguin_jax.configs import EncoderConfig, Qwen3Config, VLMConfig
+from penguin_jax import hf, registry, hf_keys
+from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.sharding import LOGICAL_RULES, params_shardings
 from penguin_jax.teacher import TeacherConfig, ViTTeacher
 from penguin_jax.train import flops as flops_lib
@@ -131,7 +131,7 @@ class TrainProgram:
   def init_params(self, rng):
     """Random parameters, created in place on their shards."""
     with self.context():
-      return jax.jit(lambda r: hf.init_params(self.model, r),
+      return jax.jit(lambda r: registry.init_params(self.model, r),
                      out_shardings=self.state_shardings.params)(rng)
 
   def init_opt_state(self, params):
@@ -164,7 +164,7 @@ class TrainProgram:
     if diff:
       raise ValueError(f"config.init.teacher={path} does not match config.model.teacher ("
                        + "; ".join(diff) + "): set config.model.teacher.* to the folder's sizes")
-    params = hf.hf_to_params(hf.read_tensors(path), want, dtype=np.dtype(want.param_dtype),
+    params = hf_keys.hf_to_params(hf.read_tensors(path), want, dtype=np.dtype(want.param_dtype),
                              source=path)
     return put_global(params, jax.tree.map(lambda x: x.sharding, self.abstract_teacher))
 
@@ -175,7 +175,7 @@ class TrainProgram:
     cfg = dataclasses.replace(self.teacher_config, dtype=jnp.float32, param_dtype=jnp.float32,
                               scan_layers=False)
     model = ViTTeacher(cfg)
-    return hf.save_pretrained(model, hf.init_params(model, rng), path)
+    return hf.save_pretrained(model, registry.init_params(model, rng), path)
 
   def lower(self):
     """The train step lowered for the abstract state, batch and teacher (no data)."""
@@ -236,7 +236,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   model = PenguinVL(vcfg)
   grad_accum = grad_accum_steps(cfg, mesh)
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
-    boxed = hf.abstract_params(model, boxed=True)
+    boxed = registry.abstract_params(model, boxed=True)
     modules = list(boxed)
     lr = {k: float(v) for k, v in cfg.optim.lr.items() if k in modules}
     trainable = tuple(t for t in cfg.optim.trainable if t in modules)
@@ -261,7 +261,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
     teacher_sh = None
     if tcfg is not None:
       teacher = ViTTeacher(tcfg)
-      t_boxed = hf.abstract_params(teacher, boxed=True)
+      t_boxed = registry.abstract_params(teacher, boxed=True)
       teacher_sh = params_shardings(t_boxed, mesh)
       abstract_teacher = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                       _values(t_boxed), teacher_sh)

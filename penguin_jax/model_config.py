@@ -1,4 +1,4 @@
-"""Model configurations (DESIGN.md section 1), read from and written to HF `config.json`.
+"""Model configurations (docs/design.md §1), read from and written to HF `config.json`.
 
 Three frozen dataclasses, one per module of the paper:
 
@@ -6,7 +6,7 @@ Three frozen dataclasses, one per module of the paper:
 * `EncoderConfig` the Penguin-Encoder (Qwen3 layers, bidirectional, 2D RoPE),
                   `model_type: penguinvl_vision_encoder`.
 * `VLMConfig`     Penguin-VL = encoder + projector + LLM, `model_type: penguinvl_qwen3`.
-* `TeacherConfig` VL3-SigLIP-NaViT, the frozen teacher of stage 1a (DESIGN 1.6),
+* `TeacherConfig` VL3-SigLIP-NaViT, the frozen teacher of stage 1a (docs/design.md §1.6),
                   `model_type: video_llama_3_vision` (transformers) or
                   `videollama3_vision_encoder` (the hub checkpoint's remote code).
 
@@ -25,16 +25,16 @@ import jax.numpy as jnp
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_policy",
                    "splash_block_size")
 
-# model_type strings (DESIGN 1.5).
+# model_type strings (docs/design.md §1.5).
 LLM_MODEL_TYPE = "qwen3"
 ENCODER_MODEL_TYPE = "penguinvl_vision_encoder"
 VLM_MODEL_TYPE = "penguinvl_qwen3"
-TEACHER_MODEL_TYPES = ("video_llama_3_vision", "videollama3_vision_encoder")  # DESIGN 1.6
+TEACHER_MODEL_TYPES = ("video_llama_3_vision", "videollama3_vision_encoder")  # docs/design.md §1.6
 
 
 def _rope_theta(d: dict, default: float) -> float:
   """Older checkpoints write a top-level `rope_theta`; newer transformers write
-  `rope_parameters` (DESIGN 1.2, last bullet). Read both."""
+  `rope_parameters` (docs/design.md §1.2, last bullet). Read both."""
   if d.get("rope_theta") is not None:
     return float(d["rope_theta"])
   rp = d.get("rope_parameters") or {}
@@ -56,8 +56,8 @@ class TransformerConfig:
   num_heads: int = 16
   num_kv_heads: int = 8
   head_dim: int = 128
-  rms_norm_eps: float = 1e-6          # DESIGN 1.1
-  rope_theta: float = 1_000_000.0     # DESIGN 1.1
+  rms_norm_eps: float = 1e-6          # docs/design.md §1.1
+  rope_theta: float = 1_000_000.0     # docs/design.md §1.1
   # --- runtime (not saved) ---
   dtype: Any = jnp.float32            # activation / compute dtype
   param_dtype: Any = jnp.float32      # master weights
@@ -68,6 +68,10 @@ class TransformerConfig:
 
   def runtime(self) -> dict:
     return {k: getattr(self, k) for k in _RUNTIME_FIELDS}
+
+  def replace_runtime(self, **runtime) -> "TransformerConfig":
+    """Set runtime fields (dtype, attention, ...)."""
+    return dataclasses.replace(self, **runtime)
 
   def _hf_common(self) -> dict:
     return {
@@ -102,7 +106,7 @@ class TransformerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Qwen3Config(TransformerConfig):
-  """Qwen3 decoder (DESIGN 1.1). Defaults: Qwen3-0.6B."""
+  """Qwen3 decoder (docs/design.md §1.1). Defaults: Qwen3-0.6B."""
   vocab_size: int = 151_936
   tie_word_embeddings: bool = True
   max_position_embeddings: int = 40_960
@@ -136,7 +140,7 @@ class Qwen3Config(TransformerConfig):
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig(TransformerConfig):
-  """Penguin-Encoder (DESIGN 1.2). Defaults: the Qwen3-0.6B sizes it starts from."""
+  """Penguin-Encoder (docs/design.md §1.2). Defaults: the Qwen3-0.6B sizes it starts from."""
   patch_size: int = 14
   num_channels: int = 3
 
@@ -146,7 +150,7 @@ class EncoderConfig(TransformerConfig):
 
   def to_hf_dict(self) -> dict:
     # The release's config class has defaults that are not Qwen3-0.6B's sizes, so every
-    # size is spelled out (DESIGN 1.2).
+    # size is spelled out (docs/design.md §1.2).
     d = self._hf_common()
     d.update(
         model_type=ENCODER_MODEL_TYPE,
@@ -175,7 +179,7 @@ class EncoderConfig(TransformerConfig):
 
 @dataclasses.dataclass(frozen=True)
 class TeacherConfig:
-  """VL3-SigLIP-NaViT (DESIGN 1.6). Defaults: the released teacher's sizes."""
+  """VL3-SigLIP-NaViT (docs/design.md §1.6). Defaults: the released teacher's sizes."""
   hidden_size: int = 1152
   intermediate_size: int = 4304
   num_layers: int = 27
@@ -193,6 +197,11 @@ class TeacherConfig:
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  def replace_runtime(self, **runtime) -> "TeacherConfig":
+    """Set the runtime fields the teacher has (it has no remat policy: it is frozen)."""
+    names = {f.name for f in dataclasses.fields(self)}
+    return dataclasses.replace(self, **{k: v for k, v in runtime.items() if k in names})
 
   @property
   def patch_dim(self) -> int:
@@ -219,7 +228,7 @@ class TeacherConfig:
   @classmethod
   def from_hf_dict(cls, d: dict, **overrides) -> "TeacherConfig":
     """Either layout: the native config or the hub's remote-code one (no rope field:
-    theta 1e4, DESIGN 1.6)."""
+    theta 1e4, docs/design.md §1.6)."""
     if d.get("hidden_act", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
       raise ValueError(f"teacher hidden_act {d['hidden_act']!r}; VL3-SigLIP-NaViT uses "
                        "gelu_pytorch_tanh")
@@ -232,7 +241,7 @@ class TeacherConfig:
     return cls(**kw)
 
 
-# DESIGN 1.5 / 1.6: the names the release writes for the encoder and the stage-1 teacher.
+# docs/design.md §1.5 / 1.6: the names the release writes for the encoder and the stage-1 teacher.
 RELEASE_ENCODER = "tencent/Penguin-Encoder"
 RELEASE_TEACHER = "DAMO-NLP-SG/VL3-SigLIP-NaViT"
 ENCODER_DIRNAME = "penguin_encoder"   # our exports' encoder folder; the release needs "penguin"
@@ -240,12 +249,12 @@ ENCODER_DIRNAME = "penguin_encoder"   # our exports' encoder folder; the release
 
 @dataclasses.dataclass(frozen=True)
 class VLMConfig:
-  """Penguin-VL: encoder -> merge -> projector -> Qwen3 (DESIGN 1)."""
+  """Penguin-VL: encoder -> merge -> projector -> Qwen3 (docs/design.md §1)."""
   llm: Qwen3Config = Qwen3Config()
   encoder: EncoderConfig = EncoderConfig()
-  projector_type: str = "mlp2x_gelu"   # DESIGN 1.3
-  image_token_index: int = 151_669     # DESIGN 1.1: `<image>`, first free id
-  # Width of the frozen teacher for the reconstruction losses (DESIGN 1.4); None: no
+  projector_type: str = "mlp2x_gelu"   # docs/design.md §1.3
+  image_token_index: int = 151_669     # docs/design.md §1.1: `<image>`, first free id
+  # Width of the frozen teacher for the reconstruction losses (docs/design.md §1.4); None: no
   # distill head. 1152 for the release's VL3-SigLIP-NaViT.
   teacher_hidden_size: Optional[int] = None
   # The release's `vision_encoder_teacher`: the teacher's hub id or folder (stage 1).
@@ -257,7 +266,7 @@ class VLMConfig:
                                encoder=dataclasses.replace(self.encoder, **runtime))
 
   def to_hf_dict(self, encoder_ref: str = ENCODER_DIRNAME) -> dict:
-    """The release's config.json (DESIGN 1.5). `encoder_ref` is what the release resolves
+    """The release's config.json (docs/design.md §1.5). `encoder_ref` is what the release resolves
     to the encoder's folder (a hub id, or a path it reads from the working directory):
     `mm_vision_encoder` and `vision_encoder` both name it. The encoder's own config is
     also kept inline (`vision_encoder_config`, ignored by the release) so that the folder
@@ -304,25 +313,24 @@ class VLMConfig:
     )
 
 
+CONFIG_OF_MODEL_TYPE = {LLM_MODEL_TYPE: Qwen3Config, ENCODER_MODEL_TYPE: EncoderConfig,
+                        VLM_MODEL_TYPE: VLMConfig,
+                        **{t: TeacherConfig for t in TEACHER_MODEL_TYPES}}
+
+
 def config_from_hf_dict(d: dict, encoder_dict: Optional[dict] = None,
                         teacher_hidden_size: Optional[int] = None, **runtime):
-  """The config for a `config.json` dict, dispatched on its `model_type`."""
-  mt = d.get("model_type")
-  if mt == LLM_MODEL_TYPE:
-    return Qwen3Config.from_hf_dict(d, **runtime)
-  if mt == ENCODER_MODEL_TYPE:
-    return EncoderConfig.from_hf_dict(d, **runtime)
-  if mt == VLM_MODEL_TYPE:
-    return VLMConfig.from_hf_dict(d, encoder_dict, teacher_hidden_size, **runtime)
-  if mt in TEACHER_MODEL_TYPES:
-    return TeacherConfig.from_hf_dict(
-        d, **{k: v for k, v in runtime.items() if k in ("dtype", "param_dtype", "attention", "scan_layers")})
-  raise ValueError(f"unknown model_type {mt!r}; expected one of {LLM_MODEL_TYPE!r}, "
-                   f"{ENCODER_MODEL_TYPE!r}, {VLM_MODEL_TYPE!r}, "
-                   + ", ".join(repr(t) for t in TEACHER_MODEL_TYPES))
+  """The config for a `config.json` dict, by its `model_type`; `encoder_dict` and
+  `teacher_hidden_size` are the VLM's (see `VLMConfig.from_hf_dict`)."""
+  cls = CONFIG_OF_MODEL_TYPE.get(d.get("model_type"))
+  if cls is None:
+    raise ValueError(f"unknown model_type {d.get('model_type')!r}; expected one of "
+                     + ", ".join(repr(t) for t in CONFIG_OF_MODEL_TYPE))
+  vlm = dict(encoder_dict=encoder_dict, teacher_hidden_size=teacher_hidden_size)
+  return cls.from_hf_dict(d, **(vlm if cls is VLMConfig else {})).replace_runtime(**runtime)
 
 
-# The paper's sizes (DESIGN 1.1).
+# The paper's sizes (docs/design.md §1.1).
 QWEN3_0_6B = Qwen3Config(hidden_size=1024, intermediate_size=3072, num_layers=28, num_heads=16,
                          num_kv_heads=8, head_dim=128, tie_word_embeddings=True)
 QWEN3_1_7B = Qwen3Config(hidden_size=2048, intermediate_size=6144, num_layers=28, num_heads=16,

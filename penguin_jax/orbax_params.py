@@ -13,14 +13,14 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from penguin_jax import hf
-from penguin_jax.configs import VLMConfig, config_from_hf_dict
+from penguin_jax import hf_keys, registry
+from penguin_jax.model_config import config_from_hf_dict
 
 CONFIG_FILE = "model_config.json"
 
 
 def _scan(cfg) -> bool:
-  return cfg.llm.scan_layers if isinstance(cfg, VLMConfig) else getattr(cfg, "scan_layers", False)
+  return any(tower.scan_layers for _, tower in registry.towers(cfg))
 
 
 def save_params(path: str, model, params) -> str:
@@ -44,15 +44,15 @@ def load_params(path: str, shardings=None, **runtime):
   with open(cfg_file) as f:
     meta = json.load(f)
   saved_cfg = config_from_hf_dict(meta["hf_config"], scan_layers=meta["scan_layers"])
-  saved_model = hf.build_model(saved_cfg)
-  abstract = hf.abstract_params(saved_model)
+  saved_model = registry.build_model(saved_cfg)
+  abstract = registry.abstract_params(saved_model)
   if shardings is not None and runtime.get("scan_layers", meta["scan_layers"]) == meta["scan_layers"]:
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract, shardings)
   params = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), abstract)
   cfg = config_from_hf_dict(meta["hf_config"], **{"scan_layers": meta["scan_layers"], **runtime})
   if _scan(cfg) != _scan(saved_cfg):
-    params = hf.scan_layout(hf.unscan_layout(jax.device_get(params), saved_cfg), cfg)
+    params = hf_keys.scan_layout(hf_keys.unscan_layout(jax.device_get(params), saved_cfg), cfg)
   if runtime.get("param_dtype") is not None:
     params = jax.tree.map(lambda x: x.astype(runtime["param_dtype"]), params)
-  return hf.build_model(cfg), params
+  return registry.build_model(cfg), params
