@@ -1,11 +1,10 @@
 """Data pipeline throughput and packing efficiency on the embedded demo data.
 
-  python benchmarks/data_throughput.py [--batches=30] [--workers=0] [--packing=best_fit]
-      [--format=tfds|array_record]
+  python benchmarks/data_throughput.py [--batches=64] [--workers=0] [--packing=best_fit]
 
 Generates the demo corpus (data_pipelines.demo_data) and builds it in a temporary folder
-as the TFDS dataset penguin_vl (default; read with tfds.data_source) or as plain
-ArrayRecord shards, then times the Grain pipeline at tiny-stage settings. Prints one line per
+as the TFDS dataset penguin_vl (samples of at most 1,024 tokens; read with
+tfds.data_source), then times the Grain pipeline at tiny-stage settings. Prints one line per
 figure: token_fill= and patch_fill= (fraction of token / patch slots holding real data)
 and batches_per_s=.
 """
@@ -18,12 +17,13 @@ import time
 
 import numpy as np
 
-from data_pipelines import build as build_lib, demo_data, pipeline as P, sample as sample_lib
-from data_pipelines import tfds_penguin
+import dataclasses
+
+from data_pipelines import demo_data, pipeline as P, sample as sample_lib, tfds_penguin
 from data_pipelines.tokenizer import Qwen3Tokenizer
 
 # Tiny-stage settings (small images and videos, short rows).
-SAMPLE = sample_lib.SampleConfig(min_tokens=4, max_tokens=128, max_length=1024)
+SAMPLE = sample_lib.SampleConfig(min_tokens=4, max_tokens=128, seq_len=1024)
 
 
 def main():
@@ -37,29 +37,20 @@ def main():
   ap.add_argument("--batch_size", type=int, default=4)
   ap.add_argument("--bins", type=int, default=64)
   ap.add_argument("--train", type=int, default=200)
-  ap.add_argument("--format", default="tfds", choices=["tfds", "array_record"])
   args = ap.parse_args()
   tmp = tempfile.mkdtemp(prefix="penguin_demo_")
   t0 = time.time()
   demo_data.generate(tmp, args.train, 0, seed=0)
   tok = Qwen3Tokenizer.from_vocab_file()
-  if args.format == "tfds":
-    config = tfds_penguin.PenguinConfig.of("bench", SAMPLE, splits={"train": "train.jsonl"})
-    builder = tfds_penguin.prepare(tmp, os.path.join(tmp, "tfds"), config)
-    written = builder.info.metadata["train"]["written"]
-    source = tfds_penguin.Split("penguin_vl/bench", "train", os.path.join(tmp, "tfds"))
-  else:
-    stats = build_lib.build(os.path.join(tmp, "train.jsonl"), tmp, os.path.join(tmp, "ar"),
-                            SAMPLE, tok, log=lambda *_: None)
-    written = stats["written"]
-    source = [os.path.join(tmp, "ar", s) for s in stats["shards"]]
-  print(f"# demo corpus ({args.format}): {written} samples built in "
-        f"{time.time() - t0:.1f}s ({tmp})")
-  cfg = P.PipelineConfig(seq_len=args.seq_len, max_patches=args.max_patches,
-                         max_visual_tokens=args.max_visual_tokens, batch_size=args.batch_size,
-                         packing=args.packing, num_packing_bins=args.bins,
-                         worker_count=args.workers)
-  it = iter(P.make_dataset(source, tok, SAMPLE, cfg, process_index=0, process_count=1))
+  config = tfds_penguin.PenguinConfig(name="bench", sample=SAMPLE, splits={"train": "train.jsonl"})
+  builder = tfds_penguin.prepare(tmp, os.path.join(tmp, "tfds"), config)
+  written = builder.info.metadata["train"]["written"]
+  source = tfds_penguin.Split("penguin_vl/bench", "train", os.path.join(tmp, "tfds"))
+  print(f"# demo corpus: {written} samples built in {time.time() - t0:.1f}s ({tmp})")
+  cfg = P.PipelineConfig(max_patches=args.max_patches, max_visual_tokens=args.max_visual_tokens,
+                         packing=args.packing, packing_bins=args.bins, workers=args.workers)
+  it = iter(P.make_dataset(source, tok, dataclasses.replace(SAMPLE, seq_len=args.seq_len), cfg,
+                           batch_size=args.batch_size))
   # Timed from the first batch: a packer emits its bins a round at a time, so any window
   # shorter than several rounds (bins / batch_size batches each) would be misleading.
   tok_fill, patch_fill = [], []

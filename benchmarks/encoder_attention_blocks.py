@@ -23,7 +23,7 @@ import tempfile
 import jax.numpy as jnp
 import numpy as np
 
-from data_pipelines import build as build_lib, demo_data, pipeline as P, sample as sample_lib
+from data_pipelines import demo_data, pipeline as P, records, sample as sample_lib
 from data_pipelines.tokenizer import Qwen3Tokenizer
 from penguin_jax.layers import segment_block_overlap
 
@@ -37,17 +37,14 @@ def main():
   ap.add_argument("--block", type=int, default=512)
   ap.add_argument("--train", type=int, default=240)
   args = ap.parse_args()
-  scfg = sample_lib.SampleConfig(max_tokens=10240, max_length=args.seq_len)
+  scfg = sample_lib.SampleConfig(max_tokens=10240, seq_len=args.seq_len)
   tmp = tempfile.mkdtemp(prefix="penguin_blocks_")
   demo_data.generate(tmp, args.train, 0, seed=0)
   tok = Qwen3Tokenizer.from_vocab_file()
-  stats = build_lib.build(os.path.join(tmp, "train.jsonl"), tmp, os.path.join(tmp, "ar"), scfg, tok,
-                          log=lambda *_: None)
-  cfg = P.PipelineConfig(seq_len=args.seq_len, max_patches=args.max_patches,
-                         max_visual_tokens=args.max_visual_tokens, batch_size=1,
-                         packing="best_fit", num_packing_bins=16)
-  paths = [os.path.join(tmp, "ar", s) for s in stats["shards"]]
-  it = iter(P.make_dataset(paths, tok, scfg, cfg, process_index=0, process_count=1))
+  source = records.JsonlSource(os.path.join(tmp, "train.jsonl"))
+  cfg = P.PipelineConfig(max_patches=args.max_patches, max_visual_tokens=args.max_visual_tokens,
+                         packing="best_fit", packing_bins=16)
+  it = iter(P.make_dataset(source, tok, scfg, cfg, batch_size=1))
   pairs, blocks, fill = [], [], []
   n = args.max_patches // args.block
   for _ in range(args.batches):
@@ -56,7 +53,7 @@ def main():
     pairs.append(float(np.sum(counts.astype(np.float64) ** 2)) / args.max_patches ** 2)
     blocks.append(float(np.asarray(segment_block_overlap(jnp.asarray(seg), args.block)).sum()) / n ** 2)
     fill.append(float(np.mean(seg > 0)))
-  print(f"# {args.batches} rows of {args.max_patches} patches from {stats['written']} demo samples")
+  print(f"# {args.batches} rows of {args.max_patches} patches from {len(source)} demo samples")
   print(f"patch_fill={np.mean(fill):.3f}")
   print(f"pairs_fraction={np.mean(pairs):.4f}")
   print(f"blocks_fraction={np.mean(blocks):.4f}")

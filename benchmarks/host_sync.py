@@ -28,14 +28,14 @@ def main():
   args = ap.parse_args()
   import importlib
   import jax
-  from data_pipelines.feed import DataFeed
-  from launch.train import build_program, prepare_data
+  from penguin_jax.train import data as data_lib, program as program_lib, runtime
+  from penguin_jax.train.feed import DataFeed
   stage, variant = args.config.removesuffix(".py").split(".py:") if ".py:" in args.config \
       else args.config.split(":")
   cfg = importlib.import_module(f"configs.{stage.removesuffix('.py')}").get_config(variant)
   work = tempfile.mkdtemp(prefix="host_sync_")
-  paths, tokenizer, scfg = prepare_data(cfg, work)
-  program = build_program(cfg, tokenizer.image_token_id)
+  source, tokenizer, _ = data_lib.prepare(cfg, work)
+  program = program_lib.build(cfg, runtime.mesh(cfg), image_token_id=tokenizer.image_token_id)
   step = program.lower().compile()
   teacher = None
   if program.teacher is not None:
@@ -43,7 +43,7 @@ def main():
     teacher = program.load_teacher(os.path.join(work, "teacher"))
   results = {}
   for mode in ("per_step_read", "log_steps_only"):
-    feed = DataFeed(paths, tokenizer, scfg, cfg, program.abstract_batch)
+    feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
     state = program.init_state(jax.random.PRNGKey(0))
     with program.context():
       for i in range(args.warmup + args.steps):

@@ -21,6 +21,7 @@ import optax
 
 from penguin_jax import hf, patches as P, registry
 from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
+from penguin_jax.losses import LossConfig
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
 
@@ -69,7 +70,7 @@ def main():
   params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adamw(1e-4, weight_decay=0.0)
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
-  step = jax.jit(make_train_step(model, opt, max_label_tokens=args.max_label_tokens or None),
+  step = jax.jit(make_train_step(model, opt, LossConfig(max_label_tokens=args.max_label_tokens)),
                  donate_argnums=0)
   batch, seq = workload_batch()
   for _ in range(args.warmup):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ml_collections as mlc
 
+from data_pipelines import pipeline, sample as sample_lib
+from penguin_jax import losses, settings
+
 VARIANTS = ("tiny", "2b", "8b")
 
 
@@ -82,53 +85,39 @@ def base(variant: str) -> mlc.ConfigDict:
   # (tiny; smoke tests). Saved with the run's checkpoints: a resume uses the same teacher.
   c.init.teacher = "random" if tiny else ""
 
-  c.data = mlc.ConfigDict()
+  # Data: where it is (below), and two groups of settings declared as dataclasses, whose
+  # fields become config fields of the same name (help: `python -m launch.train --help`):
+  # what a sample becomes (data_pipelines/sample.py: SampleConfig) and how samples fill
+  # rows (data_pipelines/pipeline.py: PipelineConfig).
+  sample = (sample_lib.SampleConfig(seq_len=512, min_tokens=4, max_tokens=64) if tiny else
+            sample_lib.STAGES)
+  packing = (pipeline.PipelineConfig(max_patches=640, max_visual_tokens=384, packing_bins=16)
+             if tiny else pipeline.PipelineConfig(max_patches=20480, max_visual_tokens=10240,
+                                                  packing_bins=256, workers=8))
+  c.data = mlc.ConfigDict({**settings.to_config(sample), **settings.to_config(packing)})
   c.data.demo = tiny               # generate + build the embedded demo corpus in the workdir
   c.data.demo_samples = 240
   c.data.demo_val_samples = 24     # the demo corpus's validation split (held-out loss)
   c.data.demo_dir = ""             # where the demo corpus goes; "" = WORKDIR/demo_data
   c.data.demo_text_only = False    # the corpus without its media (launch.demo's stage 0)
   # The training data: a TFDS dataset of the release's JSONL (data_pipelines/tfds_penguin.py;
-  # `tfds build ... --manual_dir=DATA --data_dir=DIR`), its split read with tfds.data_source;
-  # the demo corpus is built as one ("penguin_vl/demo"). Else plain ArrayRecord shards
-  # (`python -m data_pipelines.build --format=array_record`) in train_files.
+  # `python -m data_pipelines.tfds_build --manual_dir=DATA --data_dir=DIR`), its split read
+  # with tfds.data_source; the demo corpus is built as one ("penguin_vl/demo").
   c.data.tfds_name = ""            # e.g. "penguin_vl/release"
   c.data.tfds_data_dir = ""        # its --data_dir; "" = TFDS's default, ~/tensorflow_datasets
   c.data.split = "train"           # the training split (tfds_name, demo)
-  c.data.train_files = ()          # plain ArrayRecord shards, when tfds_name is empty
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)
-  c.data.seq_len = 512 if tiny else 16384
-  c.data.max_patches = 640 if tiny else 20480
-  c.data.max_visual_tokens = 384 if tiny else 10240
-  c.data.global_batch = 4 if tiny else 128   # rows per optimizer step (DESIGN 3: 128)
+  c.data.global_batch = 4 if tiny else 128   # rows per optimizer step (docs/design.md §3: 128)
   # Rows each data-parallel chip processes at once; the step accumulates gradients over
   # global_batch / (rows_per_chip x data-parallel chips) micro-batches. 0 = all at once.
   c.data.rows_per_chip = 0 if tiny else 1
-  c.data.packing = "best_fit"
-  c.data.packing_bins = 16 if tiny else 256
-  c.data.workers = 0 if tiny else 8
-  # Skipped samples in a row (too long, undecodable) after which the run stops with one
-  # line saying why, instead of searching the data forever for a sample that fits.
-  c.data.max_skips_in_a_row = 10_000
   # Data shards: each packs its own slice of the records into global_batch / shards rows.
   # 0 = one per process. Fix it (e.g. 2) to get the same global batches, and an exact
   # resume, whatever the number of processes (it must be a multiple of them).
   c.data.num_shards = 0
-  c.data.image_merge_size = 1
-  c.data.video_merge_size = 2
-  c.data.min_tokens = 4 if tiny else 16
-  c.data.max_tokens = 64 if tiny else 10240
-  c.data.fps = 1.0
-  c.data.max_frames = 180
-  # Several images in one sample: "release" sizes them as the release (one max_tokens
-  # budget, the first image's size for all); "per_image": each image alone (DESIGN 2.1).
-  c.data.multi_image = "release"
-  # Image normalisation (DESIGN 2.1). A checkpoint's preprocessor_config.json (the file or
-  # its folder, e.g. a released encoder's) wins over image_mean / image_std; the run
-  # records the values it used here, in its checkpoints' config.
+  # A checkpoint's preprocessor_config.json (the file or its folder, e.g. a released
+  # encoder's) wins over image_mean / image_std; the run records the values it used.
   c.data.preprocessor_config = ""
-  c.data.image_mean = (0.5, 0.5, 0.5)   # the released checkpoints' values
-  c.data.image_std = (0.5, 0.5, 0.5)
 
   c.optim = mlc.ConfigDict()
   c.optim.lr = mlc.ConfigDict({"vision_encoder": 1e-3, "vision_projector": 1e-3})
@@ -137,18 +126,8 @@ def base(variant: str) -> mlc.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.grad_clip = 1.0
 
-  c.loss = mlc.ConfigDict()
-  c.loss.scope = "batch"
-  c.loss.max_label_tokens = 0      # 0 = all positions; else LM head on that many per row
-  c.loss.chunk_size = 1024
-  c.loss.reconstruction_weight = 3.0
-  c.loss.reconstruction_weight_end = 2.0   # falls linearly to this over total_steps, as the release; -1: constant
-  # Relation loss pairs (DESIGN 1.4): "image" = within an image / frame; "batch" = all the
-  # visual tokens of a chip's local batch, the release's. Either way one float32 Gram of
-  # N x N per local batch, N = rows per chip x data.max_visual_tokens: 2b stage 1a,
-  # N = 1 x 4096, 64 MiB per Gram (launch.aot: same 4.14 GiB peak on v5e-16 for both).
-  # "none": no relation term (launch.demo --ablation).
-  c.loss.relation_scope = "image"
+  # The losses (penguin_jax/losses.py: LossConfig, one field per setting).
+  c.loss = mlc.ConfigDict(settings.to_config(losses.LossConfig()))
 
   # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state
   # split over every chip (ZeRO-3). -1 = the remaining devices.

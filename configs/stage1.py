@@ -14,7 +14,7 @@ weighted 3.0 falling to 2.0 over the run.
 from configs.common import base
 
 
-def get_config(arg: str = "tiny"):
+def get_config(arg: str = "2b"):
   c = base(arg)
   c.stage = "stage1"
   c.model.use_teacher = True

@@ -9,7 +9,7 @@ LR projector 1e-3, encoder 5e-4.
 from configs.common import base
 
 
-def get_config(arg: str = "tiny"):
+def get_config(arg: str = "2b"):
   c = base(arg)
   c.stage = "stage1_hres"
   c.optim.lr.vision_encoder = c.optim.lr.vision_projector / 2

@@ -8,7 +8,7 @@ LR encoder 1e-4, projector and LLM 1e-3 (as stage 1b's "others").
 from configs.common import base
 
 
-def get_config(arg: str = "tiny"):
+def get_config(arg: str = "2b"):
   c = base(arg)
   c.stage = "stage2"
   p = c.optim.lr.vision_projector

@@ -8,7 +8,7 @@ Image merge 1, video merge 2, 1 fps, at most 180 frames.
 from configs.common import base
 
 
-def get_config(arg: str = "tiny"):
+def get_config(arg: str = "2b"):
   c = base(arg)
   c.stage = "stage3"
   lr = 3e-4 if arg == "tiny" else 1e-5   # tiny: a few steps have to show learning

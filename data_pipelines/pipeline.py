@@ -1,12 +1,13 @@
-"""The Grain pipeline: a TFDS split (`tfds_penguin.Split`) or plain ArrayRecord shards
--> packed, static-shape multimodal batches.
+"""The Grain pipeline: a random-access source of records -> packed, static-shape batches.
 
-    read record -> decode media -> chat format + labels -> image budget / TRA -> patches
-    -> per-sample layout (2D positions, merge plan, where visual tokens go)
+    record -> decode media -> chat format + labels -> image budget / TRA -> patches
+    -> per-sample layout (2D positions, merge plan, where visual tokens go)  (sample.features)
     -> pack (Grain first-fit / best-fit: text, patches and visual tokens of one sample
        always in the same row) -> fix offsets -> batch
 
-A batch (numpy, all shapes static):
+The source is a split of the TFDS dataset `penguin_vl` (`tfds_penguin.Split`, training)
+or any sequence of records (`records.JsonlSource`: a JSONL file scored as it is). A batch
+(NumPy, every shape static; the row length is `SampleConfig.seq_len`):
 
     input_ids, labels, segment_ids, positions        [batch, seq_len]
     patches                                           [batch, max_patches, 588]
@@ -16,86 +17,54 @@ A batch (numpy, all shapes static):
     visual_positions                                  [batch, max_visual]    seq_len = padding
     token_segment_ids                                 [batch, max_visual]    frame of each token
 
-Sharded by `jax.process_index()`; `worker_count` > 0 decodes in worker processes; the
-iterator's `get_state()` / `set_state()` restore the exact stream (orbax checkpoints it).
-A sample that cannot fit a row (too many tokens, patches or visual tokens), that fails
-to decode, or whose record cannot be read ("corrupt_record": a damaged chunk of an
-ArrayRecord shard, named by file and index) is logged with its id and reason, counted,
-and skipped; a shard that cannot be opened or is empty stops at start with one line
-(`UnreadableShard`); `max_skips_in_a_row`
-skips without one usable sample stop the pipeline with `NoProgress` (one line saying
-why) instead of skipping forever.
+One pipeline reads shard `shard_index` of `shard_count` (every shard_count-th record);
+`workers` > 0 decodes in worker processes; the iterator's `get_state()` / `set_state()`
+restore the exact stream (orbax checkpoints it). A sample that cannot fit a row, that fails
+to decode, or that its source could not give (`records.Skipped`: a damaged record, a
+missing file) is counted by reason in the `skipped` counter the caller owns, logged the
+first `LOGGED_PER_REASON` times per reason (the run's log lines carry the counts), and
+skipped; `max_skips_in_a_row` skips without one usable sample stop the pipeline with
+`NoProgress` (one line saying why) instead of skipping forever.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
-import os
-import typing
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
+import grain
+import grain.experimental as gx
 import numpy as np
+from absl import flags
 
 from data_pipelines import sample as sample_lib
-from data_pipelines.build import decode_record
 from data_pipelines.errors import BadSample
-from data_pipelines import images as images_lib, video as video_lib
-from penguin_jax import patches as patch_layout
+from data_pipelines.records import Skipped
+from penguin_jax.settings import setting
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
+LOGGED_PER_REASON = 5        # skip lines per reason; then only the counts (log lines, metrics)
+WORKER_BUFFER = 2            # batches each worker process keeps ready
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  seq_len: int = 4096
-  max_patches: int = 8192
-  max_visual_tokens: int = 4096
-  batch_size: int = 8
-  packing: str = "first_fit"          # "first_fit" | "best_fit"
-  num_packing_bins: int = 16
-  shuffle: bool = True
-  seed: int = 0
-  num_epochs: Optional[int] = None    # None: repeat forever
-  drop_remainder: bool = True         # False: a last, smaller batch (one pass for eval)
-  worker_count: int = 0               # >0: multiprocessing workers
-  worker_buffer_size: int = 2
-  max_skips_in_a_row: int = 10_000    # then NoProgress: no sample of the data fits / decodes
+  """How samples fill rows: the packing settings (a run config's `data.*`; the row's
+  length is `SampleConfig.seq_len`)."""
+  max_patches: int = setting(8192, "14x14 patches per row (all its images and frames)")
+  max_visual_tokens: int = setting(4096, "visual tokens per row, after merging")
+  packing: str = setting("best_fit", "'first_fit' or 'best_fit' (Grain's packers)")
+  packing_bins: int = setting(16, "rows being filled at once by the packer")
+  workers: int = setting(0, "worker processes decoding samples (0: in the training process)")
+  max_skips_in_a_row: int = setting(
+      10_000, "skipped samples in a row (too long, undecodable) after which the run stops "
+      "with one line saying why")
 
 
 class NoProgress(ValueError):
   """The data cannot make a batch: every sample in a long run was skipped."""
-
-
-SKIPPED = collections.Counter()       # reasons of samples skipped in this process
-
-
-def sample_features(record: dict, tokenizer, scfg: sample_lib.SampleConfig,
-                    prompt_only: bool = False) -> dict:
-  """A decoded record -> the per-sample arrays the packer packs (local indices).
-  `prompt_only`: a generation prompt (see `chat.format_sample`)."""
-  arrays = [images_lib.load_image(b) for b in record["images"]]
-  frames = stamps = None
-  if record.get("video") is not None:
-    frames, stamps = video_lib.load_video(record["video"], scfg.fps, scfg.max_frames)
-  out = sample_lib.process(record, arrays, frames, stamps, tokenizer, scfg, prompt_only)
-  grids, merges = out["grids"].tolist(), out["merge_sizes"].tolist()
-  ids = out["input_ids"]
-  lay = patch_layout.pack_items(grids, merges)
-  vis_pos = np.nonzero(ids == tokenizer.image_token_id)[0].astype(np.int32)
-  n_vis = len(lay["merge_index"])
-  if len(vis_pos) != n_vis:  # chat formatting and the merge plan disagree: a bug, not data
-    raise AssertionError(f"{record['id']}: {len(vis_pos)} image tokens vs {n_vis} visual tokens")
-  return {
-      "input_ids": ids, "labels": out["labels"],
-      "patches": out["patches"].astype(np.float32),
-      "patch_frame": lay["patch_segment_ids"],           # 1.. per frame of this sample
-      "patch_positions": lay["patch_positions"],
-      "merge_index": lay["merge_index"], "merge_weight": lay["merge_weight"],
-      "token_frame": lay["token_segment_ids"],
-      "visual_positions": vis_pos,
-  }
 
 
 def _first_index(seg: np.ndarray, n: int) -> np.ndarray:
@@ -106,7 +75,7 @@ def _first_index(seg: np.ndarray, n: int) -> np.ndarray:
   return first
 
 
-def finalize_row(row: dict, cfg: PipelineConfig) -> dict:
+def finalize_row(row: dict, seq_len: int) -> dict:
   """Packed row (sample-local indices) -> model row: offsets added, frame ids global."""
   tseg, pseg, vseg = row["input_ids_segment_ids"], row["patches_segment_ids"], row["visual_positions_segment_ids"]
   n = int(max(tseg.max(initial=0), pseg.max(initial=0), vseg.max(initial=0)))
@@ -116,7 +85,7 @@ def finalize_row(row: dict, cfg: PipelineConfig) -> dict:
   np.maximum.at(frames_per, pseg, row["patch_frame"])
   frame_off = np.concatenate([[0], np.cumsum(frames_per)])[:-1]       # by sample id
   valid_v = vseg > 0
-  vis = np.where(valid_v, row["visual_positions"] + tok_off[vseg], cfg.seq_len)
+  vis = np.where(valid_v, row["visual_positions"] + tok_off[vseg], seq_len)
   midx = np.where(valid_v[:, None], row["merge_index"] + patch_off[vseg][:, None], 0)
   pframe = np.where(pseg > 0, row["patch_frame"] + frame_off[pseg], 0)
   tframe = np.where(valid_v, row["token_frame"] + frame_off[vseg], 0)
@@ -136,71 +105,25 @@ def finalize_row(row: dict, cfg: PipelineConfig) -> dict:
   }
 
 
-class UnreadableShard(ValueError):
-  """A file of `train_files` that is not a readable ArrayRecord shard, or has no records."""
+class Featurize:
+  """A record (or a source's `Skipped`) -> `sample.features`, or None for a sample to skip
+  (counted by reason in `skipped`, logged the first few times per reason)."""
 
-
-class Unreadable(typing.NamedTuple):
-  """A record that cannot be read (a corrupt chunk): skipped as "corrupt_record"."""
-  where: str
-  reason: str
-
-
-class RecordSource:
-  """ArrayRecord shards as one random-access source (Grain's `ArrayRecordDataSource`, one
-  per file), whose bad parts are named: a file that cannot be opened or holds no records
-  is an `UnreadableShard` at start (its path and the reason, one line); a record that
-  cannot be read later is an `Unreadable` naming file and index, which the pipeline
-  counts and skips."""
-
-  def __init__(self, paths: Sequence[str]):
-    import grain
-    self.paths, self.sources = list(paths), []
-    for p in self.paths:
-      try:
-        src = grain.sources.ArrayRecordDataSource([p])
-        n = len(src)
-      except Exception as e:  # Riegeli: "Corrupted ...", "should be at least 64KB", ...
-        raise UnreadableShard(f"{p}: not a readable ArrayRecord shard ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
-      if n == 0:
-        raise UnreadableShard(f"{p}: the shard holds no records")
-      self.sources.append(src)
-    self.ends = np.cumsum([len(s) for s in self.sources])
-
-  def __len__(self):
-    return int(self.ends[-1]) if len(self.ends) else 0
-
-  def __getitem__(self, i: int):
-    f = int(np.searchsorted(self.ends, i, side="right"))
-    j = i - (int(self.ends[f - 1]) if f else 0)
-    try:
-      return self.sources[f][j]
-    except Exception as e:
-      return Unreadable(f"{os.path.basename(self.paths[f])}[{j}]",
-                         f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-
-
-class _Process:
-  """A record (msgpack bytes, or the dict a `tfds_penguin.Split` gives) -> sample
-  features, or None (logged and counted) for a bad sample."""
-
-  def __init__(self, tokenizer, scfg, cfg):
-    self.tokenizer, self.scfg, self.cfg = tokenizer, scfg, cfg
+  def __init__(self, tokenizer, scfg: sample_lib.SampleConfig, pcfg: PipelineConfig,
+               skipped: collections.Counter):
+    self.tokenizer, self.scfg, self.pcfg, self.skipped = tokenizer, scfg, pcfg, skipped
     self.in_a_row = collections.Counter()    # reasons of the skips since the last good one
 
-  def __call__(self, raw):
-    if isinstance(raw, Unreadable):
-      return self._skip(raw.where, "corrupt_record", raw.reason)
-    rec = raw if isinstance(raw, dict) else decode_record(raw)
+  def __call__(self, rec):
+    if isinstance(rec, Skipped):
+      return self._skip(rec.where, rec.reason, rec.detail)
     try:
-      f = sample_features(rec, self.tokenizer, self.scfg)
+      f = sample_lib.features(rec, self.tokenizer, self.scfg)
     except BadSample as e:
-      e = e if e.sample_id is not None else e.with_id(rec.get("id"))
-      return self._skip(e.sample_id, e.reason, e.detail)
-    c = self.cfg
-    for what, n, cap in [("tokens", len(f["input_ids"]), c.seq_len),
-                         ("patches", len(f["patches"]), c.max_patches),
+      return self._skip(e.sample_id if e.sample_id is not None else rec.get("id"), e.reason,
+                        e.detail)
+    c = self.pcfg
+    for what, n, cap in [("patches", len(f["patches"]), c.max_patches),
                          ("visual tokens", len(f["merge_index"]), c.max_visual_tokens)]:
       if n > cap:
         return self._skip(rec.get("id"), "too_long", f"{n} {what} > {cap} per row")
@@ -208,54 +131,52 @@ class _Process:
     return f
 
   def _skip(self, sample_id, reason: str, detail: str):
-    SKIPPED[reason] += 1
+    self.skipped[reason] += 1
     self.in_a_row[reason] += 1
-    log.warning("skip %s: %s%s", sample_id, reason, f" ({detail})" if detail else "")
+    if self.skipped[reason] <= LOGGED_PER_REASON:
+      more = " (further skips for this reason are counted, not logged)" \
+          if self.skipped[reason] == LOGGED_PER_REASON else ""
+      log.warning("skip %s: %s%s%s", sample_id, reason, f" ({detail})" if detail else "", more)
     n = sum(self.in_a_row.values())
-    if n >= self.cfg.max_skips_in_a_row:
-      c = self.cfg
+    if n >= self.pcfg.max_skips_in_a_row:
+      s, c = self.scfg, self.pcfg
       reasons = ", ".join(f"{k} {v}" for k, v in self.in_a_row.most_common())
-      hint = (f"raise data.seq_len ({c.seq_len}) / max_patches ({c.max_patches}) / "
+      hint = (f"raise data.seq_len ({s.seq_len}) / max_patches ({c.max_patches}) / "
               f"max_visual_tokens ({c.max_visual_tokens}) or filter the data"
               if "too_long" in self.in_a_row else "check the data")
       raise NoProgress(f"no usable sample in the last {n} ({reasons}): {hint}")
     return None
 
 
-def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig,
-                 cfg: PipelineConfig, process_index: Optional[int] = None,
-                 process_count: Optional[int] = None):
-  """A Grain IterDataset of packed batches (see module docstring). `source`: a TFDS split
-  (`tfds_penguin.Split`, the standard path), or a list of plain ArrayRecord shards
-  (`data_pipelines.build --format=array_record`)."""
-  import grain
-  import grain.experimental as gx
-  if process_index is None:
-    import jax
-    process_index, process_count = jax.process_index(), jax.process_count()
-  if isinstance(source, (list, tuple)):
-    source = RecordSource(source)
+def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig, pcfg: PipelineConfig, *,
+                 batch_size: int, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
+                 one_pass: bool = False, skipped: Optional[collections.Counter] = None):
+  """A Grain IterDataset of packed batches (see the module docstring). `one_pass`: the
+  records once, in order, the last batch smaller (evaluation); else shuffled by `seed`
+  and repeated forever. `skipped`: the counter skips are counted in (the caller's)."""
+  if scfg.seq_len is None:
+    raise ValueError("SampleConfig.seq_len is the row length: it must be set to pack rows")
   ds = grain.MapDataset.source(source)
-  if cfg.shuffle:
-    ds = ds.shuffle(seed=cfg.seed)
-  ds = ds.repeat(cfg.num_epochs)
-  ds = ds[process_index::process_count]                       # this host's shard
-  ds = ds.map(_Process(tokenizer, scfg, cfg)).filter(lambda x: x is not None)
-  it = ds.to_iter_dataset()
-  V, P, S = cfg.max_visual_tokens, cfg.max_patches, cfg.seq_len
+  if not one_pass:
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(1 if one_pass else None)
+  ds = ds[shard_index::shard_count]                         # this shard's records
+  featurize = Featurize(tokenizer, scfg, pcfg,
+                        skipped if skipped is not None else collections.Counter())
+  it = ds.map(featurize).filter(lambda x: x is not None).to_iter_dataset()
+  V, P, S = pcfg.max_visual_tokens, pcfg.max_patches, scfg.seq_len
   lengths = {"input_ids": S, "labels": S, "patches": P, "patch_frame": P,
              "patch_positions": P, "merge_index": V, "merge_weight": V, "token_frame": V,
              "visual_positions": V}
   packer = {"first_fit": gx.FirstFitPackIterDataset,
-            "best_fit": gx.BestFitPackIterDataset}[cfg.packing]
-  it = packer(it, length_struct=lengths, num_packing_bins=cfg.num_packing_bins,
-              seed=cfg.seed, shuffle_bins=cfg.shuffle)
-  it = it.map(lambda row: finalize_row(row, cfg))
-  it = it.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder)
-  if cfg.worker_count > 0:
-    from absl import flags
+            "best_fit": gx.BestFitPackIterDataset}[pcfg.packing]
+  it = packer(it, length_struct=lengths, num_packing_bins=pcfg.packing_bins, seed=seed,
+              shuffle_bins=not one_pass)
+  it = it.map(lambda row: finalize_row(row, S))
+  it = it.batch(batch_size, drop_remainder=not one_pass)
+  if pcfg.workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside an absl app, defaults
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count,
-                                                     per_worker_buffer_size=cfg.worker_buffer_size))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pcfg.workers,
+                                                     per_worker_buffer_size=WORKER_BUFFER))
   return it

@@ -5,10 +5,10 @@ A prompt is a sample of the release's JSONL format whose turns end with a user t
 turn is the reference answer (`launch.eval`), set aside. `{"prompt": TEXT, "image": ...}`
 is accepted as the one-turn shorthand. Media paths are relative to the JSONL's folder
 (or `data_folder`), or absolute. Each prompt becomes the training pipeline's per-sample
-arrays (`pipeline.sample_features`, same chat format, image resizing and TRA for video),
+arrays (`sample.features`, same chat format, image resizing and TRA for video),
 followed by the generation prompt (`chat.format_sample`'s `prompt_only`).
 
-`prompt_batch` left-pads a list of them into one batch for `penguin_jax.generate`:
+`prompt_batch` left-pads a list of them into one batch for `penguin_jax.decoding`:
 
   input_ids, prompt_mask          [b, L]          (mask 0 = left padding)
   patches                         [b, P, 588]     (P >= 1; padding patches: segment 0)
@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from data_pipelines import chat, pipeline
+from data_pipelines import chat, records, sample as sample_lib
 from data_pipelines.errors import BadSample
 
 
@@ -64,27 +64,14 @@ def as_prompt(sample: dict) -> tuple[dict, Optional[str]]:
   return sample, None
 
 
-def _read(entry, base: str, sid) -> bytes:
-  if not isinstance(entry, str):
-    raise BadSample("malformed_sample", "media entries must be paths", sid)
-  path = entry if os.path.isabs(entry) else os.path.join(base, entry)
-  if not os.path.isfile(path):
-    raise BadSample("missing_file", path, sid)
-  with open(path, "rb") as f:
-    return f.read()
-
-
 def features(sample: dict, tokenizer, scfg, base: str = ".") -> dict:
-  """One prompt -> per-sample arrays (`pipeline.sample_features` with prompt_only).
-  Raises BadSample (missing file, unreadable image or video, tag mismatch, ...) with the
-  prompt's id."""
-  from data_pipelines.sample import media_of
+  """One prompt -> per-sample arrays (`sample.features` with prompt_only), its media paths
+  relative to `base` (or absolute). Raises BadSample (missing file, unreadable image or
+  video, tag mismatch, ...) with the prompt's id."""
   sid = sample.get("id")
   try:
-    imgs, vids = media_of(sample)
-    record = {**sample, "images": [_read(e, base, sid) for e in imgs],
-              "video": _read(vids[0], base, sid) if vids else None}
-    return pipeline.sample_features(record, tokenizer, scfg, prompt_only=True)
+    record = {**sample, **records.record_of(sample, base, allow_outside=True)}
+    return sample_lib.features(record, tokenizer, scfg, prompt_only=True)
   except BadSample as e:
     raise e.with_id(sid) if e.sample_id is None else e
 

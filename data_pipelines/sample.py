@@ -18,47 +18,40 @@ import numpy as np
 
 from data_pipelines import chat, images, video
 from data_pipelines.errors import BadSample
+from penguin_jax import patches as patch_layout
+from penguin_jax.settings import setting
 
 
 @dataclasses.dataclass(frozen=True)
 class SampleConfig:
-  image_merge_size: int = 1
-  video_merge_size: int = 2
-  min_tokens: int = 16           # per image / frame, in merged tokens
-  max_tokens: int = 16384        # per sample's images (release sizing) / video (TRA budget)
-  fps: float = 1.0
-  max_frames: int = 180
-  use_tra: bool = True
-  max_length: Optional[int] = None   # text tokens (incl. visual tokens); None: no limit
-  image_mean: tuple = images.RELEASE_MEAN   # normalisation (DESIGN 2.1): the checkpoint's
-  image_std: tuple = images.RELEASE_STD     # preprocessor_config.json, else the release's 0.5
-  # Several images in one sample (images.image_sizes): "release" = one budget, the first
-  # image's size for all (the released checkpoints' training); "per_image" = each alone.
-  multi_image: str = "release"
+  """What one sample becomes: the per-sample settings. Declared here once; a run config's
+  `data.*` fields, the TFDS builder config's `sample` and `data_pipelines.build`'s flags
+  are made from these fields (penguin_jax/settings.py)."""
+  seq_len: Optional[int] = setting(
+      None, "tokens per row, visual tokens included; a longer sample is skipped as "
+      "too_long (None: no limit)")
+  image_merge_size: int = setting(1, "an image's patches merged m x m into one LLM token")
+  video_merge_size: int = setting(2, "a video frame's patches merged m x m into one LLM token")
+  min_tokens: int = setting(16, "fewest merged tokens of an image or frame")
+  max_tokens: int = setting(
+      16384, "merged tokens of a sample's images (one budget, release sizing) or of its "
+      "video (the TRA budget)")
+  fps: float = setting(1.0, "video frames decoded per second")
+  max_frames: int = setting(180, "at most this many video frames (a uniform subset)")
+  use_tra: bool = setting(True, "video: key frames kept large, the frames between smaller (TRA)")
+  image_mean: tuple[float, ...] = setting(
+      images.RELEASE_MEAN, "pixel normalisation mean (a checkpoint's preprocessor_config.json wins)")
+  image_std: tuple[float, ...] = setting(
+      images.RELEASE_STD, "pixel normalisation std (a checkpoint's preprocessor_config.json wins)")
+  multi_image: str = setting(
+      "release", "several images in a sample: 'release' = one budget and the first image's "
+      "size for all (as the released checkpoints were trained), 'per_image' = each alone")
 
 
-def media_of(sample: dict) -> tuple[list, list]:
-  """(image paths, video paths) of a JSONL sample, validated as lists of strings."""
-  out = []
-  for key in ("image", "video"):
-    v = sample.get(key)
-    if v is None or v == []:
-      out.append([])
-      continue
-    if isinstance(v, (str, bytes, np.ndarray)):
-      v = [v]
-    if not isinstance(v, (list, tuple)):
-      raise BadSample("malformed_sample", f"'{key}' must be a list of paths, not {type(v).__name__}")
-    v = list(v)
-    ok = lambda x: (isinstance(x, str) and x) or isinstance(x, (bytes, np.ndarray))
-    if not all(ok(x) for x in v):
-      raise BadSample("malformed_sample", f"'{key}' must be paths (or encoded bytes / arrays)")
-    out.append(v)
-  if out[0] and out[1]:
-    raise BadSample("malformed_sample", "a sample has images or one video, not both")
-  if len(out[1]) > 1:
-    raise BadSample("malformed_sample", "one video per sample (as the release)")
-  return out[0], out[1]
+# The paper's stage 2 / 3 sample settings (docs/design.md §3): rows of 16,384 tokens, at
+# most 10,240 visual tokens. The real variants of configs/ and the TFDS builder's `release`
+# config use them.
+STAGES = SampleConfig(seq_len=16384, max_tokens=10240)
 
 
 def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenizer,
@@ -92,8 +85,8 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
     ids, labels = chat.format_sample(tokenizer, sample, visuals, prompt_only)
   except BadSample as e:
     raise e.with_id(sid) if e.sample_id is None else e
-  if cfg.max_length is not None and len(ids) > cfg.max_length:
-    raise BadSample("too_long", f"{len(ids)} tokens > max_length {cfg.max_length}", sid)
+  if cfg.seq_len is not None and len(ids) > cfg.seq_len:
+    raise BadSample("too_long", f"{len(ids)} tokens > seq_len {cfg.seq_len}", sid)
   if not prompt_only and not (labels != chat.IGNORE_INDEX).any():
     raise BadSample("no_label_tokens", "", sid)
   return {
@@ -102,4 +95,37 @@ def process(sample: dict, image_arrays: list, video_frames, timestamps, tokenize
       "patches": (np.concatenate(patches) if patches else np.zeros((0, 588), np.float32)),
       "grids": np.asarray(grids, np.int32).reshape(-1, 3),
       "merge_sizes": np.asarray(merges, np.int32),
+  }
+
+
+def features(record: dict, tokenizer, scfg: SampleConfig, prompt_only: bool = False) -> dict:
+  """A record (`records.py`: media as encoded bytes) -> the per-sample arrays the packer
+  packs, indices local to the sample. `prompt_only`: a generation prompt
+  (`chat.format_sample`). Raises BadSample.
+
+      input_ids, labels                 [n]
+      patches                           [P, 588]     patch_frame [P] (1.. per frame)
+      patch_positions                   [P, 2]
+      merge_index, merge_weight         [V, 4]       token_frame [V]
+      visual_positions                  [V]          where each visual token goes in input_ids
+  """
+  arrays = [images.load_image(b) for b in record["images"]]
+  frames = stamps = None
+  if record.get("video") is not None:
+    frames, stamps = video.load_video(record["video"], scfg.fps, scfg.max_frames)
+  out = process(record, arrays, frames, stamps, tokenizer, scfg, prompt_only)
+  ids = out["input_ids"]
+  lay = patch_layout.pack_items(out["grids"].tolist(), out["merge_sizes"].tolist())
+  vis_pos = np.nonzero(ids == tokenizer.image_token_id)[0].astype(np.int32)
+  if len(vis_pos) != len(lay["merge_index"]):  # the chat format and the merge plan disagree: a bug
+    raise AssertionError(f"{record['id']}: {len(vis_pos)} image tokens vs "
+                         f"{len(lay['merge_index'])} visual tokens")
+  return {
+      "input_ids": ids, "labels": out["labels"],
+      "patches": out["patches"].astype(np.float32),
+      "patch_frame": lay["patch_segment_ids"],
+      "patch_positions": lay["patch_positions"],
+      "merge_index": lay["merge_index"], "merge_weight": lay["merge_weight"],
+      "token_frame": lay["token_segment_ids"],
+      "visual_positions": vis_pos,
   }

@@ -1,15 +1,16 @@
 """The release's training data as a TensorFlow Datasets builder: `penguin_vl`.
 
-Build (offline; no TensorFlow needed):
+Build (offline; no TensorFlow needed; `data_pipelines.tfds_build` is TFDS's own `tfds build`
+command for this file):
 
-  tfds build data_pipelines/tfds_penguin.py --manual_dir=DATA --data_dir=~/tensorflow_datasets \\
-      [--config=release | --config='{"name": "mine", "max_length": 8192, "tokenizer": "DIR"}']
+  python -m data_pipelines.tfds_build --manual_dir=DATA --data_dir=~/tensorflow_datasets \\
+      [--config=release | --config='{"name": "mine", "tokenizer": "DIR", "sample": {"seq_len": 8192}}']
 
 DATA holds the release's JSONL files and the media their paths are relative to. Each
 `NAME.jsonl` in DATA is split NAME (`train.jsonl` -> "train", `val.jsonl` -> "val"), or
-the config's `splits` names them. Every sample is checked as `data_pipelines.build` checks
-it (the same `valid_records` loop: JSON, conversation, media decoding, image budget, TRA,
-tokenisation, length); a bad one is one line `skip ID: REASON (detail)`, counted and left
+the config's `splits` names them. Every sample is checked (`validate.valid_records`: JSON,
+conversation, media decoding, image budget, TRA, tokenisation, length, with the config's
+`sample` settings, a `SampleConfig`); a bad one is one line `skip ID: REASON (detail)`, counted and left
 out, and each split's counts are in the dataset's metadata (`metadata.json`: written,
 skipped, reasons, tokens). `strict` stops at the first one. The examples keep the JSONL
 order (the training pipeline shuffles with its own seed).
@@ -28,50 +29,38 @@ data.split). An example holds exactly what training reads:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import build as build_lib, sample as sample_lib
-from data_pipelines.pipeline import Unreadable
+from data_pipelines import records, sample as sample_lib, validate
+from data_pipelines.records import Skipped
 from data_pipelines.tokenizer import from_spec
+from penguin_jax import settings
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
 class PenguinConfig(tfds.core.BuilderConfig):
-  """What a build depends on: where the data is, and the sample settings of validation
-  (the lengths a sample is checked against). Defaults: the real stages' (configs/common)."""
+  """What a build depends on: where the data is, and the sample settings it is checked
+  with (`sample`, a SampleConfig; in a JSON config a dict of its fields). Default: the
+  paper's stage settings (`sample.STAGES`)."""
   splits: dict = dataclasses.field(default_factory=dict)  # split -> JSONL; {}: each NAME.jsonl
   data_folder: str = ""          # media root, relative to the manual dir ("" = the manual dir)
   tokenizer: str = ""            # "" = offline Qwen3; Qwen3 tokenizer.json dir; SentencePiece .model
-  max_length: int = 16384        # tokens per sample (data.seq_len)
-  max_tokens: int = 10240        # visual tokens per sample's images / video
-  min_tokens: int = 16
-  image_merge_size: int = 1
-  video_merge_size: int = 2
-  fps: float = 1.0
-  max_frames: int = 180
-  multi_image: str = "release"
+  sample: sample_lib.SampleConfig = dataclasses.field(default_factory=lambda: sample_lib.STAGES)
   allow_outside: bool = False    # media paths may leave the data folder
   strict: bool = False           # stop at the first bad sample
 
-  @classmethod
-  def of(cls, name: str, scfg: sample_lib.SampleConfig, **kw) -> "PenguinConfig":
-    """The config that validates with a run's sample settings (`launch.train.sample_config`)."""
-    fields = ("max_length", "max_tokens", "min_tokens", "image_merge_size",
-              "video_merge_size", "fps", "max_frames", "multi_image")
-    return cls(name=name, **{f: getattr(scfg, f) for f in fields}, **kw)
-
-  def sample_config(self) -> sample_lib.SampleConfig:
-    return sample_lib.SampleConfig(
-        image_merge_size=self.image_merge_size, video_merge_size=self.video_merge_size,
-        min_tokens=self.min_tokens, max_tokens=self.max_tokens, fps=self.fps,
-        max_frames=self.max_frames, max_length=self.max_length, multi_image=self.multi_image)
+  def __post_init__(self):
+    if isinstance(self.sample, dict):   # a JSON --config
+      self.sample = settings.from_mapping(sample_lib.SampleConfig, self.sample)
 
 
 class PenguinVl(tfds.core.GeneratorBasedBuilder):
@@ -106,6 +95,15 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,            # the JSONL order; Grain shuffles with its seed
         homepage="https://github.com/tencent-ailab/Penguin-VL")
 
+  # TFDS prints a download-size line in bold to stdout before a build and another after it
+  # ("Downloading and preparing dataset Unknown size ..."): nothing is downloaded here, so
+  # one log line each instead.
+  def _log_download_bytes(self):
+    log.info("building %s/%s in %s", self.name, self.builder_config.name, self.data_dir)
+
+  def _log_download_done(self):
+    log.info("built %s/%s in %s", self.name, self.builder_config.name, self.data_dir)
+
   def _split_generators(self, dl_manager):
     c = self.builder_config
     root = os.fspath(dl_manager.manual_dir)
@@ -126,12 +124,12 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, path, data_folder, tokenizer, split):
     c = self.builder_config
     reasons, written, tokens = collections.Counter(), 0, 0
-    for n, rec in build_lib.valid_records(build_lib.read_jsonl(path), data_folder, tokenizer,
-                                          c.sample_config(), reasons, c.strict, log.warning,
-                                          c.allow_outside):
+    for n, rec in validate.valid_records(records.read_jsonl(path), data_folder, tokenizer,
+                                         c.sample, reasons, c.strict, log.warning,
+                                         c.allow_outside):
       written += 1
       tokens += rec["num_tokens"]
-      yield n, to_example(rec)
+      yield n, records.to_example(rec)
     counts = {"written": written, "skipped": sum(reasons.values()), "reasons": dict(reasons),
               "tokens": tokens}
     self.info.metadata[split] = counts
@@ -139,46 +137,38 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
                 dict(reasons))
 
 
-def to_example(record: dict) -> dict:
-  """A validated record (`build.check_sample`) -> a `penguin_vl` example."""
-  return {"id": record["id"],
-          "conversations": [{"from": str(t["from"]), "value": t["value"]}
-                            for t in record["conversations"]],
-          "images": list(record["images"]), "video": record["video"] or b"",
-          "num_tokens": record["num_tokens"], "num_patches": record["num_patches"]}
-
-
-def to_record(example: dict) -> dict:
-  """A `penguin_vl` example as `tfds.data_source` returns it -> the pipeline's record
-  (the layout of `build.check_sample`)."""
-  txt = lambda b: b.decode("utf-8") if isinstance(b, bytes) else str(b)
-  conv = example["conversations"]
-  return {"id": txt(example["id"]),
-          "conversations": [{"from": txt(f), "value": txt(v)}
-                            for f, v in zip(conv["from"], conv["value"])],
-          "images": [bytes(b) for b in example["images"]],
-          "video": bytes(example["video"]) or None,
-          "num_tokens": int(example["num_tokens"]), "num_patches": int(example["num_patches"])}
-
-
 def prepare(manual_dir: str, data_dir: str, config: PenguinConfig | str) -> PenguinVl:
   """Build (once; a prepared dataset is reused) -> the builder. `config`: a PenguinConfig
   or a built-in config's name ("release"). Progress bars only on a
   terminal (the skip lines and a count every 1,000 samples are logged either way)."""
-  import sys
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
-  builder = PenguinVl(config=config, data_dir=data_dir)
+  with _quiet_custom_config():
+    builder = PenguinVl(config=config, data_dir=data_dir)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
   return builder
 
 
+@contextlib.contextmanager
+def _quiet_custom_config():
+  """TFDS warns "Using custom data configuration: <the whole config>" (a 500-character
+  line) for every config not in BUILDER_CONFIGS, i.e. every dataset a user names: that
+  one warning is dropped, the config is logged by `_log_download_bytes` when built."""
+  drop = lambda r: not str(r.msg).startswith("Using custom data configuration")
+  logger = logging.getLogger("absl")
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 class Split:
   """One split of a prepared `penguin_vl` dataset as the Grain pipeline's random-access
   source (`tfds.data_source`), each example in the record layout; an example that cannot
-  be read (a corrupt chunk) is an `Unreadable` naming split and index, which the pipeline
-  counts and skips as "corrupt_record". `name`: "penguin_vl/CONFIG[:VERSION]"."""
+  be read (a corrupt chunk) is a `records.Skipped` naming split and index, which the
+  pipeline counts and skips as "corrupt_record". `name`: "penguin_vl/CONFIG[:VERSION]"."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     try:
@@ -187,8 +177,8 @@ class Split:
     except Exception as e:   # not prepared, no such split: tfds's message, first line
       raise FileNotFoundError(
           f"TFDS {name} split {split!r} in {data_dir or 'the default data_dir'}: "
-          f"{str(e).strip().splitlines()[0][:300]} (build it: tfds build "
-          "data_pipelines/tfds_penguin.py --manual_dir=DATA --data_dir=DIR)") from None
+          f"{str(e).strip().splitlines()[0][:300]} (build it: python -m "
+          "data_pipelines.tfds_build --manual_dir=DATA --data_dir=DIR)") from None
     if n == 0:
       raise FileNotFoundError(f"TFDS {name} split {split!r} holds no example")
     self.where = f"{name}:{split}"
@@ -200,9 +190,9 @@ class Split:
     try:
       example = self.source[i]
     except Exception as e:
-      return Unreadable(f"{self.where}[{i}]",
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return to_record(example)
+      return Skipped(f"{self.where}[{i}]", "corrupt_record",
+                     f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return records.to_record(example)
 
   def __repr__(self):
     return f"Split({self.where}, {len(self)} examples)"

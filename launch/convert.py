@@ -16,7 +16,7 @@ README.md. Only the parameters are read from the checkpoint (no optimizer state)
 The release finds the encoder by the absolute path in `mm_vision_encoder`; after moving
 the folder, `set-encoder` points it to the new place (or to a hub id).
 
-The HF side is config.json + safetensors in the release's layout (DESIGN.md 1.5); the
+The HF side is config.json + safetensors in the release's layout (docs/design.md §1.5); the
 model_type (qwen3, penguinvl_vision_encoder, penguinvl_qwen3) picks the model.
 `qwen3-to-encoder` writes an HF encoder directory initialised from a text-only Qwen3
 (layers and norm copied, embeddings dropped, new patch embedding).
@@ -30,6 +30,8 @@ import time
 
 import jax
 import jax.numpy as jnp
+
+from penguin_jax import export, hf, orbax_params
 
 
 def _dtype(name):
@@ -76,14 +78,14 @@ def main(argv=None) -> int:
   r.add_argument("--encoder_ref", default=None,
                  help="default: the absolute path of HF_DIR/penguin_encoder")
   args = p.parse_args(argv)
-  if args.cmd == "set-encoder":
-    return set_encoder(args.hf_dir, args.encoder_ref)
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.ERROR)
-
-  from penguin_jax import orbax_params, hf  # after arg parsing: --help stays fast, registry
   t0 = time.time()
   try:
+    if args.cmd == "set-encoder":
+      print(f"{args.hf_dir}/config.json: encoder -> "
+            f"{export.set_encoder(args.hf_dir, args.encoder_ref)}")
+      return 0
     if args.cmd == "hf-to-orbax":
       model, params = hf.from_pretrained(args.hf_dir, dtype=_dtype(args.dtype),
                                          scan_layers=args.scan_layers)
@@ -93,7 +95,10 @@ def main(argv=None) -> int:
       hf.save_pretrained(model, params, args.out, dtype=_dtype(args.dtype),
                          max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
     elif args.cmd == "workdir-to-hf":
-      model, params = export_run(args)
+      model, params = export.export_run(
+          args.workdir, args.out, step=args.step, dtype=args.dtype,
+          keep_distill_head=args.keep_distill_head, teacher=args.teacher,
+          encoder_ref=args.encoder_ref, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
     else:
       model, params = hf.encoder_from_qwen3(args.hf_dir, jax.random.PRNGKey(args.seed),
                                             patch_size=args.patch_size)
@@ -105,89 +110,6 @@ def main(argv=None) -> int:
   print(f"{args.cmd}: {type(model).__name__} with {n:,} parameters -> {args.out} "
         f"({time.time() - t0:.1f}s)")
   return 0
-
-
-def export_run(args):
-  """`workdir-to-hf`: the run's parameters, config and tokenizer -> an HF directory."""
-  import dataclasses
-  import os
-  from data_pipelines.chat import CHAT_TEMPLATE
-  from data_pipelines.tokenizer import save_hf
-  from launch.models import from_workdir
-  from penguin_jax import hf, preprocessor
-
-  dtype = _dtype(args.dtype)
-  run = from_workdir(args.workdir, args.step, dtype, keep_distill_head=args.keep_distill_head)
-  cfg, step, tok, params, vcfg = run.run_config, run.step, run.tokenizer, run.params, run.model.cfg
-  workdir = run.workdir
-  has_head = "vision_distill_layer" in params
-  if args.keep_distill_head and not has_head:
-    raise ValueError(f"{args.workdir}: --keep_distill_head, but this run ({cfg.stage}) has no "
-                     "distill head")
-  if cfg.model.use_teacher and not has_head:
-    logging.info("distill head dropped (inference does not use it; --keep_distill_head keeps it)")
-  elif has_head:
-    run_teacher = cfg.init.get("teacher", "")
-    run_teacher = os.path.abspath(run_teacher) if run_teacher not in ("", "random") else ""
-    vcfg = dataclasses.replace(vcfg, teacher_name=args.teacher or run_teacher or vcfg.teacher_name)
-  d = cfg.data
-  model = registry.build_model(vcfg)
-  hf.save_pretrained(
-      model, params, args.out, dtype=dtype, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3),
-      encoder_ref=args.encoder_ref,
-      preprocessor_config=preprocessor.make(d.image_mean, d.image_std, d.min_tokens, d.max_tokens),
-      extra_config={"loss_reduction_scope": cfg.loss.scope, "tokenizer_model_max_length": d.seq_len,
-                    "bos_token_id": tok.pad_id, "eos_token_id": tok.eos_id,   # the run's tokenizer
-                    "max_frames": d.max_frames, "penguin_jax_run": {
-                        "workdir": os.path.abspath(workdir), "stage": cfg.stage,
-                        "variant": cfg.variant, "step": step}})
-  save_hf(tok, args.out, CHAT_TEMPLATE, d.seq_len)
-  with open(os.path.join(args.out, "README.md"), "w") as f:
-    f.write(_README.format(stage=cfg.stage, variant=cfg.variant, step=step,
-                           workdir=os.path.abspath(workdir), dtype=dtype.name,
-                           head="kept" if has_head and args.keep_distill_head else "none",
-                           out=os.path.abspath(args.out)))
-  return model, params
-
-
-def set_encoder(hf_dir: str, encoder_ref=None) -> int:
-  """Rewrite `mm_vision_encoder` / `vision_encoder` of an exported VLM's config.json."""
-  import json
-  import os
-  from penguin_jax.model_config import ENCODER_DIRNAME
-  f = os.path.join(hf_dir, "config.json")
-  ref = encoder_ref or os.path.abspath(os.path.join(hf_dir, ENCODER_DIRNAME))
-  if not os.path.isfile(f) or (encoder_ref is None and not os.path.isdir(ref)):
-    print(f"error: {hf_dir}: no config.json and {ENCODER_DIRNAME}/ there (not an exported "
-          "Penguin-VL folder)", file=sys.stderr)
-    return 2
-  with open(f) as fh:
-    d = json.load(fh)
-  d["mm_vision_encoder"] = d["vision_encoder"] = ref
-  with open(f, "w") as fh:
-    json.dump(d, fh, indent=2)
-  print(f"{f}: encoder -> {ref}")
-  return 0
-
-
-_README = """# Penguin-VL, exported by penguin-jax
-
-- run: `{workdir}`, stage `{stage}:{variant}`, step {step}
-- tensors: {dtype}; distill head: {head}
-- encoder: `penguin_encoder/` (a standalone Penguin-Encoder checkpoint). `mm_vision_encoder`
-  in config.json names it by absolute path, as the release resolves it from any working
-  directory; after moving this folder run
-  `python -m launch.convert set-encoder --hf_dir=NEW_PLACE` (penguin_jax finds it anyway)
-
-PyTorch, with the Penguin-VL release (github tencent-ailab/Penguin-VL) on the path:
-
-```python
-from penguinvl.model import load_pretrained_model
-tokenizer, model, processor, _ = load_pretrained_model("{out}", None, "penguinvl", device_map="cpu")
-```
-
-JAX: `model, params = penguin_jax.from_pretrained("{out}")`.
-"""
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """Losses, as pure functions of arrays.
 
-* Language-model cross-entropy (DESIGN 2.4) with the "batch" and "sequence" reduction
+* Language-model cross-entropy (docs/design.md §2.4) with the "batch" and "sequence" reduction
   scopes (both as the release reduces them), the LM head fused into it and computed only where labels are (`lm_loss`,
   `lm_head_cross_entropy`); denominators can be a larger batch's (gradient accumulation).
-* The reconstruction (distillation) losses of stage 1a (DESIGN 1.4): `amplitude_loss`,
+* The reconstruction (distillation) losses of stage 1a (docs/design.md §1.4): `amplitude_loss`,
   `direction_loss`, `relation_loss` (scope "image" = block-diagonal, or "batch" = the
   release's all-pairs Gram over a chip's local batch) and their sum `reconstruction_loss`.
 
@@ -12,13 +12,42 @@ Labels follow Hugging Face: aligned with the inputs, -100 = ignore; the loss shi
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import optax
 
-IGNORE_INDEX = -100  # DESIGN 2.3
+from penguin_jax.settings import setting
+
+IGNORE_INDEX = -100  # docs/design.md §2.3
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """The losses' settings (a run config's `loss.*`), declared once."""
+  scope: str = setting("batch", "LM loss reduction: 'batch' (over the global batch's label "
+                       "tokens) or 'sequence' (each sequence's mean, then their mean)")
+  max_label_tokens: int = setting(0, "0: the LM head on every position; else on at most this "
+                                  "many label positions per row")
+  chunk_size: int = setting(1024, "positions per chunk of the fused LM head + cross-entropy")
+  reconstruction_weight: float = setting(
+      3.0, "stage 1a: weight of amplitude + direction + relation (docs/design.md §1.4)")
+  reconstruction_weight_end: float = setting(
+      2.0, "the weight falls linearly to this over total_steps, as the release; -1: constant")
+  relation_scope: str = setting(
+      "image", "relation loss pairs: 'image' (inside an image / frame), 'batch' (all visual "
+      "tokens of a chip's local batch, the release's) or 'none' (no relation term)")
+
+  def reconstruction_schedule(self, total_steps: int) -> Union[float, Callable]:
+    """The reconstruction weight: constant, or with `reconstruction_weight_end` >= 0 a
+    schedule step -> weight falling linearly over `total_steps` (the release: 3 -> 2)."""
+    w0, w1 = self.reconstruction_weight, self.reconstruction_weight_end
+    if w1 is None or w1 < 0:
+      return w0
+    return optax.linear_schedule(w0, w1, total_steps)
 
 
 # --------------------------------------------------------------------------- LM loss
@@ -264,14 +293,14 @@ def _sequence_keys(segment_ids, max_id=None):
 
 def reduce_token_loss(token_loss, mask, segment_ids, scope: str, denominator=None,
                       max_segment_id=None):
-  """Reduce per-token losses [b, s] (mask: counted tokens) by DESIGN 2.4's scopes.
+  """Reduce per-token losses [b, s] (mask: counted tokens) by docs/design.md §2.4's scopes.
 
   "batch":    sum over label tokens / number of label tokens.
   "sequence": mean per sequence (each packed sequence separately), then divided by the
               number of packed sequences, counting those without a label token too
               (they add 0 to the sum and 1 to the count). This is the release's choice
               (`penguinvl/model/loss.py` with the trainer's `num_items_in_batch` = number
-              of `position_ids == 0`, DESIGN 2.4), not a mean over labelled sequences.
+              of `position_ids == 0`, docs/design.md §2.4), not a mean over labelled sequences.
   `denominator` replaces the count (number of label tokens / sequences) by that of a
   larger batch (gradient accumulation: every micro-batch divides by the global count).
   Without one, the sequences are those of `segment_ids` (ids > 0; 0 is padding).
@@ -298,7 +327,7 @@ def _token_loss_count(mask, segment_ids, scope, max_segment_id=None):
 
 def sequence_count(segment_ids, max_segment_id=None):
   """Number of packed sequences in [b, s] segment ids (ids > 0; 0 is padding), with or
-  without label tokens: the release's "sequence" denominator (DESIGN 2.4)."""
+  without label tokens: the release's "sequence" denominator (docs/design.md §2.4)."""
   key, n = _sequence_keys(segment_ids, max_segment_id)
   present = jax.ops.segment_sum((segment_ids > 0).reshape(-1).astype(jnp.float32), key,
                                 num_segments=n)
@@ -340,9 +369,9 @@ def lm_loss(hidden, labels, segment_ids, head_kernel, *, scope: str = "batch",
 
 # --------------------------------------------------------------------------- reconstruction
 def smooth_l1(x, y, beta: float):
-  """Elementwise smooth-L1 (Huber / beta), as torch.nn.functional.smooth_l1_loss."""
-  d = jnp.abs(x - y)
-  return jnp.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+  """Elementwise smooth-L1 as torch.nn.functional.smooth_l1_loss: optax's Huber loss
+  with delta = beta, divided by beta."""
+  return optax.losses.huber_loss(x, y, delta=beta) / beta
 
 
 def _masked_mean(x, mask, denominator=None):
@@ -372,9 +401,10 @@ def amplitude_loss(student, teacher, valid, beta: float = 1e-3, denominator=None
 def direction_loss(student, teacher, valid, eps: float = 1e-8, denominator=None):
   """1 - mean over valid tokens of cosine(student, teacher). With a `denominator` (the
   whole batch's token count) the micro-batch's share: sum(1 - cos) / denominator."""
-  s = student.astype(jnp.float32)
-  t = teacher.astype(jnp.float32)
-  cos = jnp.sum(s * t, -1) / (_safe_norm(s, eps) * _safe_norm(t, eps))
+  # optax clips the squared norms: eps^2 there is max(||x||, eps) here (finite gradient on
+  # the all-zero padding tokens)
+  cos = optax.losses.cosine_similarity(student.astype(jnp.float32),
+                                       teacher.astype(jnp.float32), epsilon=eps * eps)
   if denominator is None:
     return 1.0 - _masked_mean(cos, valid)
   return _masked_mean(1.0 - cos, valid, denominator)
@@ -447,7 +477,7 @@ def reconstruction_normalizers(token_segment_ids, relation_scope: str = "image",
 def reconstruction_loss(student, teacher, token_segment_ids, *, relation_scope="image",
                         beta: float = 1e-3, normalizers: Optional[dict] = None,
                         local_rows: Optional[int] = None):
-  """amplitude + direction + relation (DESIGN 1.4), each returned too.
+  """amplitude + direction + relation (docs/design.md §1.4), each returned too.
   student: the distill head's output [b, V, teacher_e]; teacher [b, V, teacher_e].
   `normalizers`: `reconstruction_normalizers` of a larger batch (gradient accumulation)."""
   valid = token_segment_ids != 0

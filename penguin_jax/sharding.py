@@ -44,7 +44,9 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A (data, fsdp, tensor) mesh; one size may be -1 (= the remaining devices)."""
+  """A (data, fsdp, tensor) mesh (`jax.make_mesh`: devices laid out for the topology);
+  one size may be -1 (= the remaining devices). Sizes that do not fit the devices are a
+  ValueError naming both."""
   devices = list(devices if devices is not None else jax.devices())
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
@@ -52,16 +54,14 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not split into mesh {sizes}")
+      raise ValueError(f"{len(devices)} devices do not split into mesh data={data} "
+                       f"fsdp={fsdp} tensor={tensor}")
     sizes[sizes.index(-1)] = len(devices) // known
   if int(np.prod(sizes)) != len(devices):
     raise ValueError(f"mesh data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} needs "
                      f"{int(np.prod(sizes))} devices, {len(devices)} are visible")
-  try:
-    dev = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
-  except Exception:  # CPU / odd topologies: plain reshape
-    dev = np.asarray(devices).reshape(sizes)
-  return Mesh(dev, MESH_AXES)
+  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)  # as Mesh(): shardings by rules
 
 
 def logical_to_mesh_sharding(logical_tree, mesh: Mesh, rules=LOGICAL_RULES):
@@ -137,5 +137,3 @@ def per_device(fn, in_names, out_names, check_vma: bool = False):
   return jax.shard_map(fn, mesh=m, in_specs=tuple(spec(n) for n in in_names), out_specs=outs,
                        check_vma=check_vma)
 
-
-import jax.experimental.mesh_utils  # noqa: E402  (imported for create_device_mesh)

@@ -78,11 +78,10 @@ def test_teacher_is_gathered_once_per_step_not_per_micro_batch(tmp_path):
 def test_train_and_aot_lower_the_same_program():
   """What launch.train jits is what launch.aot compiles (cpu:8, same lowered text)."""
   from configs import stage1
-  from launch import train
-  from penguin_jax.train import aot_analysis as aot, hardware
+  from penguin_jax.train import aot_analysis as aot, hardware, program, runtime
   cfg = stage1.get_config("tiny")
   cfg.data.global_batch = 8
-  a = train.build_program(cfg).lower().as_text()
+  a = program.build(cfg, runtime.mesh(cfg)).lower().as_text()      # as loop.run builds it
   b = aot.make_program(cfg, hardware.parse_slice("cpu:8")).lower().as_text()
   assert a == b and "manual_computation" in a    # the per-device loss is in it
 

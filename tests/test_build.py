@@ -1,4 +1,6 @@
-"""`python -m data_pipelines.build`: every bad-input kind named, counted and skipped."""
+"""Building the release's JSONL as the TFDS dataset `penguin_vl`: every bad-input kind
+named, counted and skipped (`data_pipelines.tfds_build`, `data_pipelines.build`, and the
+checking loop `validate.valid_records` itself)."""
 import io
 import json
 import os
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.build import decode_record
+from data_pipelines import records, validate
 from test_video import write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +70,7 @@ def test_tfds_builder_names_counts_and_skips_every_bad_kind(tmp_path):
   import tensorflow_datasets as tfds
   ann, data = make_dataset(tmp_path)
   config = json.dumps({"name": "bad", "splits": {"train": str(ann)}, "data_folder": str(data),
-                       "max_length": 300})
+                       "sample": {"seq_len": 300}})
   r = subprocess.run([sys.executable, "-m", "data_pipelines.tfds_build",
                       f"--manual_dir={tmp_path}", f"--data_dir={tmp_path / 'tfds'}",
                       f"--config={config}"], cwd=REPO, capture_output=True, text=True,
@@ -81,8 +83,7 @@ def test_tfds_builder_names_counts_and_skips_every_bad_kind(tmp_path):
   assert len(skips) == 12 and "skip corrupt: corrupt_image (" in "\n".join(skips), skips
   assert "skip line 15: invalid_utf8 (" in "\n".join(skips)
   src = tfds.data_source("penguin_vl/bad", split="train", data_dir=str(tmp_path / "tfds"))
-  from data_pipelines.tfds_penguin import to_record
-  recs = {r["id"]: r for r in (to_record(src[i]) for i in range(len(src)))}
+  recs = {r["id"]: r for r in (records.to_record(src[i]) for i in range(len(src)))}
   assert list(recs) == ["good_image", "good_video", "good_text"]      # the JSONL's order
   assert Image.open(io.BytesIO(recs["good_image"]["images"][0])).size == (160, 120)
   assert recs["good_video"]["video"] == (data / "ok.mp4").read_bytes()
@@ -90,71 +91,66 @@ def test_tfds_builder_names_counts_and_skips_every_bad_kind(tmp_path):
   assert recs["good_text"]["conversations"] == _conv("Hi", "Hello.")
 
 
-def test_builder_names_counts_and_skips_every_bad_kind(tmp_path):
+def test_build_command_takes_the_sample_settings_as_flags(tmp_path):
+  """`data_pipelines.build`: one split per JSONL, the sample settings as flags made from
+  SampleConfig's fields (`--seq-len`), the counts in its last line and the metadata."""
   ann, data = make_dataset(tmp_path)
-  out = tmp_path / "out"
-  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", "--format=array_record",
-                      f"--annotations={ann}", f"--data-folder={data}", f"--out={out}",
-                      "--max-length=300", "--num-shards=2"], cwd=REPO, capture_output=True,
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
+                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--name=flags",
+                      "--seq-len=300", "--no-use-tra"], cwd=REPO, capture_output=True,
                      text=True, timeout=300)
-  assert r.returncode == 0, r.stderr
-  lines = r.stdout.strip().splitlines()
-  stats = json.loads(lines[-1])
-  assert stats["written"] == 3 and stats["skipped"] == 12
-  assert stats["reasons"] == TWELVE
-  skips = [l for l in lines if l.startswith("skip ")]
-  assert len(skips) == 12
-  assert any(l.startswith("skip 'corrupt': corrupt_image") or l.startswith("skip corrupt: corrupt_image") for l in skips)
-  # the records read back
-  from array_record.python.array_record_module import ArrayRecordReader
-  recs = []
-  for f in sorted(os.listdir(out)):
-    if f.endswith(".array_record"):
-      rd = ArrayRecordReader(str(out / f))
-      recs += [decode_record(x) for x in rd.read_all()]
-  assert sorted(r["id"] for r in recs) == ["good_image", "good_text", "good_video"]
-  img = next(r for r in recs if r["id"] == "good_image")
-  assert Image.open(io.BytesIO(img["images"][0])).size == (160, 120)
-  vid = next(r for r in recs if r["id"] == "good_video")
-  assert vid["video"] == (data / "ok.mp4").read_bytes() and vid["num_patches"] > 0
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  assert out["dataset"] == "penguin_vl/flags" and out["train"]["written"] == 3
+  assert out["train"]["reasons"] == TWELVE
+  assert len([l for l in r.stderr.splitlines() if "skip " in l]) == 12
+  meta = json.load(open(tmp_path / "o" / "penguin_vl" / "flags" / "1.0.0" / "metadata.json"))
+  assert meta == {"train": out["train"]}
+  # the settings reached the check: a longer row admits the long sample
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
+                      f"--data-folder={data}", f"--out={tmp_path / 'o2'}", "--name=longer",
+                      "--seq-len=4096"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert json.loads(r.stdout.strip().splitlines()[-1])["train"]["written"] == 4
 
 
-@pytest.mark.parametrize("fmt", ["tfds", "array_record"])
-def test_strict_mode_stops_with_the_reason(tmp_path, fmt):
+def test_strict_mode_stops_with_the_reason(tmp_path):
   ann, data = make_dataset(tmp_path)
-  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--format={fmt}",
-                      f"--annotations={ann}", f"--data-folder={data}", f"--out={tmp_path / 'o'}",
-                      "--strict"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
+                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
+                     cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: sample 'corrupt': corrupt_image"), last
   left = [f for _, _, fs in os.walk(tmp_path / "o") for f in fs
-          if "array_record" in f or f in ("stats.json", "dataset_info.json")]
-  assert left == []          # atomic: no partial shard or split, no stats
+          if "array_record" in f or f == "dataset_info.json"]
+  assert left == []          # atomic: no partial split
 
 
-def test_builder_accepts_a_data_source(tmp_path):
-  """The random-access data-source path (what `tfds.data_source` returns): media as bytes
-  or arrays, conversations as a JSON string."""
-  from data_pipelines import build as B, sample as S
+def test_media_may_be_bytes_or_arrays(tmp_path):
+  """A sample's media as encoded bytes or uint8 arrays (not only paths) check and become
+  the same record bytes a path gives."""
+  from data_pipelines import sample as S
   from data_pipelines.tokenizer import Qwen3Tokenizer
   rgb = np.random.RandomState(0).randint(0, 255, (100, 120, 3)).astype(np.uint8)
   buf = io.BytesIO()
   Image.fromarray(rgb).save(buf, format="PNG")
-  source = [
-      {"id": b"arr", "image": [rgb], "conversations": json.dumps(_conv())},
-      {"id": "bytes", "image": [buf.getvalue()], "conversations": _conv()},
-      {"id": "badjson", "conversations": "{oops"},
-  ]
-  stats = B.build(source, str(tmp_path), str(tmp_path / "o"), S.SampleConfig(),
-                  Qwen3Tokenizer.from_vocab_file(), log=lambda *_: None)
-  assert stats["written"] == 2 and stats["reasons"] == {"invalid_json": 1}
+  (tmp_path / "x.png").write_bytes(buf.getvalue())
+  items = [(0, {"id": "arr", "image": [rgb], "conversations": _conv()}),
+           (1, {"id": "bytes", "image": [buf.getvalue()], "conversations": _conv()}),
+           (2, {"id": "path", "image": ["x.png"], "conversations": _conv()})]
+  reasons = __import__("collections").Counter()
+  got = dict(validate.valid_records(items, str(tmp_path), Qwen3Tokenizer.from_vocab_file(),
+                                    S.SampleConfig(), reasons, log=lambda *_: None))
+  assert sorted(got) == [0, 1, 2] and not reasons
+  assert got[1]["images"] == got[2]["images"] == [buf.getvalue()]
+  assert np.array_equal(np.asarray(Image.open(io.BytesIO(got[0]["images"][0]))), rgb)
 
 
 def test_builder_never_dies_on_one_sample_and_reads_only_its_folder(tmp_path, monkeypatch):
   """A decompression bomb, wrong JSON types, an error nobody foresaw, paths out of the data
-  folder: each a named, counted skip; the build finishes with its summary."""
-  from data_pipelines import build as B, sample as S
+  folder: each a named, counted skip; the loop goes on to the end."""
+  import collections
+  from data_pipelines import sample as S
   from data_pipelines.tokenizer import Qwen3Tokenizer
   from PIL import Image as PILImage
   d = tmp_path / "data"
@@ -178,24 +174,28 @@ def test_builder_never_dies_on_one_sample_and_reads_only_its_folder(tmp_path, mo
       raise RuntimeError("nobody saw this coming")
     return real(sample, *a, **k)
   monkeypatch.setattr(S, "process", process)
-  skipped = []
-  stats = B.build(str(tmp_path / "a.jsonl"), str(d), str(tmp_path / "o"), S.SampleConfig(),
-                  Qwen3Tokenizer.from_vocab_file(), log=skipped.append)
-  assert stats["written"] == 1 and stats["skipped"] == 5
-  assert stats["reasons"] == {"image_too_large": 1, "malformed_sample": 1,
-                              "outside_data_folder": 2, "unexpected_error": 1}
+  skipped, tok = [], Qwen3Tokenizer.from_vocab_file()
+
+  def check(allow_outside=False):
+    reasons = collections.Counter()
+    good = list(validate.valid_records(records.read_jsonl(str(tmp_path / "a.jsonl")), str(d),
+                                       tok, S.SampleConfig(), reasons, log=skipped.append,
+                                       allow_outside=allow_outside))
+    return len(good), reasons
+  written, reasons = check()
+  assert written == 1 and reasons == {"image_too_large": 1, "malformed_sample": 1,
+                                      "outside_data_folder": 2, "unexpected_error": 1}
   assert "skip boom: unexpected_error (RuntimeError: nobody saw this coming)" in skipped
   assert any(l.startswith("skip up: outside_data_folder (../outside.png") for l in skipped)
-  stats = B.build(str(tmp_path / "a.jsonl"), str(d), str(tmp_path / "o2"), S.SampleConfig(),
-                  Qwen3Tokenizer.from_vocab_file(), log=skipped.append, allow_outside=True)
-  assert stats["written"] == 2                    # ../outside.png read when allowed
-  assert stats["reasons"]["corrupt_image"] == 1   # /etc/passwd: read, not an image
+  written, reasons = check(allow_outside=True)
+  assert written == 2                             # ../outside.png read when allowed
+  assert reasons["corrupt_image"] == 1            # /etc/passwd: read, not an image
 
 
 def test_builder_usage_errors_are_one_line(tmp_path):
   (tmp_path / "a.jsonl").write_text("")
   (tmp_path / "file").write_text("x")
-  for extra, msg in [(["--num-shards=0", f"--out={tmp_path / 'o'}"], "error: --num-shards=0"),
+  for extra, msg in [([f"--out={tmp_path / 'o'}", "--name=release"], "is a built-in config"),
                      ([f"--out={tmp_path / 'file'}"], "is a file; give a folder")]:
     r = subprocess.run([sys.executable, "-m", "data_pipelines.build",
                         f"--annotations={tmp_path / 'a.jsonl'}", *extra], cwd=REPO,

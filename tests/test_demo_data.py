@@ -3,7 +3,9 @@ import hashlib
 import json
 import os
 
-from data_pipelines import build as build_lib, demo_data, sample as sample_lib
+import collections
+
+from data_pipelines import demo_data, records, sample as sample_lib, validate
 from data_pipelines.tokenizer import Qwen3Tokenizer
 
 
@@ -25,10 +27,11 @@ def test_demo_data_is_deterministic_and_builds(tmp_path):
   lines = [json.loads(l) for l in open(a / "train.jsonl")]
   kinds = {l["id"].rsplit("-", 1)[1] for l in lines}
   assert kinds == set(demo_data.KINDS)
-  stats = build_lib.build(str(a / "train.jsonl"), str(a), str(tmp_path / "out"),
-                          sample_lib.SampleConfig(min_tokens=4, max_tokens=256, max_length=2048),
-                          Qwen3Tokenizer.from_vocab_file(), log=lambda *_: None)
-  assert stats["written"] == 10 and stats["skipped"] == 0
+  reasons = collections.Counter()
+  good = list(validate.valid_records(
+      records.read_jsonl(str(a / "train.jsonl")), str(a), Qwen3Tokenizer.from_vocab_file(),
+      sample_lib.SampleConfig(min_tokens=4, max_tokens=256, seq_len=2048), reasons))
+  assert len(good) == 10 and not reasons
 
 
 def test_validation_questions_need_the_image_and_their_answers_are_balanced(tmp_path):

@@ -1,4 +1,4 @@
-"""Demo corpus -> builder -> Grain pipeline -> Penguin-VL train step: the halves fit, and
+"""Demo corpus -> its JSONL read as it is -> Grain pipeline -> Penguin-VL train step: the halves fit, and
 the loss falls on real packed batches (small SentencePiece tokenizer, tiny model)."""
 import dataclasses
 import json
@@ -8,10 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from data_pipelines import build as B, demo_data, pipeline as P, sample as S
+from data_pipelines import demo_data, pipeline as P, records, sample as S
 from data_pipelines.tokenizer import SentencePieceTokenizer
 from penguin_jax import registry
 from penguin_jax.train.step import TrainState, make_train_step
+from penguin_jax.losses import LossConfig
 from penguin_jax.vlm import PenguinVL
 from test_vlm import tiny_vlm_config
 
@@ -21,14 +22,10 @@ def test_pipeline_batches_train_the_vlm(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "d" / "train.jsonl")]
   sp = SentencePieceTokenizer.train(
       [t["value"] for l in lines for t in l["conversations"]] * 4, str(tmp_path / "sp"), 512)
-  scfg = S.SampleConfig(min_tokens=4, max_tokens=32, max_length=256)
-  stats = B.build(str(tmp_path / "d" / "train.jsonl"), str(tmp_path / "d"), str(tmp_path / "ar"),
-                  scfg, sp, log=lambda *_: None)
-  assert stats["written"] == 24
-  cfg = P.PipelineConfig(seq_len=256, max_patches=384, max_visual_tokens=192, batch_size=2,
-                         num_packing_bins=4)
-  it = iter(P.make_dataset([str(tmp_path / "ar" / s) for s in stats["shards"]], sp, scfg, cfg,
-                           process_index=0, process_count=1))
+  scfg = S.SampleConfig(min_tokens=4, max_tokens=32, seq_len=256)
+  cfg = P.PipelineConfig(max_patches=384, max_visual_tokens=192, packing_bins=4)
+  it = iter(P.make_dataset(records.JsonlSource(str(tmp_path / "d" / "train.jsonl")), sp, scfg,
+                           cfg, batch_size=2))
   batch = {k: jnp.asarray(v) for k, v in next(it).items()}
   vcfg = tiny_vlm_config()
   vcfg = dataclasses.replace(vcfg, image_token_index=sp.image_token_id,
@@ -36,7 +33,7 @@ def test_pipeline_batches_train_the_vlm(tmp_path):
   model = PenguinVL(vcfg)
   params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adam(3e-3)
-  step = jax.jit(make_train_step(model, opt, max_label_tokens=128, chunk_size=64))
+  step = jax.jit(make_train_step(model, opt, LossConfig(max_label_tokens=128, chunk_size=64)))
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
   losses = []
   for _ in range(6):

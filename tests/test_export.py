@@ -53,11 +53,11 @@ def _multimodal_batch(image_id, vocab, seed=0):
 def _run_logits(workdir, batch_fn):
   """Logits of the run's own model (its config, its checkpoint's parameters)."""
   from ml_collections import ConfigDict
-  from launch.train import run_tokenizer
+  from penguin_jax.train import data as data_lib
   from penguin_jax.train.program import model_config
   _, run, params = ckpt.read_run(str(workdir))
   cfg = ConfigDict(run)
-  tok = run_tokenizer(cfg, str(workdir))
+  tok = data_lib.tokenizer(cfg, str(workdir))
   vcfg, _ = model_config(cfg, vocab_size=params["llm"]["embed_tokens"]["embedding"].shape[0],
                          image_token_id=tok.image_token_id)
   vcfg = vcfg.replace_runtime(attention="xla", dtype=jnp.float32)

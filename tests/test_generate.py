@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 from data_pipelines import prompts
-from launch import generate, models
+from launch import generate
+from penguin_jax import inference
 
 
 def _perturbed(loaded, seed=0):
@@ -20,7 +21,7 @@ def _perturbed(loaded, seed=0):
 
 
 def _answers(loaded, samples, base, max_new_tokens=10, batch_size=4):
-  g = generate.Generator(loaded, max_new_tokens=max_new_tokens)
+  g = inference.Generator(loaded, max_new_tokens=max_new_tokens)
   out = []
   for i in range(0, len(samples), batch_size):
     feats = [prompts.features(prompts.as_prompt(s)[0], loaded.tokenizer, loaded.sample_config,
@@ -34,12 +35,12 @@ def test_workdir_and_its_export_give_the_same_tokens(runs):
   raw = runs["data"] / "raw"
   samples = prompts.read_jsonl(str(raw / "val.jsonl"))[:6]      # charts ... and a video
   assert any(s.get("video") for s in samples) and any(s.get("image") for s in samples)
-  a = _answers(_perturbed(models.load(workdir=str(workdir))), samples, str(raw))
-  b = _answers(_perturbed(models.load(hf_dir=str(exported))), samples, str(raw))
+  a = _answers(_perturbed(inference.load(workdir=str(workdir))), samples, str(raw))
+  b = _answers(_perturbed(inference.load(hf_dir=str(exported))), samples, str(raw))
   assert a == b
   assert len({t for row in a for t in row}) > 3           # not one repeated token
   # one row alone decodes as in its left-padded batch
-  alone = _answers(_perturbed(models.load(workdir=str(workdir))), samples[2:3], str(raw))
+  alone = _answers(_perturbed(inference.load(workdir=str(workdir))), samples[2:3], str(raw))
   assert alone[0] == a[2]
 
 
@@ -98,7 +99,7 @@ def test_eval_cli_on_a_tiny_run(runs, tmp_path, capsys):
   """`launch.eval`: one pass reads every usable sample once (label tokens counted
   independently from the chat format), names and skips a bad one, and scores each
   generated answer with evaluation.py."""
-  from data_pipelines.pipeline import sample_features
+  from data_pipelines.sample import features
   from launch import eval as eval_cli
   from penguin_jax import evaluation
   workdir, _ = runs["plain"]
@@ -115,13 +116,13 @@ def test_eval_cli_on_a_tiny_run(runs, tmp_path, capsys):
   figures = json.loads(std.out.strip().splitlines()[-1])
   assert any("bad-one" in l and "missing_file" in l for l in std.err.splitlines())
   assert figures["samples"] == 10 and figures["skipped"] == {"missing_file": 1}
-  run = models.load(workdir=str(workdir))
+  run = inference.load(workdir=str(workdir))
   expected = 0
   for l in lines:
     s = json.loads(l)
     rec = {**s, "images": [open(raw / p, "rb").read() for p in s.get("image", [])],
            "video": open(raw / s["video"][0], "rb").read() if s.get("video") else None}
-    expected += int((sample_features(rec, run.tokenizer, run.sample_config)["labels"] >= 0).sum())
+    expected += int((features(rec, run.tokenizer, run.sample_config)["labels"] >= 0).sum())
   held = figures["held_out"]
   assert held["label_tokens"] == expected and held["dropped_label_tokens"] == 0
   assert 0 <= held["correct_tokens"] <= expected and np.isfinite(held["loss"])

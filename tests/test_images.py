@@ -1,4 +1,4 @@
-"""Images (DESIGN 2.1) against transformers' CLIP processing and the release's patch order."""
+"""Images (docs/design.md §2.1) against transformers' CLIP processing and the release's patch order."""
 import dataclasses
 import io
 import json
@@ -25,16 +25,13 @@ def test_patches_match_transformers_resize_normalize_and_release_order(checkpoin
   from transformers.image_transforms import normalize, rescale, resize
   from transformers.image_utils import PILImageResampling
   from data_pipelines import sample as sample_lib
-  from launch.train import prepare_data
+  from data_pipelines.tokenizer import Qwen3Tokenizer
+  from penguin_jax.train import data as data_lib
   from configs import stage3
   rs = np.random.RandomState(0)
   rgb = rs.randint(0, 256, (250, 390, 3)).astype(np.uint8)
   cfg = stage3.get_config("tiny")
-  cfg.data.demo, cfg.data.train_files = False, (str(tmp_path / "shard.array_record"),)
-  from array_record.python.array_record_module import ArrayRecordWriter
-  w = ArrayRecordWriter(str(tmp_path / "shard.array_record"), "group_size:1")
-  w.write(b"one record: prepare_data checks that each shard opens and is not empty")
-  w.close()
+  cfg.data.demo = False
   mean, std = (0.5,) * 3, (0.5,) * 3
   if checkpoint_says == "clip":
     mean, std = images.CLIP_MEAN, images.CLIP_STD
@@ -43,8 +40,10 @@ def test_patches_match_transformers_resize_normalize_and_release_order(checkpoin
     (enc / "preprocessor_config.json").write_text(json.dumps(
         {"image_mean": list(mean), "image_std": list(std), "patch_size": 14}))
     cfg.data.preprocessor_config = str(enc)
-  _, tok, scfg = prepare_data(cfg, str(tmp_path))
+  with pytest.raises(ValueError, match="no training data"):    # read before the data
+    data_lib.prepare(cfg, str(tmp_path))
   assert tuple(cfg.data.image_mean) == tuple(mean)          # recorded in the run's config
+  tok, scfg = Qwen3Tokenizer.load(), data_lib.sample_config(cfg)
   scfg = dataclasses.replace(scfg, image_merge_size=2, max_tokens=16384)
   out = sample_lib.process({"id": "s", "conversations": [
       {"from": "human", "value": "<image>hi"}, {"from": "gpt", "value": "ok"}]},

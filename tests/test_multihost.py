@@ -72,11 +72,11 @@ def test_two_processes_equal_one_and_resume(tmp_path):
   """The one-process and two-process runs go side by side (the demo corpus built first,
   here, so that no two of them build it)."""
   from configs import stage1
-  from launch import train
+  from penguin_jax.train import data as data_lib
   demo = tmp_path / "demo"
   cfg = stage1.get_config("tiny")
   cfg.data.demo_dir = str(demo)
-  train._build_demo(cfg, str(tmp_path), train.sample_config(cfg))
+  data_lib.build_demo(cfg, str(tmp_path), data_lib.sample_config(cfg))
   one, *two = _wait(_one_process(tmp_path / "one", demo, 3) +
                     _two_processes(tmp_path / "two", demo, 3))
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")

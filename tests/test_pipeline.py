@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines import build as build_lib, pipeline as P, sample as sample_lib
+from data_pipelines import pipeline as P, records, sample as sample_lib
 from data_pipelines.tokenizer import IMAGE_TOKEN_ID, Qwen3Tokenizer
 from test_video import write_video
 
@@ -31,22 +31,20 @@ def shards(tmp_path_factory):
     lines.append({"id": f"txt{i}", "conversations": [
         {"from": "human", "value": "Say hi" + "!" * i}, {"from": "gpt", "value": "Hi."}]})
   (root / "a.jsonl").write_text("\n".join(json.dumps(l) for l in lines))
-  scfg = sample_lib.SampleConfig(min_tokens=4, max_tokens=64)
+  scfg = sample_lib.SampleConfig(seq_len=256, min_tokens=4, max_tokens=64)
   tok = Qwen3Tokenizer.from_vocab_file()
-  stats = build_lib.build(str(root / "a.jsonl"), str(d), str(root / "out"), scfg, tok,
-                          num_shards=2, log=lambda *_: None)
-  assert stats["written"] == 20
-  paths = [str(root / "out" / s) for s in stats["shards"]]
-  return paths, scfg, tok
+  source = records.JsonlSource(str(root / "a.jsonl"), str(d))
+  assert len(source) == 20
+  return source, scfg, tok
 
 
-CFG = P.PipelineConfig(seq_len=256, max_patches=256, max_visual_tokens=128, batch_size=2,
-                       num_packing_bins=4, seed=1)
+CFG = P.PipelineConfig(max_patches=256, max_visual_tokens=128, packing_bins=4)
+KW = dict(batch_size=2, seed=1)
 
 
 def test_batches_are_static_and_indices_consistent(shards):
-  paths, scfg, tok = shards
-  it = iter(P.make_dataset(paths, tok, scfg, CFG, process_index=0, process_count=1))
+  source, scfg, tok = shards
+  it = iter(P.make_dataset(source, tok, scfg, CFG, **KW))
   real_tokens = 0
   for _ in range(6):
     b = next(it)
@@ -71,8 +69,8 @@ def test_batches_are_static_and_indices_consistent(shards):
 
 
 def test_iterator_state_restores_the_stream_exactly(shards):
-  paths, scfg, tok = shards
-  ds = P.make_dataset(paths, tok, scfg, CFG, process_index=0, process_count=1)
+  source, scfg, tok = shards
+  ds = P.make_dataset(source, tok, scfg, CFG, **KW)
   it = iter(ds)
   for _ in range(2):
     next(it)
@@ -87,23 +85,23 @@ def test_iterator_state_restores_the_stream_exactly(shards):
 
 
 def test_processes_read_disjoint_shards(shards):
-  paths, scfg, tok = shards
-  cfg = P.PipelineConfig(**{**CFG.__dict__, "shuffle": False, "num_epochs": 1})
+  source, scfg, tok = shards
   seen = []
   for pi in range(2):
-    it = P.make_dataset(paths, tok, scfg, cfg, process_index=pi, process_count=2)
+    it = P.make_dataset(source, tok, scfg, CFG, **KW, one_pass=True, shard_index=pi,
+                        shard_count=2)
     seen.append(sum(int((b["segment_ids"] > 0).sum()) for b in it))
   one = sum(int((b["segment_ids"] > 0).sum()) for b in
-            P.make_dataset(paths, tok, scfg, cfg, process_index=0, process_count=1))
+            P.make_dataset(source, tok, scfg, CFG, **KW, one_pass=True))
   assert seen[0] > 0 and seen[1] > 0 and seen[0] + seen[1] <= one + 1
 
 
 def test_worker_processes_are_deterministic_and_restorable(shards):
   """With 2 worker processes (each packs its own slice of the records) the stream is the
   same on every run, and a saved iterator state restores it exactly."""
-  paths, scfg, tok = shards
-  cfg = P.PipelineConfig(**{**CFG.__dict__, "worker_count": 2})
-  ds = P.make_dataset(paths, tok, scfg, cfg, process_index=0, process_count=1)
+  source, scfg, tok = shards
+  cfg = P.PipelineConfig(**{**CFG.__dict__, "workers": 2})
+  ds = P.make_dataset(source, tok, scfg, cfg, **KW)
   it = iter(ds)
   first = next(it)
   state = it.get_state()
@@ -122,12 +120,38 @@ def test_data_where_nothing_fits_stops_with_one_line_instead_of_skipping_forever
   """Rows of 8 tokens hold no sample: after max_skips_in_a_row skips the pipeline stops
   with NoProgress naming the reason and what to change (it used to loop forever)."""
   import dataclasses
-  paths, scfg, tok = shards
-  cfg = dataclasses.replace(CFG, seq_len=8, max_skips_in_a_row=25)
-  it = iter(P.make_dataset(paths, tok, scfg, cfg, process_index=0, process_count=1))
+  source, scfg, tok = shards
+  cfg = dataclasses.replace(CFG, max_skips_in_a_row=25)
+  skipped = __import__("collections").Counter()
+  it = iter(P.make_dataset(source, tok, dataclasses.replace(scfg, seq_len=8), cfg, **KW,
+                           skipped=skipped))
   with pytest.raises(P.NoProgress) as e:
     next(it)
   import re
   msg = str(e.value)      # (Grain maps in prefetch threads: a few more may be counted)
   m = re.match(r"no usable sample in the last (\d+) \(too_long (\d+)\): raise data.seq_len \(8\)", msg)
   assert m and int(m.group(1)) == int(m.group(2)) >= 25 and "\n" not in msg, msg
+  assert skipped["too_long"] >= 25            # counted where the caller can see it
+
+
+def test_skips_are_counted_logged_a_few_times_per_reason_and_named(shards, tmp_path, caplog):
+  """A source's bad samples (here: a missing image, a line that is not JSON) are counted
+  by reason in the caller's counter; each reason is logged the first few times only."""
+  import collections
+  import logging
+  lines = [{"id": f"gone{i}", "image": ["nope.png"], "conversations": [
+      {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "X."}]}
+      for i in range(P.LOGGED_PER_REASON + 3)]
+  lines.append({"id": "ok", "conversations": [{"from": "human", "value": "Hi"},
+                                              {"from": "gpt", "value": "Hello."}]})
+  (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + "\n{oops\n")
+  _, scfg, tok = shards
+  skipped = collections.Counter()
+  with caplog.at_level(logging.WARNING):
+    batches = list(P.make_dataset(records.JsonlSource(str(tmp_path / "b.jsonl")), tok, scfg,
+                                  CFG, **KW, one_pass=True, skipped=skipped))
+  assert skipped == {"missing_file": P.LOGGED_PER_REASON + 3, "invalid_json": 1}
+  assert sum(int((b["segment_ids"] > 0).any()) for b in batches) == 1
+  named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skip ")]
+  assert len(named) == P.LOGGED_PER_REASON + 1
+  assert named[0] == "skip gone0: missing_file (nope.png)" and "skip line 10: invalid_json" in named[-1]

@@ -11,6 +11,7 @@ from penguin_jax import hf, registry
 from penguin_jax.sharding import make_mesh
 from penguin_jax.teacher import TeacherConfig, ViTTeacher, teacher_targets
 from penguin_jax.train import program as program_lib
+from penguin_jax.losses import LossConfig
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
 from test_sharding import _batch
@@ -62,9 +63,9 @@ def test_gradient_accumulation_equals_one_big_step(scope):
   seg[:, 24:] = 2                   # two packed sequences per row
   batch = {**batch, "labels": jnp.asarray(labels), "segment_ids": jnp.asarray(seg)}
   opt = optax.sgd(0.5)
-  one, m1 = _step_params(make_train_step(model, opt, scope=scope, chunk_size=8), params, opt, batch)
-  two, m2 = _step_params(make_train_step(model, opt, scope=scope, chunk_size=8, grad_accum=2),
-                         params, opt, batch)
+  loss = LossConfig(scope=scope, chunk_size=8)
+  one, m1 = _step_params(make_train_step(model, opt, loss), params, opt, batch)
+  two, m2 = _step_params(make_train_step(model, opt, loss, grad_accum=2), params, opt, batch)
   np.testing.assert_allclose(float(m2["loss"]), float(m1["loss"]), rtol=1e-5)
   assert int(m2["label_tokens"]) == int(m1["label_tokens"])
   for a, b in zip(jax.tree.leaves(two), jax.tree.leaves(one)):
@@ -91,8 +92,8 @@ def test_gradient_accumulation_with_reconstruction_losses(relation):
   assert teacher_targets(teacher, tparams, batch).shape == (4, 16, 32)
   opt = optax.sgd(0.5)
   # "batch": the Gram over each one-row local batch (a chip's rows), whatever the split
-  kw = dict(teacher=teacher, reconstruction_weight=3.0, chunk_size=8, relation_scope=relation,
-            relation_local_rows=1)
+  kw = dict(loss=LossConfig(chunk_size=8, relation_scope=relation), teacher=teacher,
+            reconstruction_weight=3.0, relation_local_rows=1)
   one, m1 = _step_params(make_train_step(model, opt, **kw), params, opt, batch, tparams)
   two, m2 = _step_params(make_train_step(model, opt, grad_accum=2, **kw), params, opt, batch, tparams)
   for k in ("loss", "amplitude", "direction", "relation"):
@@ -130,7 +131,7 @@ def test_frozen_modules_are_not_differentiated_and_the_update_is_unchanged():
   labels = np.asarray(batch["input_ids"]).copy()
   labels[:, :20] = -100
   batch = {**batch, "labels": jnp.asarray(labels)}
-  step = lambda **kw: jax.jit(make_train_step(model, opt, chunk_size=8, **kw))
+  step = lambda **kw: jax.jit(make_train_step(model, opt, LossConfig(chunk_size=8), **kw))
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
   subset, m_sub = step(trainable=trainable)(state, batch)
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))

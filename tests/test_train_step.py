@@ -6,6 +6,7 @@ import optax
 
 from penguin_jax import registry
 from penguin_jax.teacher import TeacherConfig, ViTTeacher, teacher_targets
+from penguin_jax.losses import LossConfig
 from penguin_jax.train.step import TrainState, make_train_step
 from penguin_jax.vlm import PenguinVL
 from test_sharding import _batch
@@ -23,7 +24,7 @@ def test_loss_falls_on_a_fixed_batch():
   model = PenguinVL(cfg)
   params = registry.init_params(model, jax.random.PRNGKey(0))
   opt = optax.adam(3e-3)
-  step = jax.jit(make_train_step(model, opt, max_label_tokens=16, chunk_size=8))
+  step = jax.jit(make_train_step(model, opt, LossConfig(max_label_tokens=16, chunk_size=8)))
   state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params))
   batch = _labelled(_batch())
   losses = []
@@ -64,10 +65,8 @@ def test_reconstruction_losses_train_the_distill_head():
 
 
 def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
-  """DESIGN 1.4: w = 3 - epoch over the run. With a schedule the loss at step s is
-  lm + w(s) * reconstruction; checked against constant weights 3, 2.5 and 2."""
-  import ml_collections
-  from penguin_jax.train.program import reconstruction_weight
+  """docs/design.md §1.4: w = 3 - epoch over the run. With a schedule the loss at step s
+  is lm + w(s) * reconstruction; checked against constant weights 3, 2.5 and 2."""
   cfg = tiny_vlm_config()
   model = PenguinVL(cfg)
   params = registry.init_params(model, jax.random.PRNGKey(0))
@@ -76,9 +75,8 @@ def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
   seg_tok = np.zeros((4, 16), np.int32)
   seg_tok[:, :16] = 1
   batch["token_segment_ids"] = jnp.asarray(seg_tok)
-  run = ml_collections.ConfigDict({"total_steps": 10, "loss": {
-      "reconstruction_weight": 3.0, "reconstruction_weight_end": 2.0}})
-  sched = reconstruction_weight(run)
+  sched = LossConfig(reconstruction_weight=3.0, reconstruction_weight_end=2.0) \
+      .reconstruction_schedule(total_steps=10)
   opt = optax.sgd(0.0)   # parameters stay: only the weight changes with the step
   steps = {}                # one compiled step per weight (the scheduled one takes the step)
 
@@ -91,5 +89,4 @@ def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
   for s, w in [(0, 3.0), (5, 2.5), (10, 2.0)]:
     np.testing.assert_allclose(loss_at(sched, s), loss_at(w, 0), rtol=1e-6)
   assert loss_at(3.0, 0) != loss_at(2.0, 0)
-  run.loss.reconstruction_weight_end = -1.0
-  assert reconstruction_weight(run) == 3.0
+  assert LossConfig(reconstruction_weight_end=-1.0).reconstruction_schedule(10) == 3.0

@@ -21,16 +21,20 @@ host; no TPU, data, tokenizer or weights), compiles it and reports per chip:
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from typing import Optional
 
 import jax
 import numpy as np
 
+from penguin_jax.sharding import make_mesh
 from penguin_jax.train import hardware, hlo, program as program_lib
 
 REPLICATED_WARN_BYTES = 64 * 2 ** 20
+GiB = 2 ** 30
 
 
 def _shard_bytes(tree) -> float:
@@ -74,8 +78,24 @@ def _oom_figure(message: str) -> Optional[str]:
 
 def make_program(cfg, sl: hardware.Slice) -> program_lib.TrainProgram:
   """The training program on the slice's (compile-only) devices."""
-  from penguin_jax.sharding import make_mesh
   return program_lib.build(cfg, make_mesh(**cfg.mesh.to_dict(), devices=hardware.compile_devices(sl)))
+
+
+@contextlib.contextmanager
+def ticking(log, what: str, every: float = 20.0):
+  """A line every `every` seconds while the block runs (a compile takes minutes)."""
+  done, t0 = threading.Event(), time.time()
+
+  def tick():
+    while not done.wait(every):
+      log(f"... still {what} ({time.time() - t0:.0f} s)")
+  thread = threading.Thread(target=tick, daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
 
 
 def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None) -> dict:
@@ -111,7 +131,8 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
   rep["memory"] = memory
   t0 = time.time()
   try:
-    compiled = lowered.compile()
+    with ticking(log, "compiling"):
+      compiled = lowered.compile()
   except Exception as e:  # the compiler says how much it needed
     msg = str(e)
     if "RESOURCE_EXHAUSTED" not in msg and "out of memory" not in msg.lower():
@@ -166,25 +187,81 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
   return rep
 
 
-def point_config(stage: str, variant: str, overrides: dict):
-  """A stage config with `a.b.c=value` overrides (values parsed as config literals)."""
-  import importlib
-  cfg = importlib.import_module(f"configs.{stage}").get_config(variant)
-  for key, value in overrides.items():
-    set_field(cfg, key, value)
-  return cfg
+def fmt_bytes(b):
+  """Bytes in GiB, or MiB below 1 GiB (with the unit)."""
+  if b is None:
+    return "-"
+  return f"{b / GiB:.2f} GiB" if b >= GiB / 2 else f"{b / 2**20:.1f} MiB"
 
 
-def set_field(cfg, key: str, value):
-  """cfg.a.b = value, where value may be a string to parse with the field's type."""
-  import ast
-  node = cfg
-  parts = key.split(".")
-  for p in parts[:-1]:
-    node = node[p]
-  old = node[parts[-1]]
-  if isinstance(value, str) and not isinstance(old, str):
-    value = ast.literal_eval(value)
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  node[parts[-1]] = value
+def fmt_flops(f):
+  for unit, scale in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
+    if f >= scale:
+      return f"{f / scale:.2f} {unit}"
+  return f"{f:.0f} FLOP"
+
+
+def report_lines(r: dict) -> list[str]:
+  """The report of `analyse` as the lines `launch.aot` prints."""
+  out = []
+  v = r["versions"]
+  mesh = " ".join(f"{k}={n}" for k, n in r["mesh"].items())
+  out.append(f"{r['config']} on {r['topology']} ({r['tpu_topology']}, {r['chips']} x {r['device_kind']})"
+        f"  jax {v['jax']}, libtpu {v['libtpu'] or '-'}")
+  out.append(f"  mesh {mesh}; global batch {r['global_batch']} = {r['grad_accum']} micro-batch(es) x "
+        f"{r['global_batch'] // r['grad_accum']} rows ({r['rows_per_chip']} per chip); "
+        f"remat {r['remat']}; attention {r['attention']}")
+  ps = r["per_step"]
+  out.append(f"  per step: {ps['tokens']:,} tokens, {ps['patches']:,} patches, "
+        f"{ps['visual_tokens']:,} visual tokens")
+  m = r["memory"]
+  out.append(f"memory per chip: params {fmt_bytes(m['params'])}, optimizer state "
+        f"{fmt_bytes(m['opt_state'])}, batch {fmt_bytes(m['batch'])}, teacher {fmt_bytes(m['teacher'])}")
+  for x in r["replicated_over_64MB"]:
+    out.append(f"  replicated on every chip: {x['name']} ({x['bytes'] / 2**20:.0f} MB)")
+  if not r["fits"] and "oom" in r:
+    out.append(f"  DOES NOT FIT: {r['oom']}  (compile {r['compile_s']:.0f} s)")
+    return out
+  usable = m.get("usable")
+  line = (f"  compiler: argument {fmt_bytes(m['argument'])} + output {fmt_bytes(m['output'])} "
+          f"- aliased {fmt_bytes(m['alias'])} + temp {fmt_bytes(m['temp'])} = peak {fmt_bytes(m['peak'])}")
+  if usable:
+    line += (f" of {fmt_bytes(usable)} usable ({100 * m['fraction']:.1f}%), headroom "
+             f"{fmt_bytes(m['headroom'])}")
+  out.append(line)
+  if m.get("host_temp") or r.get("host_transfer_bytes"):
+    out.append(f"  host memory (offloaded layer inputs): {fmt_bytes(m['host_temp'])}; "
+          f"{fmt_bytes(r['host_transfer_bytes'])} moved per step")
+  out.append(f"  fits: {'yes' if r['fits'] else 'NO'}")
+  fl = r["flops"]
+  out.append(f"model FLOPs per step (encoder attention for frames of {r['frame_patches']} patches):")
+  for name, part in fl.items():
+    if isinstance(part, dict):
+      out.append(f"  {name:10s} matmul {fmt_flops(part['matmul']):>14s}   attention "
+            f"{fmt_flops(part['attention']):>14s}")
+  out.append(f"  total {fmt_flops(fl['model'])}; with remat recompute {fmt_flops(fl['hardware'])}; "
+        f"encoder attention over whole rows (no block skipping) would be "
+        f"{fmt_flops(r['flops_dense_encoder_attention'])}")
+  if r.get("xla_flops_per_chip") is not None:
+    out.append(f"  (XLA's cost analysis says {fmt_flops(r['xla_flops_per_chip'] * r['chips'])}: it counts "
+          "each loop body once and Pallas kernels not at all, so it is not the model's FLOPs)")
+  c = r["collectives"]
+  out.append(f"collectives per chip per step: {fmt_bytes(c['bytes'])} of results, "
+        f"{fmt_bytes(c['wire_bytes'])} sent")
+  for by in ("by_kind", "by_where"):
+    out.append(f"  {by[3:]:5s}: " + ", ".join(f"{k} {fmt_bytes(x['bytes'])} ({x['count']}x)"
+                           for k, x in sorted(c[by].items(), key=lambda kv: -kv[1]['bytes'])))
+  if c["unknown_loops"]:
+    out.append(f"  warning: {len(c['unknown_loops'])} loop(s) with an unknown trip count, counted once")
+  p = r.get("prediction")
+  if p:
+    comm = (f"{p['communication_s']:.2f} s" if p["ici_known"] else "unknown (no ICI figure)")
+    out.append(f"predicted: compute {p['compute_s']:.2f} s + communication {comm} = step "
+          f"{p['step_s']:.2f} s ({p['step_s_overlapped']:.2f} s if overlapped); MFU {p['mfu']:.2f}; "
+          f"{p['tokens_per_s']:,.0f} tokens/s ({p['tokens_per_s_per_chip']:,.0f} per chip); "
+          f"{p['chip_hours_total']:,.0f} chip-hours for the config's steps, "
+          f"{p['chip_hours_per_billion_tokens']:.1f} per billion tokens")
+  out.append(f"compile {r['compile_s']:.0f} s (lower {r['lower_s']:.1f} s)")
+  return out
+
+

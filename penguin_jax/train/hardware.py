@@ -12,8 +12,13 @@ devices of this host (no libtpu needed).
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from importlib import metadata
 from typing import Optional
+
+import jax
+from jax.experimental import topologies
 
 GiB = 2 ** 30
 
@@ -107,18 +112,41 @@ def parse_slice(spec: str) -> Slice:
   raise ValueError(f"unknown topology {spec!r}: use e.g. v5e-16, v5p-8, v6e-16, v5e:4x4 or cpu:8")
 
 
+# libtpu's name of a slice (TPU_ACCELERATOR_TYPE), by chip: v5e counts chips as
+# "v5litepod-N"; v4 / v5p count TensorCores.
+ACCELERATOR_TYPES = {"v4": "v4-{cores}", "v5e": "v5litepod-{chips}", "v5p": "v5p-{cores}",
+                     "v6e": "v6e-{chips}"}
+
+
+def compile_env(topology: Optional[str]) -> dict:
+  """Environment for a compile-only process, set before JAX starts: `cpu:N` gets N host
+  devices and every compile runs on the CPU; a TPU topology tells libtpu that it is on
+  one host of that slice (TPU_WORKER_HOSTNAMES, TPU_ACCELERATOR_TYPE), which it would
+  otherwise ask the cloud metadata server for and, off a TPU VM, print errors about.
+  Variables already set are kept."""
+  env = {"JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
+  sl = parse_slice(topology) if topology else None
+  if sl is not None and sl.chip is None:
+    env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={sl.num_devices}").strip()
+  elif sl is not None:
+    kind = ACCELERATOR_TYPES[sl.chip.name].format(chips=sl.num_devices,
+                                                  cores=sl.num_devices * sl.chip.cores_per_chip)
+    env["TPU_ACCELERATOR_TYPE"] = os.environ.get("TPU_ACCELERATOR_TYPE", kind)
+    env["TPU_WORKER_HOSTNAMES"] = os.environ.get("TPU_WORKER_HOSTNAMES", "localhost")
+  return env
+
+
 def compile_devices(sl: Slice):
   """Devices to compile for: compile-only TPU devices from libtpu's topology (no TPU
   needed), or this host's CPU devices for cpu:N (the caller sets XLA's host device count
   before JAX starts)."""
-  import jax
   if sl.chip is None:
     devs = jax.devices("cpu")
     if len(devs) < sl.num_devices:
       raise ValueError(f"{sl.name}: {len(devs)} CPU devices visible; set XLA_FLAGS="
                        f"--xla_force_host_platform_device_count={sl.num_devices} before JAX starts")
     return devs[:sl.num_devices]
-  from jax.experimental import topologies
   desc = topologies.get_topology_desc(sl.topology, "tpu", chip_config_name=sl.chip.chip_config,
                                       chips_per_host_bounds=(2, 2, 1))
   return list(desc.devices)
@@ -127,7 +155,6 @@ def compile_devices(sl: Slice):
 def libtpu_problem() -> Optional[str]:
   """None if the installed libtpu is the one the installed jax pins (its `tpu` extra),
   else what to install."""
-  from importlib import metadata
   want = None
   for req in metadata.requires("jax") or []:
     m = re.match(r"libtpu\s*([=<>!~][^;]*);.*extra\s*==\s*['\"]tpu['\"]", req)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 
+import jax
 import numpy as np
 from etils import epath
 
@@ -25,9 +27,9 @@ log = logging.getLogger("train")
 
 
 def _summary_writer():
-  """tensorboardX's SummaryWriter, imported without the PyTorch it tries to import at start
-  when PyTorch is installed (2 s per training process, and unused: we log floats)."""
-  import sys
+  """tensorboardX's SummaryWriter, imported here (not at the top) without the PyTorch it
+  tries to import at start when PyTorch is installed (2 s per training process, and
+  unused: we log floats)."""
   if "torch" in sys.modules:
     from tensorboardX import SummaryWriter
     return SummaryWriter
@@ -131,15 +133,6 @@ class MetricsWriter:
       self.tb.close()
 
 
-def eval_summary(total: dict, batches: int) -> dict:
-  """Summed eval-step metrics of `batches` held-out batches (host values) -> the figures:
-  losses averaged over batches, token counts summed, and the per-token `accuracy`
-  (correct / label tokens)."""
-  out = {k: int(v) if "tokens" in k else float(v) / batches for k, v in sorted(total.items())}
-  out["accuracy"] = out.get("correct_tokens", 0) / max(out.get("label_tokens", 0), 1)
-  return out
-
-
 def _hms(seconds: float) -> str:
   s = int(round(seconds))
   return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -156,13 +149,11 @@ class Profiler:
 
   def before(self, step: int):
     if self.n > 0 and step == self.start:
-      import jax
       jax.profiler.start_trace(self.dir)
       self.on = True
 
   def after(self, step: int, out):
     if self.on and step >= self.start + self.n:
-      import jax
       jax.block_until_ready(out)              # the traced steps' device work, whole
       jax.profiler.stop_trace()
       self.on = False
@@ -170,6 +161,5 @@ class Profiler:
 
   def close(self):
     if self.on:
-      import jax
       jax.profiler.stop_trace()
       self.on = False

@@ -24,7 +24,8 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from penguin_jax import hf, registry, hf_keys
+from penguin_jax import hf, hf_keys, registry, settings
+from penguin_jax.losses import LossConfig
 from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.sharding import LOGICAL_RULES, params_shardings
 from penguin_jax.teacher import TeacherConfig, ViTTeacher
@@ -50,16 +51,6 @@ def model_config(cfg, vocab_size: Optional[int] = None,
   tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"], param_dtype=rt["dtype"],
                        attention=m.attention, scan_layers=m.scan_layers) if m.use_teacher else None
   return vcfg, tcfg
-
-
-def reconstruction_weight(cfg):
-  """The reconstruction losses' weight (DESIGN 1.4): constant `loss.reconstruction_weight`,
-  or, with `loss.reconstruction_weight_end` >= 0, falling linearly from it to that value over
-  `total_steps` (the release: 3 -> 2 over its one epoch)."""
-  w0, w1 = cfg.loss.reconstruction_weight, cfg.loss.reconstruction_weight_end
-  if w1 is None or w1 < 0:
-    return w0
-  return optax.linear_schedule(w0, w1, cfg.total_steps)
 
 
 def batch_shapes(cfg, vcfg: VLMConfig) -> dict:
@@ -266,18 +257,15 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
       abstract_teacher = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                       _values(t_boxed), teacher_sh)
 
-  loss_kw = dict(scope=cfg.loss.scope, chunk_size=cfg.loss.chunk_size,
-                 max_label_tokens=cfg.loss.max_label_tokens or None)
-  if teacher is not None:
-    loss_kw.update(reconstruction_weight=reconstruction_weight(cfg),
-                   relation_scope=cfg.loss.relation_scope,
-                   relation_local_rows=local_rows(cfg, mesh, grad_accum))
-  step_fn = make_train_step(model, opt, teacher=teacher, grad_accum=grad_accum,
-                            trainable=trainable, **loss_kw)
+  loss = settings.from_config(LossConfig, cfg.loss)
+  loss_kw = dict(teacher=teacher, grad_accum=grad_accum,
+                 reconstruction_weight=loss.reconstruction_schedule(cfg.total_steps),
+                 relation_local_rows=local_rows(cfg, mesh, grad_accum))
+  step_fn = make_train_step(model, opt, loss, trainable=trainable, **loss_kw)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
                        out_shardings=(state_sh, None), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, teacher=teacher, grad_accum=grad_accum, **loss_kw),
+  eval_step = jax.jit(make_eval_step(model, loss, **loss_kw),
                       in_shardings=(state_sh.params, batch_sh, teacher_sh, None))
   return TrainProgram(cfg=cfg, mesh=mesh, model=model, model_config=vcfg, teacher=teacher,
                       teacher_config=tcfg, optimizer=opt, schedules=schedules,

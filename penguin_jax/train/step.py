@@ -19,6 +19,7 @@ import optax
 from flax import linen as nn
 
 from penguin_jax import losses
+from penguin_jax.losses import LossConfig
 from penguin_jax.teacher import teacher_targets
 from penguin_jax.vlm import PenguinVL
 
@@ -40,25 +41,23 @@ def _segments(batch):
   return jnp.ones_like(batch["labels"]) if seg is None else seg
 
 
-def loss_normalizers(batch, *, scope: str = "batch", max_label_tokens: Optional[int] = None,
-                     reconstruction: bool = False, relation_scope: str = "image",
+def loss_normalizers(batch, loss: LossConfig, reconstruction: bool = False,
                      relation_local_rows: Optional[int] = None) -> dict:
   """The denominators of the batch's losses (see the module docstring)."""
-  out = {"lm": losses.lm_normalizer(batch["labels"], _segments(batch), scope, max_label_tokens)}
+  out = {"lm": losses.lm_normalizer(batch["labels"], _segments(batch), loss.scope,
+                                    loss.max_label_tokens or None)}
   if reconstruction:
     out["reconstruction"] = losses.reconstruction_normalizers(
-        batch["token_segment_ids"], relation_scope, relation_local_rows)
+        batch["token_segment_ids"], loss.relation_scope, relation_local_rows)
   return out
 
 
-def vlm_loss(params, batch, *, model: PenguinVL, scope: str = "batch",
-             max_label_tokens: Optional[int] = None, chunk_size: int = 1024,
+def vlm_loss(params, batch, *, model: PenguinVL, loss: LossConfig = LossConfig(),
              teacher_features=None, reconstruction_weight: float = 0.0,
-             relation_scope: str = "image", relation_local_rows: Optional[int] = None,
-             normalizers: Optional[dict] = None):
+             relation_local_rows: Optional[int] = None, normalizers: Optional[dict] = None):
   """Scalar loss and metrics for one batch (see vlm.py for the batch's arrays;
   `labels` [b, s] with -100 = ignore). `teacher_features` [b, V, teacher_e] turns on the
-  reconstruction losses (DESIGN 1.4), weighted by `reconstruction_weight`;
+  reconstruction losses (docs/design.md §1.4), weighted by `reconstruction_weight`;
   `relation_local_rows`: the rows of one chip's local batch (relation scope "batch").
   `normalizers`: `loss_normalizers` of the global batch when this is a micro-batch."""
   n = normalizers or {}
@@ -66,22 +65,23 @@ def vlm_loss(params, batch, *, model: PenguinVL, scope: str = "batch",
   hidden, merged = model.apply({"params": params}, **inputs, return_hidden=True)
   kernel = model.apply({"params": params}, method=PenguinVL.head_kernel)      # [e, vocab]
   with jax.named_scope("lm_head_loss"):
-    loss, metrics = losses.lm_loss(hidden, batch["labels"], _segments(batch), kernel,
-                                   scope=scope, chunk_size=chunk_size,
-                                   max_label_tokens=max_label_tokens, denominator=n.get("lm"))
-  metrics = {"lm_loss": loss, **metrics}
+    total, metrics = losses.lm_loss(hidden, batch["labels"], _segments(batch), kernel,
+                                    scope=loss.scope, chunk_size=loss.chunk_size,
+                                    max_label_tokens=loss.max_label_tokens or None,
+                                    denominator=n.get("lm"))
+  metrics = {"lm_loss": total, **metrics}
   if teacher_features is not None:
     student = model.apply({"params": params}, merged, method=PenguinVL.distill)
     with jax.named_scope("reconstruction_loss"):
       rec, parts = losses.reconstruction_loss(student, teacher_features,
                                               batch["token_segment_ids"],
-                                              relation_scope=relation_scope,
+                                              relation_scope=loss.relation_scope,
                                               normalizers=n.get("reconstruction"),
                                               local_rows=relation_local_rows)
-    loss = loss + reconstruction_weight * rec
+    total = total + reconstruction_weight * rec
     metrics.update(parts)
-  metrics["loss"] = loss
-  return loss, metrics
+  metrics["loss"] = total
+  return total, metrics
 
 
 def split_micro_batches(batch: dict, k: int) -> dict:
@@ -101,21 +101,18 @@ def _replicated(tree):
   return jax.tree.map(lambda x: nn.with_logical_constraint(x, (None,) * x.ndim), tree)
 
 
-def _batch_losses(model: PenguinVL, teacher, loss_kw: dict):
+def _batch_losses(model: PenguinVL, loss: LossConfig, teacher, teacher_features,
+                  reconstruction_weight, relation_local_rows):
   """What the train and eval steps share: -> (kwargs(batch, teacher_params, normalizers,
   step) -> `vlm_loss` keywords, the teacher's targets computed there, outside any
   differentiated function; global_normalizers(micro) -> `loss_normalizers` of the whole
   batch from its micro-batches [k, rows/k, ...])."""
-  loss_kw = dict(loss_kw)
-  weight = loss_kw.pop("reconstruction_weight", 0.0)
-  norm_kw = dict(scope=loss_kw.get("scope", "batch"),
-                 max_label_tokens=loss_kw.get("max_label_tokens"),
-                 reconstruction=teacher is not None or "teacher_features" in loss_kw,
-                 relation_scope=loss_kw.get("relation_scope", "image"),
-                 relation_local_rows=loss_kw.get("relation_local_rows"))
+  reconstruction = teacher is not None or teacher_features is not None
+  weight = loss.reconstruction_weight if reconstruction_weight is None else reconstruction_weight
 
   def kwargs(batch, teacher_params, normalizers, step):
-    kw = dict(loss_kw, model=model, normalizers=normalizers,
+    kw = dict(model=model, loss=loss, normalizers=normalizers, teacher_features=teacher_features,
+              relation_local_rows=relation_local_rows,
               reconstruction_weight=weight(step) if callable(weight) else weight)
     if teacher is not None:
       with jax.named_scope("teacher"):
@@ -123,13 +120,16 @@ def _batch_losses(model: PenguinVL, teacher, loss_kw: dict):
     return kw
 
   def global_normalizers(micro):
-    per_micro = jax.vmap(lambda b: loss_normalizers(b, **norm_kw))(micro)
+    per_micro = jax.vmap(lambda b: loss_normalizers(b, loss, reconstruction,
+                                                    relation_local_rows))(micro)
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), per_micro)
   return kwargs, global_normalizers
 
 
-def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *,
-                    teacher=None, grad_accum: int = 1, trainable=None, **loss_kw):
+def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
+                    loss: LossConfig = LossConfig(), *, teacher=None, teacher_features=None,
+                    reconstruction_weight=None, relation_local_rows: Optional[int] = None,
+                    grad_accum: int = 1, trainable=None):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
   need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
   reconstruction targets (computed under stop_gradient, outside the differentiated
@@ -142,9 +142,11 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
   gradients are never computed), and the optimizer sees zeros for them. A non-finite
   loss or gradient leaves params and optimizer state unchanged and sets
   metrics["skipped"] = 1.
-  `reconstruction_weight` (in `loss_kw`) may be a schedule, step -> weight (the release's
-  3 falling to 2 over its epoch, DESIGN 1.4)."""
-  loss_kwargs, global_normalizers = _batch_losses(model, teacher, loss_kw)
+  `teacher_features`: fixed reconstruction targets instead of a teacher (tests).
+  `reconstruction_weight`: a number or a schedule, step -> weight (default
+  `loss.reconstruction_weight`; the program passes `loss.reconstruction_schedule`)."""
+  loss_kwargs, global_normalizers = _batch_losses(model, loss, teacher, teacher_features,
+                                                  reconstruction_weight, relation_local_rows)
 
   def loss_and_grads(params, batch, teacher_params, normalizers, step):
     """(loss, metrics), gradients of the trainable modules."""
@@ -194,11 +196,14 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation, *
   return step
 
 
-def make_eval_step(model: PenguinVL, *, teacher=None, grad_accum: int = 1, **loss_kw):
+def make_eval_step(model: PenguinVL, loss: LossConfig = LossConfig(), *, teacher=None,
+                   reconstruction_weight=None, relation_local_rows: Optional[int] = None,
+                   grad_accum: int = 1):
   """(params, batch, teacher_params, step) -> metrics: the losses of `vlm_loss` on a
   held-out batch, no gradient, in the train step's micro-batches (so that it fits where
   the step fits) and with the whole batch's normalizers, as the train step computes them."""
-  loss_kwargs, global_normalizers = _batch_losses(model, teacher, loss_kw)
+  loss_kwargs, global_normalizers = _batch_losses(model, loss, teacher, None,
+                                                  reconstruction_weight, relation_local_rows)
 
   def metrics_of(params, batch, teacher_params, normalizers, step):
     return vlm_loss(params, batch, **loss_kwargs(batch, teacher_params, normalizers, step))[1]

@@ -27,8 +27,17 @@ def is_remote(path) -> bool:
 
 
 def make(path) -> epath.Path:
+  """The run's folder, made if needed. A path that cannot be a writable folder (a file,
+  under a file, no permission) is a ValueError of one line."""
   p = epath.Path(path)
-  p.mkdir(parents=True, exist_ok=True)
+  if not is_remote(path) and os.path.isfile(path):
+    raise ValueError(f"--workdir={path} is a file; give a folder")
+  try:
+    p.mkdir(parents=True, exist_ok=True)
+  except OSError as e:   # NotADirectoryError, FileExistsError, PermissionError, ...
+    raise ValueError(f"--workdir={path}: cannot make the folder ({e.strerror or e})") from None
+  if not is_remote(path) and not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={path}: the folder is not writable")
   return p
 
 

@@ -4,22 +4,27 @@ The global batch of `global_batch` rows is cut into `num_shards` data shards (a 
 number, so that the global batches and an exact resume do not depend on how many
 processes read them); each process reads its own shards with the Grain pipeline and
 contributes their rows to the global arrays, which get the shapes, dtypes and shardings
-of the training program's `abstract_batch`.
+of the training program's `abstract_batch`. The feed owns the count of the samples its
+pipelines skipped (`skipped`, by reason).
 """
 from __future__ import annotations
 
+import collections
+
+import jax
 import numpy as np
 
 from data_pipelines import pipeline as pipe
+from penguin_jax.train import data as data_lib
+from penguin_jax.train.checkpoint import gather_json
 
 
 class DataFeed:
-  """`data`: a TFDS split (`tfds_penguin.Split`) or ArrayRecord paths (`make_dataset`).
+  """`source`: a random-access source of records (a TFDS `Split`, a `records.JsonlSource`).
   `one_pass`: read the data once, in order (evaluation): the last batch is filled up
   with empty rows (no labels, no segments), then `next` raises StopIteration."""
 
-  def __init__(self, data, tokenizer, scfg, cfg, abstract_batch: dict, one_pass: bool = False):
-    import jax
+  def __init__(self, source, tokenizer, cfg, abstract_batch: dict, one_pass: bool = False):
     self.pid, self.nproc = jax.process_index(), jax.process_count()
     d = cfg.data
     self.num_shards = d.num_shards or self.nproc
@@ -29,25 +34,21 @@ class DataFeed:
     if d.global_batch % self.nproc:
       raise ValueError(f"config.data.global_batch={d.global_batch} must be a multiple of the "
                        f"{self.nproc} processes")
-    pcfg = pipe.PipelineConfig(seq_len=d.seq_len, max_patches=d.max_patches,
-                               max_visual_tokens=d.max_visual_tokens,
-                               batch_size=d.global_batch // self.num_shards,
-                               packing=d.packing, num_packing_bins=d.packing_bins,
-                               seed=cfg.seed, worker_count=d.workers,
-                               max_skips_in_a_row=d.max_skips_in_a_row,
-                               **(dict(num_epochs=1, shuffle=False, drop_remainder=False)
-                                  if one_pass else {}))
-    self.rows = pcfg.batch_size
+    self.rows = d.global_batch // self.num_shards
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
-    self.iters = [iter(pipe.make_dataset(data, tokenizer, scfg, pcfg, s, self.num_shards))
+    self.skipped = collections.Counter()      # reasons of the samples skipped, all shards
+    scfg, pcfg = data_lib.sample_config(cfg), data_lib.pipeline_config(cfg)
+    self.iters = [iter(pipe.make_dataset(source, tokenizer, scfg, pcfg, batch_size=self.rows,
+                                         seed=cfg.seed, shard_index=s,
+                                         shard_count=self.num_shards, one_pass=one_pass,
+                                         skipped=self.skipped))
                   for s in self.shards]
     self.spec = abstract_batch
 
   def next(self, poison: bool = False):
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
-    import jax
     parts = [_next_or_none(it) for it in self.iters]
     if all(p is None for p in parts):
       raise StopIteration
@@ -72,7 +73,6 @@ class DataFeed:
 
   def get_state(self) -> dict:
     """Iterator states of all shards (gathered from every process), for checkpoints."""
-    from penguin_jax.train.checkpoint import gather_json
     return {"shards": gather_json([it.get_state() for it in self.iters])}
 
   def set_state(self, data_state: dict):

@@ -1,0 +1,224 @@
+"""The training run, top to bottom: set-up, the loop, and how it stops.
+
+`run(cfg, workdir)`: the data (`data.prepare`), the program (`program.build`, the step
+`launch.aot` compiles too), the state (`init.restore_or_initialise`: a resume wins), the
+step compiled once, then the loop: next batch, step, and on log / checkpoint / eval steps
+the only device-to-host reads. It returns the process's exit code:
+
+  0  done, or SIGTERM (a preemption): the current step saved
+  3  `max_nonfinite_in_a_row` steps with a non-finite loss or gradient
+  4  `checkpoint_failures_before_stop` checkpoint writes failed in a row, or the last one
+  5  the data pipeline failed (a worker process died, a read failed for good)
+
+Each stop is one line naming the step on disk to resume from (docs/faults.md).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+
+import jax
+
+from data_pipelines import pipeline
+from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
+from penguin_jax.train import program as program_lib, runtime, workdir as workdir_lib
+from penguin_jax.train.evaluate import make_evaluator
+from penguin_jax.train.feed import DataFeed
+from penguin_jax.train.metrics import MetricsWriter, Profiler
+
+log = logging.getLogger("train")
+
+
+class Stop(Exception):
+  """Stop(exit code, reason): the run cannot go on; `run` logs the reason in one line."""
+
+
+class Preempted(Exception):
+  """SIGTERM while the data pipeline was busy."""
+
+
+def missing_inputs(cfg) -> list[str]:
+  """What a real-size run needs and its config does not name: the data, stage 1a's
+  teacher, and the weights of a module that stays frozen (a frozen random LLM teaches the
+  encoder nothing). Tiny configs make their own."""
+  if cfg.data.demo:
+    return []
+  out, init = [], cfg.init
+  if not cfg.data.tfds_name:
+    out.append("training data (--config.data.tfds_name=penguin_vl/NAME "
+               "--config.data.tfds_data_dir=DIR; python -m data_pipelines.tfds_build builds it)")
+  if cfg.model.use_teacher and not init.teacher:
+    out.append("the teacher (--config.init.teacher=DIR; hf download DAMO-NLP-SG/VL3-SigLIP-NaViT "
+               "--local-dir DIR)")
+  if "llm" not in cfg.optim.trainable and not (init.llm or init.init_from):
+    out.append("the LLM, frozen in this stage (--config.init.llm=DIR, e.g. hf download "
+               "Qwen/Qwen3-1.7B --local-dir DIR; or --config.init.init_from=RUN)")
+  return out
+
+
+def run(cfg, workdir: str, t_start: float) -> int:
+  """Train `cfg` in `workdir` (local or gs://); -> the exit code (module docstring)."""
+  missing = missing_inputs(cfg)
+  if missing:
+    raise ValueError(f"{cfg.stage}:{cfg.variant} needs " + "; ".join(missing) +
+                     f". On a laptop, the tiny variant makes its own: python -m launch.train "
+                     f"--config=configs/{cfg.stage}.py:tiny --workdir=W")
+  workdir_lib.make(workdir)                   # a local path or gs://... (workdir.py)
+  if jax.process_index() == 0:
+    workdir_lib.lock(workdir)
+  runtime.compilation_cache(cfg, workdir)
+  log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
+           jax.process_count(), jax.device_count())
+  source, tokenizer, _ = data_lib.prepare(cfg, workdir)
+  if tokenizer.vocab_size > cfg.model.vocab_size:
+    raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, config.model.vocab_size "
+                     f"is {cfg.model.vocab_size}")
+  program = program_lib.build(cfg, runtime.mesh(cfg), image_token_id=tokenizer.image_token_id)
+  counts = program.param_counts()
+  log.info("parameters: %s (trainable: %s); %d micro-batch(es) of %d rows per step",
+           f"{sum(v for k, v in counts.items() if k not in ('llm_body', 'teacher')):,}",
+           ", ".join(program.trainable), program.grad_accum,
+           cfg.data.global_batch // program.grad_accum)
+  log.info("training data: %s", source)
+  feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
+  rng = jax.random.PRNGKey(cfg.seed)
+  mgr, state, step, teacher = init_lib.restore_or_initialise(cfg, program, feed, rng, workdir)
+  saver = ckpt.Saver(mgr, log)
+  t = time.time()
+  train_step = program.lower().compile()      # once, before the loop: no step holds it
+  log.info("train step compiled in %.1f s", time.time() - t)
+  writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
+                         process_count=jax.process_count(), device_count=jax.device_count(),
+                         device_kind=jax.devices()[0].device_kind, t_start=t_start,
+                         skipped=feed.skipped)
+  evaluate = make_evaluator(cfg, program, workdir, tokenizer) if cfg.eval.every else None
+  profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm()
+  nonfinite = NonFinite(cfg, int(jax.device_get(state.skipped_total)))
+  save = lambda s: saver.save(s, state, feed.get_state(), cfg.to_dict(), teacher)
+  try:
+    with program.context():
+      while step < cfg.total_steps and not sigterm.received:
+        t = time.time()
+        got = next_batch(feed, sigterm, cfg, step, saver)
+        if got is None:                         # SIGTERM inside the pipeline
+          break
+        batch, local = got
+        writer.wait(time.time() - t)
+        profiler.before(step)
+        with jax.transfer_guard("disallow"):    # no implicit host <-> device copy
+          state, metrics = train_step(state, batch, teacher)
+        step += 1
+        profiler.after(step, metrics)
+        writer.count(local)
+        saver.poll()                            # a failed write is reported at once
+        log_now = step % cfg.log_every == 0 or step == cfg.total_steps
+        save_now = step % cfg.checkpoint_every == 0 and step < cfg.total_steps
+        if log_now or save_now:                 # the only device -> host reads
+          m = jax.device_get(metrics)
+          nonfinite.check(step, m, saver)
+          if log_now:
+            writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
+        if evaluate is not None and step % cfg.eval.every == 0:
+          t = time.time()
+          writer.write_eval(step, evaluate(state.params, teacher, step))
+          writer.wait(time.time() - t)
+        if save_now:
+          t = time.time()
+          save(step)
+          writer.wait(time.time() - t)
+          if saver.failures_in_a_row >= cfg.checkpoint_failures_before_stop:
+            raise Stop(4, f"{saver.failures_in_a_row} checkpoint writes failed in a row; the "
+                       f"latest checkpoint on disk is step {saver.latest_on_disk()}")
+    if saver.latest_on_disk() != step:
+      save(step)
+    return final(saver, step, sigterm.received)
+  except Stop as e:
+    saver.finish()
+    log.error("stopping: %s", e.args[1])
+    return e.args[0]
+  finally:
+    profiler.close()
+    saver.close()
+    writer.close()
+
+
+def next_batch(feed: DataFeed, sigterm: "Sigterm", cfg, step: int, saver: ckpt.Saver):
+  """-> (global batch, local rows), or None when SIGTERM came while the pipeline was busy
+  (the batch begun is rewound, to be read again whole after a resume)."""
+  before = feed.position()                      # taken where SIGTERM cannot interrupt
+  try:
+    with sigterm.interruptible():               # the pipeline may be busy for long
+      return feed.next(poison=step + 1 in tuple(cfg.debug_nan_steps))
+  except Preempted:
+    feed.rewind(before)
+    return None
+  except (pipeline.NoProgress, KeyboardInterrupt):
+    raise
+  except Exception as e:  # a data worker process died, a read failed for good
+    saver.finish()
+    raise Stop(5, f"the data pipeline failed after step {step} ({ckpt.one_line(e)}); the "
+               f"latest checkpoint on disk is step {saver.latest_on_disk()}: run again to "
+               "resume from it") from None
+
+
+class Sigterm:
+  """SIGTERM (a preemption) is honoured at any point: between steps it ends the loop
+  after the step; inside `interruptible()` (the data pipeline, which can be busy for
+  long, e.g. skipping samples) it raises `Preempted` at once."""
+
+  def __init__(self):
+    self.received, self._inside = False, False
+    signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.received = True
+    if self._inside:
+      self._inside = False
+      raise Preempted
+
+  @contextlib.contextmanager
+  def interruptible(self):
+    self._inside = True
+    try:
+      yield
+    finally:
+      self._inside = False
+
+
+class NonFinite:
+  """Updates skipped for a non-finite loss or gradient: reported, and the run stopped
+  after `max_nonfinite_in_a_row` in a row. The counters live in the train state (no
+  per-step host read); `check` sees them on log and checkpoint steps."""
+
+  def __init__(self, cfg, seen: int):
+    self.limit, self.seen = cfg.max_nonfinite_in_a_row, seen
+
+  def check(self, step: int, m: dict, saver: ckpt.Saver):
+    new, self.seen = int(m["skipped_total"]) - self.seen, int(m["skipped_total"])
+    if m["skipped"]:
+      log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
+                  "skipped (%d in a row, %d since the last check)", step, m["loss"],
+                  m["grad_norm"], m["nonfinite_in_a_row"], new)
+    elif new:
+      log.warning("steps up to %d: %d update(s) skipped for a non-finite loss or gradient",
+                  step, new)
+    if m["nonfinite_in_a_row"] >= self.limit:
+      saver.finish()
+      raise Stop(3, f"{m['nonfinite_in_a_row']} non-finite steps in a row; the last good "
+                 f"checkpoint is step {saver.latest_on_disk()} in {saver.mgr.directory}")
+
+
+def final(saver: ckpt.Saver, step: int, preempted: bool) -> int:
+  """After the last save (end of training or SIGTERM): 0 only once it is on disk."""
+  saver.finish()
+  if saver.latest_on_disk() != step:
+    log.error("the final checkpoint (step %d) was not written; the latest checkpoint on disk "
+              "is step %s", step, saver.latest_on_disk())
+    return 4
+  if preempted:
+    log.warning("SIGTERM: saved step %d, exiting", step)
+  else:
+    log.info("done at step %d (checkpoint on disk)", step)
+  return 0

@@ -1,0 +1,88 @@
+"""The process a run lives in: JAX's devices (CPU device count, multi-host start), the
+device mesh of `config.mesh`, the compilation cache, and log levels.
+
+Call `start(...)` before anything touches a device: XLA reads its flags and
+`jax.distributed` must start when the first backend is created.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from typing import Optional
+
+import jax
+from jax._src import hardware_utils  # jax's TPU probe (PCI ids; no public twin)
+from jax.sharding import Mesh
+
+from penguin_jax.sharding import make_mesh
+from penguin_jax.train import workdir as workdir_lib
+
+log = logging.getLogger("train")
+NOISY = ("absl", "jax._src", "orbax", "grain", "tensorflow_datasets")
+DEVICES_HINT = ("on a CPU machine, --local_device_count=N (launch.train) or "
+                "XLA_FLAGS=--xla_force_host_platform_device_count=N makes N devices")
+
+
+def start(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+          process_id: Optional[int] = None, local_device_count: Optional[int] = None):
+  """Devices and processes: `local_device_count` CPU devices; a multi-host run started
+  with `coordinator_address` (CPU processes talk over gloo), or found by jax on a TPU pod
+  slice. On a machine with no accelerator, JAX is kept to the CPU (`cpu_if_idle`)."""
+  cpu_if_idle()
+  if local_device_count:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={local_device_count}")
+  if coordinator_address:
+    if jax.config.jax_platforms in (None, "", "cpu") and local_device_count:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()
+
+
+def cpu_if_idle():
+  """JAX on the CPU alone where there is no TPU chip and no GPU plugin: libtpu (which the
+  `aot` and `test` extras install) would otherwise load and print start-up errors about
+  the TPU it cannot find. JAX_PLATFORMS, when set, wins."""
+  if os.environ.get("JAX_PLATFORMS") is not None or jax.config.jax_platforms:
+    return
+  if metadata.entry_points(group="jax_plugins"):       # a GPU plugin (jax-cuda*, rocm)
+    return
+  if hardware_utils.num_available_tpu_chips_and_device_id()[0] == 0:
+    jax.config.update("jax_platforms", "cpu")
+
+
+def quiet_logs():
+  """Libraries' INFO lines off, and orbax's lines (through absl) off altogether: on a
+  normal run they read like damage ("Metadata file does not exist" on every
+  `init_from`), and a failed checkpoint write is the one line `checkpoint.Saver` logs
+  (orbax's threads would log its traceback several times over, through absl and asyncio)."""
+  for name in NOISY:
+    logging.getLogger(name).setLevel(logging.ERROR if name == "orbax" else logging.WARNING)
+  logging.getLogger("absl").addFilter(lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
+def compilation_cache(cfg, workdir: str) -> Optional[str]:
+  """JAX's persistent compilation cache for this run (`config.jax_cache_dir`): "auto" =
+  `.jax_cache` beside WORKDIR (in its parent folder, so the stages of one recipe and a
+  restarted run share it, and nothing else does), "" = off, else that folder. A restarted
+  or resumed run loads its compiled step instead of compiling it again."""
+  where = cfg.jax_cache_dir
+  if where == "auto":
+    parent = os.path.dirname(os.fspath(workdir).rstrip("/")) or "."
+    where = (parent + "/.jax_cache" if workdir_lib.is_remote(workdir)
+             else os.path.join(os.path.abspath(parent), ".jax_cache"))
+  if where:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(where))
+  return where or None
+
+
+def mesh(cfg, devices=None) -> Mesh:
+  """The (data, fsdp, tensor) mesh of `config.mesh` over the devices; one that does not
+  fit them is one line saying how to get more."""
+  try:
+    return make_mesh(**cfg.mesh.to_dict(), devices=devices)
+  except ValueError as e:
+    raise ValueError(f"config.mesh: {e}; {DEVICES_HINT}") from None
