@@ -1,4 +1,4 @@
-"""Shared training config (DESIGN 3). Each stage file starts from `base()` and sets what
+"""Shared training config (docs/design.md §3). Each stage file starts from `base()` and sets what
 its stage changes; variants: `tiny` (2 CPU cores, embedded demo data, no downloads),
 `2b` (Qwen3-1.7B LLM) and `8b` (Qwen3-8B LLM)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ VARIANTS = ("tiny", "2b", "8b")
 
 
 def model_sizes(variant: str) -> mlc.ConfigDict:
-  """Encoder and LLM sizes (DESIGN 1.1 / 1.2); tiny is laptop-sized."""
+  """Encoder and LLM sizes (docs/design.md §1.1 / 1.2); tiny is laptop-sized."""
   m = mlc.ConfigDict()
   if variant == "tiny":
     m.encoder = dict(hidden_size=128, intermediate_size=384, num_layers=2, num_heads=4,
@@ -41,8 +41,10 @@ def base(variant: str) -> mlc.ConfigDict:
   c.seed = 0
   # JAX's persistent compilation cache (as MaxText's jax_cache_dir): a restarted or resumed
   # run, or the next stage with the same shapes, loads its compiled step instead of
-  # compiling it again. Local or gs://; "" = off.
-  c.jax_cache_dir = "~/jax_cache"
+  # compiling it again. "auto": $JAX_COMPILATION_CACHE_DIR, else .jax_cache beside the
+  # workdir (its parent folder: one recipe's stages share it); a folder (local or gs://);
+  # "" = off (penguin_jax/train/runtime.py).
+  c.jax_cache_dir = "auto"
   c.total_steps = 60 if tiny else 100_000
   c.log_every = 5 if tiny else 50
   c.checkpoint_every = 20 if tiny else 1000

@@ -1,4 +1,4 @@
-"""Stage 1a: encoder warm-up at low resolution with reconstruction losses (DESIGN 3).
+"""Stage 1a: encoder warm-up at low resolution with reconstruction losses (docs/design.md §3).
 
   python -m launch.train --config=configs/stage1.py:tiny --workdir=/tmp/stage1
   python -m launch.train --config=configs/stage1.py:2b --workdir=gs://BUCKET/stage1 \\

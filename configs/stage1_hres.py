@@ -1,4 +1,4 @@
-"""Stage 1b: encoder training at high resolution, no reconstruction (DESIGN 3).
+"""Stage 1b: encoder training at high resolution, no reconstruction (docs/design.md §3).
 
   python -m launch.train --config=configs/stage1_hres.py:tiny --workdir=/tmp/stage1b \\
       --config.init.init_from=/tmp/stage1

@@ -1,4 +1,4 @@
-"""Stage 2: VLM pre-training, everything trainable (DESIGN 3).
+"""Stage 2: VLM pre-training, everything trainable (docs/design.md §3).
 
   python -m launch.train --config=configs/stage2.py:tiny --workdir=/tmp/stage2 \\
       --config.init.init_from=/tmp/stage1b

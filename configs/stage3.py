@@ -1,4 +1,4 @@
-"""Stage 3: SFT on images and video, everything trainable at 1e-5 (DESIGN 3).
+"""Stage 3: SFT on images and video, everything trainable at 1e-5 (docs/design.md §3).
 
   python -m launch.train --config=configs/stage3.py:tiny --workdir=/tmp/stage3 \\
       --config.init.init_from=/tmp/stage2

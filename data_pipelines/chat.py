@@ -1,4 +1,4 @@
-"""Conversation formatting and labels (DESIGN 2.3), as the release's processor does it.
+"""Conversation formatting and labels (docs/design.md §2.3), as the release's processor does it.
 
 Input: one sample of the release's JSONL, `{"id", "image": [...], "video": [...],
 "conversations": [{"from": "human"|"gpt"|"system", "value": "... <image> ..."}]}`, and the
@@ -49,7 +49,7 @@ CHAT_TEMPLATE = (
     "{%- if not ((enable_thinking is defined and enable_thinking) or "
     "(add_think_prompt is defined and add_think_prompt)) -%}"
     "{{- '<think>\n\n</think>\n\n' -}}{%- endif -%}{%- endif -%}")
-# `from` -> role (DESIGN 2.3). A deliberate difference from the release, which maps every
+# `from` -> role (docs/design.md §2.3). A deliberate difference from the release, which maps every
 # `from` other than "human" to `assistant` (a system prompt is then trained on, with the
 # think scaffold): here "system" stays an untrained `system` turn, as the Qwen3 template
 # means it; "user" is a user. Any other `from` is a BadSample ("unknown_role").

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 
+import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -93,7 +94,7 @@ def ocr(rs, path, target=None):
 
 
 def photo(rs, path, target=None):
-  import skimage.data
+  import skimage.data  # here: only when a corpus is generated
   name = sorted(PHOTOS)[target] if target is not None else rs.choice(sorted(PHOTOS))
   arr = getattr(skimage.data, name)()
   if arr.ndim == 2:
@@ -114,7 +115,7 @@ _DIGITS = None
 def digit(rs, path, target=None):
   global _DIGITS
   if _DIGITS is None:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # here: 0.9 s to import, only for a corpus
     _DIGITS = load_digits()
   if target is None:
     i = rs.randint(len(_DIGITS.images))
@@ -127,7 +128,6 @@ def digit(rs, path, target=None):
 
 def video(rs, path, target=None, seconds=6, rate=4, size=(112, 140)):
   """target: (colour, shape) as one index: a "what shape moves" question."""
-  import av
   h, w = size
   shape = rs.choice(SHAPES)
   cname = rs.choice(list(COLORS))

@@ -1,4 +1,4 @@
-"""Images (DESIGN 2.1): decode, resize within a token budget, normalisation with the
+"""Images (docs/design.md §2.1): decode, resize within a token budget, normalisation with the
 checkpoint's mean / std, patches in the release's order.
 
 An image is one key frame of the TRA budget (`tra.allocate_frame_sizes`) with its own merge
@@ -14,6 +14,7 @@ import io
 import os
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from data_pipelines import tra
 from data_pipelines.errors import BadSample
@@ -26,7 +27,6 @@ from penguin_jax.preprocessor import read as read_preprocessor_config  # noqa: F
 def load_image(path_or_bytes) -> np.ndarray:
   """-> uint8 [H, W, 3] RGB. Raises BadSample: missing_file, corrupt_image, zero_size_image,
   image_too_large (PIL's decompression-bomb limit)."""
-  from PIL import Image, UnidentifiedImageError
   if isinstance(path_or_bytes, (str, os.PathLike)):
     if not os.path.isfile(path_or_bytes):
       raise BadSample("missing_file", str(path_or_bytes))
@@ -53,7 +53,7 @@ def load_image(path_or_bytes) -> np.ndarray:
 
 
 def check_aspect_ratio(h: int, w: int):
-  """Ratios up to 200 are trained by the release (DESIGN 2.1); above: a BadSample."""
+  """Ratios up to 200 are trained by the release (docs/design.md §2.1); above: a BadSample."""
   if h <= 0 or w <= 0:
     raise BadSample("zero_size_image", f"{h}x{w}")
   if max(h, w) / min(h, w) > tra.MAX_ASPECT_RATIO:
@@ -74,7 +74,7 @@ MULTI_IMAGE_MODES = ("release", "per_image")
 
 def image_sizes(shapes, *, merge_size: int, min_tokens: int, max_tokens: int,
                 mode: str = "release") -> list[tuple[int, int]]:
-  """Target (height, width) of each image of one sample, from their (h, w) (DESIGN 2.1).
+  """Target (height, width) of each image of one sample, from their (h, w) (docs/design.md §2.1).
 
   "release" (default; what the released checkpoints were trained on): the release's
       processor sizes a sample's images as the key frames of one clip: one `max_tokens`
@@ -94,7 +94,6 @@ def image_sizes(shapes, *, merge_size: int, min_tokens: int, max_tokens: int,
 
 
 def resize_bicubic(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-  from PIL import Image
   if rgb.shape[:2] == (height, width):
     return rgb
   return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))

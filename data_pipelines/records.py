@@ -23,6 +23,7 @@ import os
 from typing import NamedTuple, Optional
 
 import numpy as np
+from PIL import Image
 
 from data_pipelines.errors import BadSample
 
@@ -74,7 +75,6 @@ def media_bytes(entry, data_folder: str, allow_outside: bool = False) -> bytes:
       raise BadSample("missing_file", entry)
     with open(full, "rb") as f:
       return f.read()
-  from PIL import Image
   buf = io.BytesIO()
   try:
     Image.fromarray(entry).save(buf, format="PNG")

@@ -11,12 +11,13 @@ which in tensorflow-datasets 4.9.10 imports TensorFlow at start (for its
 import os
 import sys
 
+from absl import app
+from tensorflow_datasets.scripts.cli import build, cli_utils
+
 DATASET = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfds_penguin.py")
 
 
 def main(argv=None) -> None:
-  from absl import app
-  from tensorflow_datasets.scripts.cli import build, cli_utils
   parse = cli_utils.make_flags_parser(build.Args, description=__doc__)
   argv = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
   if not any(a.endswith(".py") or not a.startswith("-") for a in argv[1:]):

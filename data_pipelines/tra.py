@@ -1,4 +1,4 @@
-"""TRA: Temporal Redundancy-Aware token compression for video (DESIGN 2.2).
+"""TRA: Temporal Redundancy-Aware token compression for video (docs/design.md §2.2).
 
 Two public functions:
 
@@ -11,7 +11,7 @@ Two public functions:
   frames up to 16x the area of intermediate frames.
 
 Both reproduce the release (the released checkpoints were trained with them), including
-the detector's blind spots described in DESIGN 2.2. Also used for images: an image is one
+the detector's blind spots described in docs/design.md §2.2. Also used for images: an image is one
 key frame with merge size 1 (`images.py`).
 """
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 KEY, INTERMEDIATE = 0, 1
@@ -49,7 +50,7 @@ def _ensure_min(h: int, w: int, min_pixels: float, aspect: float, factor: int):
 def allocate_frame_sizes(height: int, width: int, frame_types: Sequence[int], *,
                          patch_size: int = 14, merge_size: int = 2, min_tokens: int = 16,
                          max_tokens: int = 16384) -> list[tuple[int, int]]:
-  """Each frame's (height, width) in pixels (DESIGN 2.2's four steps).
+  """Each frame's (height, width) in pixels (docs/design.md §2.2's four steps).
 
   factor f = patch_size * merge_size; min_pixels = min_tokens f^2 1.5,
   max_pixels = max_tokens f^2 0.95. With N_k key and N_i intermediate frames of area A:
@@ -105,7 +106,7 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: float,
 def antialias_taps(in_size: int, out_size: int) -> list[tuple[int, np.ndarray]]:
   """Per output pixel (first input index, float32 weights) of an antialiased bilinear
   (triangle filter) resize, computed as PyTorch's CPU kernel computes them: in float32,
-  with its mixed float / double intermediate steps (DESIGN 2.2: float64 weights move
+  with its mixed float / double intermediate steps (docs/design.md §2.2: float64 weights move
   pixel values by up to 0.004 and flip key-frame decisions)."""
   f32 = np.float32
   scale = f32(f32(in_size) / f32(out_size))
@@ -162,7 +163,6 @@ def resize_antialiased(frames: np.ndarray, height: int, width: int) -> np.ndarra
 def _hsv_patches(frame: np.ndarray) -> np.ndarray:
   """float RGB [H, W, 3] -> [h*w patches, 3*14*14] of OpenCV 8-bit HSV values (the release
   truncates the resized floats to uint8 first)."""
-  import cv2
   hsv = cv2.cvtColor(frame.astype(np.uint8), cv2.COLOR_RGB2HSV).astype(np.float32)
   H, W = hsv.shape[:2]
   p = KI_PATCH

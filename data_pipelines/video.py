@@ -1,4 +1,4 @@
-"""Video (DESIGN 2.2): decode with PyAV (no system ffmpeg), sample at an fps with a frame
+"""Video (docs/design.md §2.2): decode with PyAV (no system ffmpeg), sample at an fps with a frame
 cap, keep timestamps, then TRA: key frames, the frame budget, patches per frame.
 
 Sampling as the release's training path (`mm_utils.load_video`) does:
@@ -19,6 +19,7 @@ import io
 import math
 import os
 
+import av
 import numpy as np
 
 from data_pipelines import images, tra
@@ -62,7 +63,6 @@ def load_video(path, fps: float = 1.0, max_frames: int = 180):
   """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds),
   sampled as the module docstring says. Raises BadSample: missing_file, corrupt_video,
   truncated_video."""
-  import av
   if isinstance(path, bytes):
     src, name = io.BytesIO(path), "<bytes>"
   elif not os.path.isfile(path):

@@ -1,4 +1,4 @@
-"""Greedy generation with a KV cache (decoding for evaluation is greedy, DESIGN 3).
+"""Greedy generation with a KV cache (decoding for evaluation is greedy, docs/design.md §3).
 
 Works for `Qwen3ForCausalLM` (token prompts) and, through `prompt_embeds`, for Penguin-VL
 (the prompt's embeddings with visual features already written in, from
@@ -20,6 +20,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from penguin_jax.qwen3 import Qwen3ForCausalLM
 
@@ -102,7 +103,6 @@ def stream_greedy(model: Qwen3ForCausalLM, params, input_ids=None, *, max_new_to
   of each step; a row that has produced a stop token keeps producing (ignore what
   follows it), and the loop ends once every row has stopped or after `max_new_tokens`.
   The first token is yielded after the prefill (its time is the prefill's)."""
-  import numpy as np
   prompt_embeds = _embeds(model, params, input_ids, prompt_embeds)
   p = prompt_embeds.shape[1]
   cache, tok, lengths = prefill(model, params, prompt_embeds, prompt_mask,

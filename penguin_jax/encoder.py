@@ -1,4 +1,4 @@
-"""Penguin-Encoder: the vision encoder initialised from a text-only Qwen3 (DESIGN 1.2).
+"""Penguin-Encoder: the vision encoder initialised from a text-only Qwen3 (docs/design.md §1.2).
 
 patches [b, P, 3*14*14] -> patch embedding (the release's Conv2d(k=s=14), as a matmul on
 flattened (channel, row, col) patches) -> Qwen3 layers made bidirectional, attention
@@ -32,7 +32,7 @@ class PenguinEncoder(nn.Module):
 
 
 def merge(features, merge_index, merge_weight):
-  """Merge resize (DESIGN 1.2) as a weighted gather.
+  """Merge resize (docs/design.md §1.2) as a weighted gather.
 
   features [b, P, e]; merge_index, merge_weight [b, V, 4] from `patches.pack_items`.
   Returns [b, V, e]: for merge 1 a copy, for merge 2 the 2x2 average (exactly what the

@@ -1,8 +1,8 @@
 """Building blocks shared by the Qwen3 decoder and the Penguin-Encoder.
 
-* `RMSNorm`                   Qwen3's weight-only RMSNorm (DESIGN 1.1).
+* `RMSNorm`                   Qwen3's weight-only RMSNorm (docs/design.md §1.1).
 * `rope_1d`, `rope_2d`        rotary tables: the LLM's 1D RoPE and the release's 2D variant
-                              for patches (DESIGN 1.2, reproduced exactly, quirk included).
+                              for patches (docs/design.md §1.2, reproduced exactly, quirk included).
 * `attention`                 one function, three backends: "xla" (portable), "cudnn"
                               (`jax.nn.dot_product_attention`, flash on NVIDIA GPUs),
                               "splash" (Pallas splash attention with segment ids, TPU,
@@ -24,8 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.ad_checkpoint import checkpoint_name
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
 from penguin_jax.model_config import TransformerConfig
+from penguin_jax.sharding import per_device, target_platform
 
 Dtype = jnp.dtype
 _NEG_INF = -0.7 * float(np.finfo(np.float32).max)  # finite: fully-masked (padding) rows stay finite
@@ -96,7 +99,7 @@ class Linear(nn.Module):
 
 # --------------------------------------------------------------------------- RoPE
 def inv_freq(head_dim: int, theta: float) -> jnp.ndarray:
-  """inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2 (DESIGN 1.1)."""
+  """inv_freq[i] = theta^(-2i/head_dim), i < head_dim/2 (docs/design.md §1.1)."""
   return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
 
 
@@ -108,7 +111,7 @@ def rope_1d(positions, head_dim: int, theta: float):
 
 
 def rope_2d(positions_2d, head_dim: int, theta: float):
-  """The release's 2D RoPE for patches (DESIGN 1.2), reproduced exactly.
+  """The release's 2D RoPE for patches (docs/design.md §1.2), reproduced exactly.
 
   positions_2d: [b, s, 2] (row, col) of each patch. Returns cos, sin [b, s, d] with
   cos = [cos(row * f), cos(col * f)]: the first half of head_dim is driven by the row, the
@@ -181,7 +184,6 @@ def _attention_xla(q, k, v, mask):
 def _attention_cudnn(q, k, v, mask):
   """`jax.nn.dot_product_attention`: cuDNN flash attention on NVIDIA GPUs; elsewhere the
   same call runs JAX's own XLA implementation (that is what the CPU tests exercise)."""
-  from penguin_jax.sharding import target_platform
   impl = "cudnn" if target_platform() == "gpu" else None
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=impl)
 
@@ -248,9 +250,6 @@ def _attention_splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block_size
   (patches)^2, not (row length)^2, and packed text sequences likewise.
   GQA: one multi-query kernel per kv head (vmapped), as MaxText does.
   """
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
-  from penguin_jax.sharding import target_platform
   b, s, h, d = q.shape
   t, kvh = k.shape[1], k.shape[2]
   g = h // kvh
@@ -291,7 +290,6 @@ def resolve_attention(implementation: str) -> str:
   splash on TPU, cudnn on GPU, xla elsewhere. Other names are returned unchanged."""
   if implementation != "auto":
     return implementation
-  from penguin_jax.sharding import target_platform
   return {"tpu": "splash", "gpu": "cudnn"}.get(target_platform(), "xla")
 
 
@@ -306,7 +304,6 @@ def attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal: bool,
   if implementation == "splash":  # (KV-cache decoding always asks for "xla")
     # A custom call cannot be partitioned by the compiler: run it per device, batch over
     # the `batch` rule's mesh axes, heads over the `act_heads` / `act_kv_heads` ones.
-    from penguin_jax.sharding import per_device
     fn = functools.partial(_attention_splash, causal=causal, block_size=splash_block_size)
     q_names = ("batch", "length", "act_heads", "kv")
     kv_names = ("batch", "length", "act_kv_heads", "kv")

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from penguin_jax.settings import setting
+from penguin_jax.sharding import axis_size, mesh_axes, per_device
 
 IGNORE_INDEX = -100  # docs/design.md §2.3
 
@@ -90,7 +91,6 @@ VOCAB_SLICE = 8192   # target columns per vocabulary slice (rounded to a multipl
 
 def _axes(logical: str) -> tuple:
   """The mesh axes (of more than one device) that a logical axis maps to."""
-  from penguin_jax.sharding import axis_size, mesh_axes
   a = mesh_axes(logical)
   a = () if a is None else ((a,) if isinstance(a, str) else tuple(a))
   return tuple(x for x in a if axis_size(x) > 1)
@@ -242,7 +242,6 @@ def lm_head_cross_entropy_and_hits(hidden, targets, kernel, chunk_size: int = 10
 
 
 def _lm_head_ce_fwd(hidden, targets, kernel, chunk_size):
-  from penguin_jax.sharding import per_device
   chunk = min(chunk_size, hidden.shape[1])
   fwd = per_device(functools.partial(_ce_local_fwd, chunk=chunk), (_H, _T, _W), [_T, _T, _T])
   loss, lse, hit = fwd(hidden, targets, kernel)
@@ -250,7 +249,6 @@ def _lm_head_ce_fwd(hidden, targets, kernel, chunk_size):
 
 
 def _lm_head_ce_bwd(chunk_size, res, g):
-  from penguin_jax.sharding import per_device
   hidden, targets, kernel, lse = res
   g = g[0]                                  # hits have no gradient
   chunk = min(chunk_size, hidden.shape[1])

@@ -1,7 +1,7 @@
 """The release's patch layout, on the host (NumPy): what the encoder needs beside pixels.
 
 For an item (an image, or a video of t frames) with a grid of (t, h, w) patches and merge
-size m (DESIGN 1.2):
+size m (docs/design.md §1.2):
 
 * patch order is merge-block order: (t, h/m, w/m, m, m), each m x m block contiguous;
 * every frame is its own attention segment;
@@ -42,7 +42,7 @@ def raster_to_block_index(h: int, w: int, m: int) -> np.ndarray:
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] weights of PyTorch's bilinear interpolate, align_corners=False, no
-  antialias (DESIGN 1.2: `jax.image.resize` would antialias when downscaling)."""
+  antialias (docs/design.md §1.2: `jax.image.resize` would antialias when downscaling)."""
   scale = in_size / out_size
   mat = np.zeros((out_size, in_size), np.float64)
   for o in range(out_size):

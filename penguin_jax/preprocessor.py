@@ -1,4 +1,4 @@
-"""The image processor's settings: `preprocessor_config.json` (DESIGN 2.1), read and written.
+"""The image processor's settings: `preprocessor_config.json` (docs/design.md §2.1), read and written.
 
 The released Penguin-Encoder and VLM folders carry one; the release's processor class
 (`PenguinVLImageProcessor`) reads mean / std, token budget and patch size from it and falls
@@ -18,7 +18,7 @@ RELEASE_MEAN = RELEASE_STD = (0.5, 0.5, 0.5)  # the released checkpoints' prepro
 # OpenAI-CLIP: what the release's processor class falls back to when a config omits them
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PATCH = 14                                    # DESIGN 1.2
+PATCH = 14                                    # docs/design.md §1.2
 FILE = "preprocessor_config.json"
 
 

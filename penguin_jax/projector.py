@@ -1,4 +1,4 @@
-"""The projector (`mlp2x_gelu`, DESIGN 1.3) and the distill head (DESIGN 1.4)."""
+"""The projector (`mlp2x_gelu`, docs/design.md §1.3) and the distill head (docs/design.md §1.4)."""
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -43,5 +43,5 @@ class DistillHead(nn.Module):
 def build_projector(projector_type: str, out_features: int, dtype, param_dtype, name=None):
   if projector_type != "mlp2x_gelu":
     raise ValueError(f"unknown projector type {projector_type!r}; only 'mlp2x_gelu' "
-                     "(DESIGN 1.3) is implemented")
+                     "(docs/design.md §1.3) is implemented")
   return Mlp2xGelu(out_features, dtype, param_dtype, name=name)

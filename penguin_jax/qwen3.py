@@ -1,4 +1,4 @@
-"""The Qwen3 decoder: Penguin-VL's LLM (DESIGN 1.1).
+"""The Qwen3 decoder: Penguin-VL's LLM (docs/design.md §1.1).
 
 `Qwen3ForCausalLM` takes token ids (or ready embeddings, which is how the VLM feeds it
 visual features) and returns logits, or the final hidden states when the caller computes

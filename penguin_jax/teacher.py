@@ -1,4 +1,4 @@
-"""The frozen teacher of stage 1a's reconstruction losses: VL3-SigLIP-NaViT (DESIGN 1.6).
+"""The frozen teacher of stage 1a's reconstruction losses: VL3-SigLIP-NaViT (docs/design.md §1.6).
 
 VideoLLaMA3's vision encoder, as the release distils from it: a SigLIP-so400m-sized ViT
 (Conv2d patch embedding, no absolute positions, 27 pre-norm LayerNorm blocks with biased
@@ -32,7 +32,7 @@ from penguin_jax.layers import Linear, apply_rope, attention
 
 
 def teacher_rope_2d(positions_2d, head_dim: int, theta: float):
-  """VL3-SigLIP-NaViT's 2D RoPE (DESIGN 1.6). positions_2d [b, s, 2] (row, col) ->
+  """VL3-SigLIP-NaViT's 2D RoPE (docs/design.md §1.6). positions_2d [b, s, 2] (row, col) ->
   cos, sin [b, s, head_dim] laid out [row * f, col * f, row * f, col * f] with
   f[k] = theta^(-2k / (head_dim/2)), k < head_dim/4; with rotate-half, channel i pairs with
   i + head_dim/2 under the *same* angle: a true rotation by the row angle on the first

@@ -1,5 +1,5 @@
 """Penguin-VL: encoder -> merge -> projector -> written into the LLM's token embeddings
-at image-token positions -> Qwen3 decoder (DESIGN 1).
+at image-token positions -> Qwen3 decoder (docs/design.md §1).
 
 Everything has static shapes. A batch (see `patches.pack_items` and the data pipeline):
 

@@ -21,6 +21,7 @@ def _aot(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_cpu8_report(tmp_path):
   out = tmp_path / "r.json"
   r = _aot("--config=configs/stage1.py:tiny", "--topology=cpu:8", f"--json={out}", *TINY_8)
@@ -35,6 +36,8 @@ def test_cpu8_report(tmp_path):
     assert line in r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.libtpu
 def test_v5e4_compile_fits_above_the_analytic_lower_bound(tmp_path):
   """libtpu compiles the tiny stage-3 step for v5e-4 with the real splash kernel; the
   compiler's peak is at least what the state alone must take per chip."""
@@ -57,6 +60,8 @@ def test_v5e4_compile_fits_above_the_analytic_lower_bound(tmp_path):
   assert "fits: yes" in r.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.libtpu
 def test_teacher_is_gathered_once_per_step_not_per_micro_batch(tmp_path):
   """Stage 1a for v5e-4 (libtpu), teacher split over fsdp 4: its all-gathers per step are
   the same with 1 micro-batch as with 3 (gathered once, kept whole for the loop; XLA:TPU
@@ -86,6 +91,7 @@ def test_train_and_aot_lower_the_same_program():
   assert a == b and "manual_computation" in a    # the per-device loss is in it
 
 
+@pytest.mark.libtpu
 def test_auto_attention_lowers_the_tpu_kernel_for_tpu_devices():
   """With compile-only TPU devices in the mesh, "auto" picks splash and lowers the Mosaic
   kernel (not the interpreter), though this host is a CPU; on CPU devices, xla."""
@@ -123,6 +129,7 @@ def test_collectives_count_loop_trip_counts():
   assert sum(r["bytes"] for r in rows) == 7 * 3 * 128 * 4
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_and_plot_and_never_recompiles(tmp_path):
   args = ["--sweep", "--stages=stage3", "--variants=tiny", "--topologies=cpu:8",
           "--vary=data.global_batch=8,16", f"--out={tmp_path}"]

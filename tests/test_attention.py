@@ -1,4 +1,4 @@
-"""The three attention backends compute the same function (DESIGN 1.2's block-diagonal
+"""The three attention backends compute the same function (docs/design.md §1.2's block-diagonal
 encoder attention and the LLM's causal packed attention)."""
 import dataclasses
 

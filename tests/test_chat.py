@@ -1,4 +1,4 @@
-"""Chat formatting and labels (DESIGN 2.3), written out by hand from the spec."""
+"""Chat formatting and labels (docs/design.md §2.3), written out by hand from the spec."""
 import pytest
 
 from data_pipelines.chat import IGNORE_INDEX, Visual, format_sample
@@ -79,7 +79,7 @@ def test_bad_conversations_are_named(tok, conv, reason):
 
 
 def test_roles_system_stays_an_untrained_system_turn_and_user_is_a_user(tok):
-  """DESIGN 2.3: a documented difference from the release (which trains "system" as an
+  """docs/design.md §2.3: a documented difference from the release (which trains "system" as an
   assistant turn): "system" is a `system` turn, never trained; "user" maps to `user`."""
   sample = {"id": "r", "conversations": [
       {"from": "system", "value": "Be brief."}, {"from": "user", "value": "Hi?"},

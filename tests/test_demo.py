@@ -3,7 +3,11 @@ teacher, stages 1a -> 1b -> 2 -> 3 chained, export, evaluation), as a user runs 
 import json
 import os
 
+import pytest
+
 from launch import demo
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_quick_chains_every_stage_and_reports(quick_demo, capsys):

@@ -1,4 +1,4 @@
-"""Penguin-Encoder against an independent PyTorch forward (DESIGN 1.2)."""
+"""Penguin-Encoder against an independent PyTorch forward (docs/design.md §1.2)."""
 import numpy as np
 import pytest
 import torch

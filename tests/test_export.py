@@ -1,5 +1,5 @@
 """Handing a training run to PyTorch users (`launch.convert workdir-to-hf`) and reading the
-released layout as it is (DESIGN 1.5): logits, tokenizer, config fields, HF cache lookup."""
+released layout as it is (docs/design.md §1.5): logits, tokenizer, config fields, HF cache lookup."""
 import json
 import logging
 import os
@@ -67,6 +67,7 @@ def _run_logits(workdir, batch_fn):
   return np.asarray(model.apply({"params": params}, **batch)), batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["plain", "mesh"])
 def test_exported_run_gives_the_runs_logits(runs, name):
   workdir, out = runs[name]
@@ -77,6 +78,7 @@ def test_exported_run_gives_the_runs_logits(runs, name):
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_exported_config_meets_design_1_5_and_survives_a_move(runs, tmp_path, monkeypatch):
   from safetensors import safe_open
   from transformers import PretrainedConfig
@@ -144,6 +146,7 @@ def test_exported_config_meets_design_1_5_and_survives_a_move(runs, tmp_path, mo
   np.testing.assert_array_equal(after["llm"]["norm"]["scale"], before["llm"]["norm"]["scale"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sentencepiece", "qwen3"])
 def test_exported_tokenizer_loads_in_transformers_with_the_same_ids(runs, tmp_path, kind):
   from transformers import AutoTokenizer
@@ -252,6 +255,7 @@ def stage1_run(uninterrupted):
   return uninterrupted[0] / "a"
 
 
+@pytest.mark.slow
 def test_stage1_export_drops_or_keeps_the_distill_head(stage1_run, tmp_path, capsys):
   _, run, params = ckpt.read_run(str(stage1_run))
   width = params["vision_distill_layer"]["linear"]["kernel"].shape[-1]

@@ -4,10 +4,13 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from data_pipelines import prompts
 from launch import generate
 from penguin_jax import inference
+
+pytestmark = pytest.mark.slow
 
 
 def _perturbed(loaded, seed=0):

@@ -106,7 +106,7 @@ def test_small_image_is_scaled_up_to_the_token_floor():
 
 
 def test_aspect_ratio_200_is_kept_above_is_rejected():
-  """DESIGN 2.1: the release trains ratios up to 200 (only > 200 is rejected)."""
+  """docs/design.md §2.1: the release trains ratios up to 200 (only > 200 is rejected)."""
   _, (t, gh, gw) = images.process_image(np.zeros((14, 2800, 3), np.uint8), min_tokens=4,
                                         max_tokens=256)
   assert t == 1 and gw / gh >= 50
@@ -116,7 +116,7 @@ def test_aspect_ratio_200_is_kept_above_is_rejected():
 
 
 def _budget_size(h, w, merge, max_tokens, n):
-  """DESIGN 2.1 by hand: n key frames of the FIRST image's h x w sharing max_tokens."""
+  """docs/design.md §2.1 by hand: n key frames of the FIRST image's h x w sharing max_tokens."""
   f = 14 * merge
   max_pixels = max_tokens * f * f * 0.95
   area = h * w if n * h * w <= max_pixels else max_pixels / n

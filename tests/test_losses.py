@@ -1,4 +1,4 @@
-"""Losses against PyTorch's own functions (DESIGN 1.4, 2.4)."""
+"""Losses against PyTorch's own functions (docs/design.md §1.4, §2.4)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,7 +140,7 @@ def test_lm_loss_scopes_against_torch(scope, budget):
 
 @pytest.mark.parametrize("budget", [None, 6])
 def test_sequence_scope_counts_label_less_sequences_like_the_release(budget):
-  """DESIGN 2.4: the release divides each token's loss by (its sequence's label tokens x
+  """docs/design.md §2.4: the release divides each token's loss by (its sequence's label tokens x
   the number of packed sequences, i.e. of position_ids == 0), also counting a sequence
   without a label token. Expected value built by hand from torch's per-token CE."""
   rs = np.random.RandomState(5)

@@ -11,6 +11,8 @@ import tempfile
 
 import pytest
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 

@@ -96,6 +96,8 @@ def test_processes_read_disjoint_shards(shards):
   assert seen[0] > 0 and seen[1] > 0 and seen[0] + seen[1] <= one + 1
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_worker_processes_are_deterministic_and_restorable(shards):
   """With 2 worker processes (each packs its own slice of the records) the stream is the
   same on every run, and a saved iterator state restores it exactly."""

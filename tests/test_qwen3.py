@@ -1,4 +1,4 @@
-"""The Qwen3 decoder against transformers' PyTorch Qwen3 (DESIGN 1.1)."""
+"""The Qwen3 decoder against transformers' PyTorch Qwen3 (docs/design.md §1.1)."""
 import json
 
 import jax

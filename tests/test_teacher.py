@@ -1,4 +1,4 @@
-"""The real teacher, VL3-SigLIP-NaViT (DESIGN 1.6), against transformers' independent
+"""The real teacher, VL3-SigLIP-NaViT (docs/design.md §1.6), against transformers' independent
 `VideoLlama3VisionModel`: weights imported from both HF layouts, merged features equal."""
 import json
 import shutil
@@ -141,7 +141,7 @@ def test_missing_tensor_is_named(saved_teacher, tmp_path):
 
 
 def test_rope_is_a_true_2d_rotation():
-  """DESIGN 1.6: [row, col, row, col] angles, f[k] = theta^(-2k/(d/2)); rotate-half then
+  """docs/design.md §1.6: [row, col, row, col] angles, f[k] = theta^(-2k/(d/2)); rotate-half then
   pairs channel i with i + d/2 under one angle, so the rotation preserves norms and the
   score of q at p and k at p' depends only on p - p'."""
   cos, sin = teacher_lib.teacher_rope_2d(jnp.asarray([[[3, 5]]]), 8, 10_000.0)

@@ -1,4 +1,4 @@
-"""The real Qwen3 tokenizer (DESIGN 1.1) against an independent BPE implementation."""
+"""The real Qwen3 tokenizer (docs/design.md §1.1) against an independent BPE implementation."""
 import unicodedata
 
 import pytest

@@ -1,4 +1,4 @@
-"""TRA (DESIGN 2.2): the four-step budget by hand, the detector on synthetic video."""
+"""TRA (docs/design.md §2.2): the four-step budget by hand, the detector on synthetic video."""
 import numpy as np
 import pytest
 import torch
@@ -46,7 +46,7 @@ def test_aspect_ratio_is_kept_and_min_is_rounded_up():
 
 
 def test_key_frame_resize_equals_torch_bit_for_bit():
-  """DESIGN 2.2: the release resizes key-frame candidates with torch's antialiased
+  """docs/design.md §2.2: the release resizes key-frame candidates with torch's antialiased
   bilinear in float32; ours equals it to the last bit (down, up, one axis, large)."""
   rs = np.random.RandomState(0)
   for (H, W, h, w) in [(120, 160, 42, 56), (37, 91, 14, 28), (30, 40, 56, 70),

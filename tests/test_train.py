@@ -9,12 +9,14 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 import penguin_jax
 from penguin_jax.teacher import ViTTeacher
 from train_runs import ENV, REPO
 
 
+@pytest.mark.slow
 def test_tiny_stage1_runs_logs_and_learns(uninterrupted):
   root, m, out = uninterrupted
   assert sorted(m) == list(range(1, 31))
@@ -30,6 +32,7 @@ def test_tiny_stage1_runs_logs_and_learns(uninterrupted):
   assert any(e.startswith("events.out.tfevents") for e in events)
 
 
+@pytest.mark.slow
 def test_stage1_distils_from_the_imported_teacher_which_stays_frozen(uninterrupted):
   """The tiny config's teacher is written as an HF folder (save_pretrained) and imported
   like the real VL3-SigLIP-NaViT; every reconstruction part falls; the teacher saved with
@@ -57,6 +60,46 @@ def test_help_exits_0_and_lists_stages_variants_and_config_fields():
                      capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   assert ("STAGE in stage0, stage1, stage1_hres, stage2, stage3; VARIANT in tiny, 2b, 8b "
-          "(stage0, the demo's text-only LLM: tiny only)") in r.stdout
-  for line in ("--config.init.teacher='random'", "--config.data.seq_len=512", "--workdir"):
+          "(no VARIANT: 2b; stage0, the demo's text-only LLM: tiny only)") in r.stdout
+  for line in ("--config.init.teacher='random'", "--workdir",
+               # a field declared in a settings dataclass comes with its help
+               "--config.data.seq_len=512    # tokens per row, visual tokens included",
+               "--config.loss.relation_scope='image'    # relation loss pairs"):
     assert line in r.stdout, line
+
+
+def _one_line_error(*args, workdir="W"):
+  r = subprocess.run([sys.executable, "-m", "launch.train", f"--workdir={workdir}", *args],
+                     cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  errors = [l for l in r.stderr.splitlines() if "error:" in l]
+  assert r.returncode == 2 and len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  return errors[0]
+
+
+def test_no_variant_is_the_paper_2b_and_a_laptop_gets_one_line_naming_tiny(tmp_path):
+  """`configs/stage1.py` alone is 2b; with no data, teacher or LLM it stops before
+  anything is made, naming what is missing and the command for a laptop."""
+  err = _one_line_error("--config=configs/stage1.py", workdir=tmp_path / "w")
+  assert "stage1:2b needs training data" in err and "the teacher" in err and "the LLM" in err
+  assert "python -m launch.train --config=configs/stage1.py:tiny --workdir=W" in err
+  assert "python -m data_pipelines.tfds_build" in err and "hf download" in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_workdir_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch):
+  (tmp_path / "file").write_text("x")
+  err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "file")
+  assert f"--workdir={tmp_path / 'file'} is a file; give a folder" in err
+  err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "file" / "run")
+  assert "cannot make the folder" in err
+  # not writable (as root nothing is unwritable: the check itself, in process)
+  from penguin_jax.train import workdir
+  monkeypatch.setattr(os, "access", lambda *_: False)
+  with pytest.raises(ValueError, match="the folder is not writable"):
+    workdir.make(str(tmp_path / "ro"))
+
+
+def test_a_mesh_that_does_not_fit_says_how_to_get_the_devices(tmp_path):
+  err = _one_line_error("--config=configs/stage1.py:tiny", "--config.mesh.fsdp=4",
+                        "--config.mesh.data=1", workdir=tmp_path / "w")
+  assert "needs 4 devices, 1 are visible" in err and "--local_device_count=N" in err

@@ -79,7 +79,7 @@ def _ffmpeg_fps_filter(path):
 
 @pytest.mark.parametrize("rate", [10, 25, 29.97])
 def test_video_files_sample_as_ffmpeg_fps_filter(tmp_path, rate):
-  """DESIGN 2.2: a video file's frames and timestamps are those of ffmpeg's 1-fps filter
+  """docs/design.md §2.2: a video file's frames and timestamps are those of ffmpeg's 1-fps filter
   (the partial last second dropped, timestamps k / fps); more than max_frames: a linspace
   subset of them; a clip under 1 s (the filter gives nothing): the release's other path."""
   from data_pipelines import chat, sample

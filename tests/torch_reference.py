@@ -1,4 +1,4 @@
-"""An independent PyTorch Penguin-Encoder for parity tests, written from DESIGN.md 1.2 on
+"""An independent PyTorch Penguin-Encoder for parity tests, written from docs/design.md §1.2 on
 top of transformers' Qwen3 layers (it shares no code with penguin_jax)."""
 import json
 import os

@@ -25,6 +25,7 @@ import contextlib
 import re
 import threading
 import time
+from importlib import metadata
 from typing import Optional
 
 import jax
@@ -58,7 +59,6 @@ def _replicated(tree, prefix: str, n_devices: int) -> list:
 
 
 def versions() -> dict:
-  from importlib import metadata
   out = {"jax": jax.__version__, "jaxlib": metadata.version("jaxlib")}
   try:
     out["libtpu"] = metadata.version("libtpu")

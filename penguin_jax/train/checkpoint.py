@@ -19,8 +19,12 @@ import os
 import time
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from penguin_jax.train.workdir import is_remote
 
 
 ITEMS = ("state", "data", "config", "teacher")
@@ -36,8 +40,6 @@ def manager(workdir: str, keep: int, async_save: bool = True) -> ocp.CheckpointM
 def gather_json(items: list) -> list:
   """Concatenate every process's list of JSON-able items, in process order (each process
   saves the data-iterator states of its own shards; the checkpoint holds all of them)."""
-  import numpy as np
-  from jax.experimental import multihost_utils
   if jax.process_count() == 1:
     return list(items)
   raw = np.frombuffer(json.dumps(items).encode(), np.uint8)
@@ -156,7 +158,6 @@ def restore_intact(make_manager, abstract_state, abstract_teacher=None, log=prin
   `NoIntactCheckpoint` naming every step and its reason, and nothing is moved (a restart
   must not quietly begin from scratch). `make_manager()` -> a fresh CheckpointManager (a
   failed restore can leave orbax's one unusable)."""
-  from jax.experimental import multihost_utils
   mgr = make_manager()
   failed = []
   for step in sorted(mgr.all_steps(), reverse=True):
@@ -197,7 +198,6 @@ def _free(path: epath.Path) -> epath.Path:
 
 def _absolute(path) -> epath.Path:
   """A local path made absolute (orbax wants one); gs://... as it is."""
-  from penguin_jax.train.workdir import is_remote
   return epath.Path(path if is_remote(path) else os.path.abspath(path))
 
 
@@ -216,7 +216,6 @@ def read_run(path: str, step: int | None = None, modules=None, dtype=None):
   latest), for export and stage-to-stage initialisation. Only the parameters are read,
   as host NumPy arrays (cast to `dtype` while reading when given): never the optimizer
   state, whatever mesh the run was trained on. `modules`: only these top-level modules."""
-  import numpy as np
   mgr = _run_manager(path)
   steps = mgr.all_steps()
   if not steps:

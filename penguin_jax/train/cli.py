@@ -73,11 +73,12 @@ def _flat(cfg, prefix: str = "") -> dict:
 def point_config(spec: str, overrides: dict):
   """The config of `spec` (`configs/STAGE.py:VARIANT`) with `a.b.c=value` overrides
   (strings), parsed by ml_collections as the command line's `--config.a.b.c=value` is."""
-  fv = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=False)
-  argv = [f"--config={spec}", *[f"--config.{k}={v}" for k, v in overrides.items()]]
+  argv = ["point", f"--config={spec}", *[f"--config.{k}={v}" for k, v in overrides.items()]]
   check_overrides(argv)
-  fv(["point", *argv])
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, lock_config=False,
+                                  sys_argv=argv)
+  fv(argv)
   return fv.config
 
 

@@ -45,11 +45,11 @@ def demo_root(cfg, workdir: str) -> str:
   """The demo corpus's folder: data.demo_dir, else WORKDIR/demo_data (a local WORKDIR:
   its TFDS dataset and the tokenizer are local files)."""
   if cfg.data.demo_dir:
-    return cfg.data.demo_dir
+    return os.path.abspath(cfg.data.demo_dir)
   if workdir_lib.is_remote(workdir):
     raise ValueError(f"data.demo with a remote workdir ({workdir}): set "
                      "--config.data.demo_dir to a local (or shared) folder for the corpus")
-  return os.path.join(workdir, "demo_data")
+  return os.path.join(os.path.abspath(workdir), "demo_data")
 
 
 def tokenizer(cfg, workdir: str):

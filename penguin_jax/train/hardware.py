@@ -1,6 +1,6 @@
 """Accelerators: the one table of chip figures, and slice names -> compile-only devices.
 
-Figures per chip (public spec sheets, DESIGN 4): bf16 peak FLOP/s, HBM, HBM bandwidth and
+Figures per chip (public spec sheets, docs/design.md §4): bf16 peak FLOP/s, HBM, HBM bandwidth and
 the bidirectional inter-chip interconnect (ICI) bandwidth; `usable_hbm` is what libtpu's
 compiler allows a program (read from its out-of-memory message, libtpu 0.0.42). GPUs are
 listed for MFU only.

@@ -69,13 +69,14 @@ def run(cfg, workdir: str, t_start: float) -> int:
   if jax.process_index() == 0:
     workdir_lib.lock(workdir)
   runtime.compilation_cache(cfg, workdir)
+  mesh = runtime.mesh(cfg)                    # before any work: a mesh that does not fit
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
   source, tokenizer, _ = data_lib.prepare(cfg, workdir)
   if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, config.model.vocab_size "
                      f"is {cfg.model.vocab_size}")
-  program = program_lib.build(cfg, runtime.mesh(cfg), image_token_id=tokenizer.image_token_id)
+  program = program_lib.build(cfg, mesh, image_token_id=tokenizer.image_token_id)
   counts = program.param_counts()
   log.info("parameters: %s (trainable: %s); %d micro-batch(es) of %d rows per step",
            f"{sum(v for k, v in counts.items() if k not in ('llm_body', 'teacher')):,}",

@@ -31,11 +31,11 @@ def _summary_writer():
   tries to import at start when PyTorch is installed (2 s per training process, and
   unused: we log floats)."""
   if "torch" in sys.modules:
-    from tensorboardX import SummaryWriter
+    from tensorboardX import SummaryWriter  # here: see the docstring
     return SummaryWriter
   sys.modules["torch"] = None               # `import torch` raises ImportError: skipped
   try:
-    from tensorboardX import SummaryWriter
+    from tensorboardX import SummaryWriter  # here: see the docstring
   finally:
     del sys.modules["torch"]                # a later `import torch` works as ever
   return SummaryWriter

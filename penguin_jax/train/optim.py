@@ -1,4 +1,4 @@
-"""Optimisation (DESIGN 3): AdamW, weight decay 0, cosine decay with 3% warm-up starting at
+"""Optimisation (docs/design.md §3): AdamW, weight decay 0, cosine decay with 3% warm-up starting at
 0.1x peak and ending at 0.1x peak, per-module learning rates, frozen modules.
 
 Modules are the top-level parameter groups of Penguin-VL: `vision_encoder`,
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
 import optax
 
 
@@ -24,7 +25,6 @@ def schedule(peak: float, total_steps: int, warmup_frac: float = 0.03,
 
 def module_labels(params) -> dict:
   """Each top-level module's name as the label of all its leaves."""
-  import jax
   return {k: jax.tree.map(lambda _: k, v) for k, v in params.items()}
 
 

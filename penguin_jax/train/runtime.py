@@ -66,11 +66,14 @@ def quiet_logs():
 
 def compilation_cache(cfg, workdir: str) -> Optional[str]:
   """JAX's persistent compilation cache for this run (`config.jax_cache_dir`): "auto" =
-  `.jax_cache` beside WORKDIR (in its parent folder, so the stages of one recipe and a
-  restarted run share it, and nothing else does), "" = off, else that folder. A restarted
-  or resumed run loads its compiled step instead of compiling it again."""
+  $JAX_COMPILATION_CACHE_DIR when set, else `.jax_cache` beside WORKDIR (in its parent
+  folder, so the stages of one recipe and a restarted run share it, and nothing else
+  does); "" = off; else that folder. A restarted or resumed run loads its compiled step
+  instead of compiling it again."""
   where = cfg.jax_cache_dir
-  if where == "auto":
+  if where == "auto" and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    where = os.environ["JAX_COMPILATION_CACHE_DIR"]
+  elif where == "auto":
     parent = os.path.dirname(os.fspath(workdir).rstrip("/")) or "."
     where = (parent + "/.jax_cache" if workdir_lib.is_remote(workdir)
              else os.path.join(os.path.abspath(parent), ".jax_cache"))

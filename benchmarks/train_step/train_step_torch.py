@@ -1,7 +1,7 @@
 """PyTorch baseline for benchmarks/train_step.py: the same workload, computed the way the
 released PyTorch code computes it, on the same CPU.
 
-  python benchmarks/train_step_torch.py [--steps=10] [--warmup=2]
+  python benchmarks/train_step/train_step_torch.py [--steps=10] [--warmup=2]
 
 transformers' Qwen3 layers for the encoder (bidirectional, each image its own attention
 block, as the release's varlen flash attention) and for the LLM (SDPA), the mlp2x_gelu

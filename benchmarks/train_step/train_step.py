@@ -1,6 +1,6 @@
 """Time one full training step of Penguin-VL at a tiny size on this machine's CPU.
 
-  python benchmarks/train_step.py [--steps=10] [--warmup=2]
+  python benchmarks/train_step/train_step.py [--steps=10] [--warmup=2]
 
 Forward, backward and AdamW update, every parameter trainable, float32. Workload (issue 2):
 encoder hidden 256 / intermediate 768 / 4 layers / 4 heads / 2 kv heads / head_dim 64;

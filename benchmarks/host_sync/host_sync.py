@@ -1,6 +1,6 @@
 """Steps per second of the tiny training loop with and without a host read every step.
 
-  python benchmarks/host_sync.py [--config=stage1.py:tiny] [--steps=40] [--warmup=5]
+  python benchmarks/host_sync/host_sync.py [--config=stage1.py:tiny] [--steps=40] [--warmup=5]
 
 The loop `launch.train` runs (the real data feed of the demo corpus, the compiled step of
 `penguin_jax/train/program.py`), timed twice over the same batches: "per_step_read"
@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def main():

@@ -1,6 +1,6 @@
 """Data pipeline throughput and packing efficiency on the embedded demo data.
 
-  python benchmarks/data_throughput.py [--batches=64] [--workers=0] [--packing=best_fit]
+  python benchmarks/data_throughput/data_throughput.py [--batches=64] [--workers=0] [--packing=best_fit]
 
 Generates the demo corpus (data_pipelines.demo_data) and builds it in a temporary folder
 as the TFDS dataset penguin_vl (samples of at most 1,024 tokens; read with

@@ -1,6 +1,6 @@
 """Encoder attention work on packed rows: full rows vs the blocks splash computes.
 
-  python benchmarks/encoder_attention_blocks.py [--batches=8] [--max_patches=20480]
+  python benchmarks/encoder_attention_blocks/encoder_attention_blocks.py [--batches=8] [--max_patches=20480]
 
 Packs the embedded demo corpus with the Grain pipeline at the 2b stage-3 row sizes
 (16,384 tokens, 20,480 patches, 10,240 visual tokens per row, images up to 10,240
