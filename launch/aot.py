@@ -81,13 +81,12 @@ def sweep() -> int:
 
 
 def _main(argv):
-  tpus = [t for t in (FLAGS.topologies if FLAGS.sweep else [FLAGS.topology or "cpu:1"])
-          if hardware.parse_slice(t).chip is not None]
-  problem = hardware.libtpu_problem() if tpus else None
-  if problem:
-    say(f"error: {problem}")
-    sys.exit(2)
   try:
+    tpus = [t for t in (FLAGS.topologies if FLAGS.sweep else [FLAGS.topology or "cpu:1"])
+            if hardware.parse_slice(t).chip is not None]
+    problem = hardware.libtpu_problem() if tpus else None
+    if problem:
+      raise ValueError(problem)
     sys.exit(sweep() if FLAGS.sweep else one(sys.argv))
   except (ValueError, KeyError) as e:
     say(f"error: {e.args[0] if e.args else e}")
@@ -107,5 +106,9 @@ if __name__ == "__main__":
   # Before JAX starts: cpu:N needs N host devices; TPU topologies compile on the CPU with
   # libtpu, told it is on one host of that slice (else it prints start-up errors).
   topology = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--topology=")), None)
-  os.environ.update(hardware.compile_env(topology))
+  try:
+    os.environ.update(hardware.compile_env(topology))
+  except ValueError as e:                 # an unknown topology
+    say(f"error: {e}")
+    sys.exit(2)
   app.run(_main, flags_parser=_parse_flags)

@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from data_pipelines import demo_data, pipeline as P, records, sample as S
@@ -17,6 +18,7 @@ from penguin_jax.vlm import PenguinVL
 from test_vlm import tiny_vlm_config
 
 
+@pytest.mark.slow
 def test_pipeline_batches_train_the_vlm(tmp_path):
   demo_data.generate(str(tmp_path / "d"), 24, 0, seed=2)
   lines = [json.loads(l) for l in open(tmp_path / "d" / "train.jsonl")]

@@ -74,6 +74,7 @@ def test_gradient_accumulation_equals_one_big_step(scope):
   assert moved > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("relation", ["image", "batch"])
 def test_gradient_accumulation_with_reconstruction_losses(relation):
   cfg = tiny_vlm_config()        # (with a distill head to the 32-wide teacher)

@@ -27,6 +27,7 @@ def test_logits_match_transformers(fixture, request):
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_packed_row_equals_sequences_alone(qwen3_tied, scan):
   path, _ = qwen3_tied

@@ -32,6 +32,7 @@ def _batch(b=4, seq=32, n_patch=32, n_tok=16):
   return {k: jnp.asarray(np.stack(v)) for k, v in out.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan", [False, True])
 def test_sharded_init_and_forward_equal_single_device(scan):
   assert jax.device_count() == 8

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import optax
 
 from penguin_jax import registry
@@ -64,6 +65,7 @@ def test_reconstruction_losses_train_the_distill_head():
   assert moved > 0
 
 
+@pytest.mark.slow
 def test_reconstruction_weight_schedule_falls_from_3_to_2_as_the_release():
   """docs/design.md §1.4: w = 3 - epoch over the run. With a schedule the loss at step s
   is lm + w(s) * reconstruction; checked against constant weights 3, 2.5 and 2."""
