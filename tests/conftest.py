@@ -1,15 +1,10 @@
-"""Test setup: 8 CPU devices for sharding tests, float32 matmuls, the suite's own compilation
-cache, tiny HF models."""
+"""Test setup: 8 CPU devices for sharding tests, float32 matmuls, tiny HF models."""
 import os
-import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The suite's own compilation cache, shared by its runs (config.jax_cache_dir "auto" reads
-# it), never the user's.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="penguin_tests_jax_cache_")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

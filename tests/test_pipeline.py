@@ -1,6 +1,7 @@
 """The Grain pipeline: packed static-shape batches whose indices are right, and an
 iterator state that restores the stream exactly."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -155,5 +156,7 @@ def test_skips_are_counted_logged_a_few_times_per_reason_and_named(shards, tmp_p
   assert skipped == {"missing_file": P.LOGGED_PER_REASON + 3, "invalid_json": 1}
   assert sum(int((b["segment_ids"] > 0).any()) for b in batches) == 1
   named = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skip ")]
-  assert len(named) == P.LOGGED_PER_REASON + 1
-  assert named[0] == "skip gone0: missing_file (nope.png)" and "skip line 10: invalid_json" in named[-1]
+  assert len(named) == P.LOGGED_PER_REASON + 1        # (Grain may map them in any order)
+  assert sum(bool(re.match(r"skip gone\d: missing_file \(nope.png\)", m)) for m in named) \
+      == P.LOGGED_PER_REASON
+  assert any(m.startswith("skip line 10: invalid_json") for m in named)
