@@ -45,7 +45,7 @@ def base(variant: str) -> mlc.ConfigDict:
   # workdir (its parent folder: one recipe's stages share it); a folder (local or gs://);
   # "" = off (penguin_jax/train/runtime.py).
   c.jax_cache_dir = "auto"
-  c.total_steps = 60 if tiny else 100_000
+  c.total_steps = 30 if tiny else 100_000
   c.log_every = 5 if tiny else 50
   c.checkpoint_every = 20 if tiny else 1000
   c.keep_checkpoints = 3

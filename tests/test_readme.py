@@ -88,11 +88,11 @@ def test_the_quickstart_runs_as_written_and_its_outputs_chain(tmp_path):
     outs.append(r)
   runs = tmp_path / "runs"
   for stage, prev in [("stage1b", "stage1"), ("stage2", "stage1b"), ("stage3", "stage2")]:
-    assert f"from runs/{prev} (step 60)" in outs[["stage1", "stage1b", "stage2", "stage3"].index(stage)].stderr
+    assert f"from runs/{prev} (step 30)" in outs[["stage1", "stage1b", "stage2", "stage3"].index(stage)].stderr
   assert outs[4].stdout.strip() and "prefill:" in outs[4].stderr          # an answer
   figures = json.loads(outs[5].stdout.strip().splitlines()[-1])
   n = sum(1 for _ in open(runs / "demo" / "raw" / "val.jsonl"))
-  assert figures["step"] == 60 and figures["answers"]["count"] == n
+  assert figures["step"] == 30 and figures["answers"]["count"] == n
   assert sum(1 for _ in open(runs / "answers.jsonl")) == n
   assert json.load(open(runs / "penguin_vl_hf" / "config.json"))["model_type"] == "penguinvl_qwen3"
   assert outs[7].stdout == outs[4].stdout                # the export answers as the workdir
