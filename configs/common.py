@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_collections as mlc
 
 from data_pipelines import pipeline, sample as sample_lib
-from penguin_jax import losses, settings
+from penguin_jax import lora, losses, settings
 
 VARIANTS = ("tiny", "2b", "8b")
 
@@ -130,6 +130,9 @@ def base(variant: str) -> mlc.ConfigDict:
 
   # The losses (penguin_jax/losses.py: LossConfig, one field per setting).
   c.loss = mlc.ConfigDict(settings.to_config(losses.LossConfig()))
+  # LoRA / QLoRA (penguin_jax/lora.py: LoraConfig): rank 0 = off, the trainable modules
+  # train in full; rank > 0: the modules of lora.modules train their adapters only.
+  c.lora = mlc.ConfigDict(settings.to_config(lora.LoraConfig()))
 
   # tiny: plain data parallelism; real sizes: parameters, gradients and optimizer state
   # split over every chip (ZeRO-3). -1 = the remaining devices.

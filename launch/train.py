@@ -45,7 +45,8 @@ def main(argv) -> int:
   runtime.quiet_logs()
   runtime.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                 FLAGS.local_device_count)
-  return loop.run(FLAGS.config, FLAGS.workdir, t_start)
+  explicit = set(config_flags.get_override_values(FLAGS["config"]))   # set on the command line
+  return loop.run(FLAGS.config, FLAGS.workdir, t_start, explicit)
 
 
 def _main(argv):

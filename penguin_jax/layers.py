@@ -18,6 +18,7 @@ e hidden (embed), m mlp.
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
 
+from penguin_jax import lora as lora_lib
 from penguin_jax.model_config import TransformerConfig
 from penguin_jax.sharding import per_device, target_platform
 
@@ -64,6 +66,12 @@ class Linear(nn.Module):
   a flattened kernel first). The bias takes the last len(features) names. The product is a
   plain 2D matmul ([tokens, in] @ [in, out]): XLA:CPU runs the backward pass of that form
   about twice as fast as a rank-3 dot_general; on TPU/GPU the reshapes are free.
+
+  `lora` (a `lora.LoraSpec`) adds the adapter: y += (alpha / r) dropout(x) A B with
+  `lora_a` [in dims..., r] and `lora_b` [r, features...] (dropout only when the apply has
+  a "dropout" rng: in training); with a quantized base (QLoRA) the kernel is stored as
+  `kernel_q` / `kernel_scale` ([in, out] flattened; penguin_jax/lora.py) and dequantized
+  for the product.
   """
   features: int | tuple
   kernel_axes: tuple
@@ -72,6 +80,7 @@ class Linear(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: object = default_kernel_init
+  lora: Optional[lora_lib.LoraSpec] = None
 
   @nn.compact
   def __call__(self, x):
@@ -80,21 +89,49 @@ class Linear(nn.Module):
     axis = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
     if sorted(a % x.ndim for a in axis) != list(range(x.ndim - n_in, x.ndim)):
       raise ValueError(f"{self.name}: Linear contracts trailing axes only, got {self.axis}")
-    in_shape = x.shape[x.ndim - n_in:]
-    shape = tuple(in_shape) + feats
+    in_shape = tuple(x.shape[x.ndim - n_in:])
+    shape = in_shape + feats
     if len(self.kernel_axes) != len(shape):
       raise ValueError(f"{self.name}: kernel {shape} needs {len(shape)} axis names, "
                        f"got {self.kernel_axes}")
-    kernel = self.param("kernel", _p(self.kernel_init, self.kernel_axes), shape,
-                        self.param_dtype).astype(self.dtype)
-    n_out = int(np.prod(feats))
-    y = x.astype(self.dtype).reshape(-1, int(np.prod(in_shape))) @ kernel.reshape(-1, n_out)
+    n_rows, n_out = int(np.prod(in_shape)), int(np.prod(feats))
+    x2 = x.astype(self.dtype).reshape(-1, n_rows)
+    spec = self.lora
+    if spec is not None and spec.quant != "none":       # QLoRA: the frozen base, quantized
+      q_shape, s_shape = lora_lib.quantized_shapes(n_rows, n_out, spec.quant)
+      names = (self.kernel_axes[0], self.kernel_axes[n_in])
+      q = self.param("kernel_q", _p(nn.initializers.zeros, names), q_shape,
+                     jnp.int8 if spec.quant == "int8" else jnp.uint8)
+      scale = self.param("kernel_scale", _p(nn.initializers.ones,
+                                            (None if spec.quant == "int8" else names[0], names[1])),
+                         s_shape, jnp.float32)
+      kernel = lora_lib.dequantize(q, scale, spec.quant, self.dtype)
+    else:
+      kernel = self.param("kernel", _p(self.kernel_init, self.kernel_axes), shape,
+                          self.param_dtype).astype(self.dtype).reshape(-1, n_out)
+    y = x2 @ kernel
+    if spec is not None:
+      a = self.param("lora_a", _p(_LORA_A_INIT(n_in), self.kernel_axes[:n_in] + (None,)),
+                     in_shape + (spec.rank,), jnp.float32)
+      b = self.param("lora_b", _p(nn.initializers.zeros, (None,) + self.kernel_axes[n_in:]),
+                     (spec.rank,) + feats, jnp.float32)
+      h = x2
+      if spec.dropout > 0 and self.has_rng("dropout"):
+        h = nn.Dropout(spec.dropout, deterministic=False)(h)
+      y = y + (h @ a.reshape(n_rows, spec.rank).astype(self.dtype)) @ \
+          (b.reshape(spec.rank, n_out) * spec.scale).astype(self.dtype)
     y = y.reshape(x.shape[:x.ndim - n_in] + feats)
     if self.use_bias:
       bias = self.param("bias", _p(nn.initializers.zeros, self.kernel_axes[n_in:]),
                         feats, self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
+
+
+# PEFT's lora_A init (kaiming_uniform, a = sqrt(5)): uniform in +-1/sqrt(fan_in), fan_in
+# the product of the contracted dims.
+_LORA_A_INIT = lambda n_in: nn.initializers.variance_scaling(
+    1 / 3, "fan_in", "uniform", in_axis=tuple(range(n_in)), out_axis=-1)
 
 
 # --------------------------------------------------------------------------- RoPE
@@ -339,7 +376,7 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, segment_ids):
     cfg = self.cfg
-    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora=cfg.lora)
     q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), name="q_proj")(x)
     k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="k_proj")(x)
     v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="v_proj")(x)
@@ -391,7 +428,7 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.cfg
-    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora=cfg.lora)
     gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj")(x)
     up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj")(x)
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
@@ -451,7 +488,7 @@ class LayerStack(nn.Module):
                            prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
       scanned = nn.scan(layer_cls, variable_axes={"params": 0, "cache": 0},
-                        split_rngs={"params": True},
+                        split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
                         length=cfg.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})

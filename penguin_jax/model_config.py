@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 # Runtime fields: how to run the model, not what the model is.
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "attention", "scan_layers", "remat_policy",
-                   "splash_block_size")
+                   "splash_block_size", "lora")
 
 # model_type strings (docs/design.md §1.5).
 LLM_MODEL_TYPE = "qwen3"
@@ -65,6 +65,7 @@ class TransformerConfig:
   scan_layers: bool = False           # nn.scan over layers (params get a leading layer axis)
   remat_policy: str = "none"          # "none" | "full" | "dots" | "dots_no_batch" (layers.REMAT_POLICIES)
   splash_block_size: int = 512        # splash attention block size (TPU); must divide seq len
+  lora: Any = None                    # lora.LoraSpec of the q/k/v/o, gate/up/down layers (LoRA)
 
   def runtime(self) -> dict:
     return {k: getattr(self, k) for k in _RUNTIME_FIELDS}
@@ -259,6 +260,8 @@ class VLMConfig:
   teacher_hidden_size: Optional[int] = None
   # The release's `vision_encoder_teacher`: the teacher's hub id or folder (stage 1).
   teacher_name: str = RELEASE_TEACHER
+  # --- runtime (not saved) ---
+  projector_lora: Any = None           # lora.LoraSpec of the projector's two linears (LoRA)
 
   def replace_runtime(self, **runtime) -> "VLMConfig":
     """Set runtime fields (dtype, attention, ...) on both towers at once."""

@@ -34,6 +34,16 @@ def save_params(path: str, model, params) -> str:
   return path
 
 
+def read_config(path: str):
+  """The model config of an orbax model checkpoint (its `model_config.json`)."""
+  f = os.path.join(os.path.abspath(path), CONFIG_FILE)
+  if not os.path.isfile(f):
+    raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a penguin-jax model checkpoint")
+  with open(f) as fh:
+    meta = json.load(fh)
+  return config_from_hf_dict(meta["hf_config"], scan_layers=meta["scan_layers"])
+
+
 def load_params(path: str, shardings=None, **runtime):
   """-> (model, params). `runtime` may change scan_layers (the layout is converted),
   dtypes, attention. `shardings`: optional target shardings (a restore onto any mesh)."""

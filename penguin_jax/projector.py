@@ -15,11 +15,12 @@ class Mlp2xGelu(nn.Module):
   out_features: int
   dtype: object = jnp.float32
   param_dtype: object = jnp.float32
+  lora: object = None               # lora.LoraSpec: adapters on both linears (LoRA)
 
   @nn.compact
   def __call__(self, x):  # [b, V, enc_e] -> [b, V, llm_e]
     dense = lambda name, names: Linear(
-        self.out_features, names, use_bias=True, dtype=self.dtype,
+        self.out_features, names, use_bias=True, dtype=self.dtype, lora=self.lora,
         param_dtype=self.param_dtype, name=name, kernel_init=nn.initializers.lecun_normal())
     x = dense("readout_0", ("embed", "mlp"))(x)
     x = _GELU_EXACT(x)
@@ -40,8 +41,9 @@ class DistillHead(nn.Module):
                   kernel_init=nn.initializers.lecun_normal())(x)
 
 
-def build_projector(projector_type: str, out_features: int, dtype, param_dtype, name=None):
+def build_projector(projector_type: str, out_features: int, dtype, param_dtype, name=None,
+                    lora=None):
   if projector_type != "mlp2x_gelu":
     raise ValueError(f"unknown projector type {projector_type!r}; only 'mlp2x_gelu' "
                      "(docs/design.md §1.3) is implemented")
-  return Mlp2xGelu(out_features, dtype, param_dtype, name=name)
+  return Mlp2xGelu(out_features, dtype, param_dtype, lora, name=name)

@@ -41,7 +41,8 @@ class PenguinVL(nn.Module):
     cfg = self.cfg
     self.vision_encoder = PenguinEncoder(cfg.encoder)
     self.vision_projector = build_projector(cfg.projector_type, cfg.llm.hidden_size,
-                                            cfg.llm.dtype, cfg.llm.param_dtype)
+                                            cfg.llm.dtype, cfg.llm.param_dtype,
+                                            lora=cfg.projector_lora)
     self.llm = Qwen3ForCausalLM(cfg.llm, decode=self.decode)
     if cfg.teacher_hidden_size is not None:
       self.vision_distill_layer = DistillHead(cfg.teacher_hidden_size, cfg.encoder.dtype,

@@ -211,6 +211,20 @@ def _run_manager(path: str) -> ocp.CheckpointManager:
                                options=ocp.CheckpointManagerOptions(create=False))
 
 
+def run_info(path: str) -> tuple[int, dict, list]:
+  """-> (latest step, run config dict, top-level modules of its parameters) of a training
+  run (`path`: its workdir or its checkpoints folder), reading no parameter."""
+  mgr = _run_manager(path)
+  steps = mgr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"{path}: no checkpoint there")
+  step = max(steps)
+  tree = ocp.PyTreeCheckpointer().metadata(epath.Path(mgr.directory) / str(step) / "state")
+  config = mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  mgr.close()
+  return step, config, sorted(tree.item_metadata.tree["params"])
+
+
 def read_run(path: str, step: int | None = None, modules=None, dtype=None):
   """-> (step, run config dict, params) of a training run's checkpoint (default: the
   latest), for export and stage-to-stage initialisation. Only the parameters are read,

@@ -50,13 +50,15 @@ def segment_pairs(segment_ids, causal: bool = False) -> int:
 
 
 def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, patches: int,
-               visual_tokens: int, trainable, label_positions: int | None = None,
+               visual_tokens: int, trainable, adapted=(), label_positions: int | None = None,
                encoder_pairs: int | None = None, llm_pairs: int | None = None,
                frame_patches: int | None = None) -> dict:
   """FLOPs of one step over `rows` rows. counts: parameters per top-level module
-  (`llm_body` = the LLM without its embedding, `teacher`). Returns {"encoder": {"matmul",
-  "attention"}, "projector", "llm", "lm_head", "teacher": {...}, "model": total,
-  "hardware": total with remat recompute}."""
+  (`llm_body` = the LLM without its embedding, `teacher`; `MODULE_adapters` for LoRA).
+  `trainable`: the modules trained in full; `adapted`: those with LoRA adapters (their
+  base frozen: 4N, the gradient passes through it; the adapters 6N). Returns {"encoder":
+  {"matmul", "attention"}, "projector", "llm", "lm_head", "adapters", "teacher": {...},
+  "model": total, "hardware": total with remat recompute}."""
   enc, llm = cfg.encoder, cfg.llm
   if encoder_pairs is None:
     n = max(1, min(frame_patches or patches, patches))
@@ -67,10 +69,11 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
 
   # 3: trains; 2: frozen but a trainable module upstream needs the gradient through it
   # (the LLM of stage 1); 1: forward only. Upstream order: encoder -> projector -> LLM.
-  t = set(trainable)
-  m_enc = 3 if "vision_encoder" in t else 1
-  m_proj = 3 if "vision_projector" in t else (2 if m_enc == 3 else 1)
-  m_llm = 3 if "llm" in t else (2 if 3 in (m_enc, m_proj) else 1)
+  t, a = set(trainable), set(adapted)
+  grad = lambda module, upstream: 3 if module in t else (2 if module in a or upstream else 1)
+  m_enc = grad("vision_encoder", False)
+  m_proj = grad("vision_projector", m_enc > 1)
+  m_llm = grad("llm", m_proj > 1)
   out = {
       "encoder": {"matmul": m_enc * 2.0 * counts.get("vision_encoder", 0) * rows * patches,
                   "attention": m_enc * float(attn(enc, encoder_pairs))},
@@ -81,6 +84,11 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
       "lm_head": {"matmul": m_llm * 2.0 * llm.hidden_size * llm.vocab_size * rows
                   * (label_positions or seq_len), "attention": 0.0},
   }
+  tokens = {"vision_encoder": rows * patches, "vision_projector": rows * visual_tokens,
+            "llm": rows * seq_len}
+  if a:
+    out["adapters"] = {"matmul": sum(3 * 2.0 * counts.get(f"{m}_adapters", 0) * tokens[m]
+                                     for m in a), "attention": 0.0}
   if "vision_distill_layer" in counts:
     out["distill"] = {"matmul": 3 * 2.0 * counts["vision_distill_layer"] * rows * visual_tokens,
                       "attention": 0.0}

@@ -43,6 +43,9 @@ def missing_inputs(cfg) -> list[str]:
   """What a real-size run needs and its config does not name: the data, stage 1a's
   teacher, and the weights of a module that stays frozen (a frozen random LLM teaches the
   encoder nothing). Tiny configs make their own."""
+  if cfg.stage == "finetune" and not cfg.init.init_from:
+    return ["the model to fine-tune (--config.init.init_from=FOLDER: a released Penguin-VL, "
+            "e.g. hf download tencent/Penguin-VL-2B --local-dir FOLDER, or an export or run)"]
   if cfg.data.demo:
     return []
   out, init = [], cfg.init
@@ -58,8 +61,10 @@ def missing_inputs(cfg) -> list[str]:
   return out
 
 
-def run(cfg, workdir: str, t_start: float) -> int:
-  """Train `cfg` in `workdir` (local or gs://); -> the exit code (module docstring)."""
+def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
+  """Train `cfg` in `workdir` (local or gs://); -> the exit code (module docstring).
+  `explicit`: the config fields the command line set (a checkpoint's model sizes win over
+  the others; `init.resolve`)."""
   missing = missing_inputs(cfg)
   if missing:
     raise ValueError(f"{cfg.stage}:{cfg.variant} needs " + "; ".join(missing) +
@@ -72,16 +77,20 @@ def run(cfg, workdir: str, t_start: float) -> int:
   mesh = runtime.mesh(cfg)                    # before any work: a mesh that does not fit
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
+  init_lib.resolve(cfg, explicit)             # sizes, tokenizer, normalisation of init_from
   source, tokenizer, _ = data_lib.prepare(cfg, workdir)
   if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, config.model.vocab_size "
                      f"is {cfg.model.vocab_size}")
   program = program_lib.build(cfg, mesh, image_token_id=tokenizer.image_token_id)
   counts = program.param_counts()
-  log.info("parameters: %s (trainable: %s); %d micro-batch(es) of %d rows per step",
-           f"{sum(v for k, v in counts.items() if k not in ('llm_body', 'teacher')):,}",
-           ", ".join(program.trainable), program.grad_accum,
-           cfg.data.global_batch // program.grad_accum)
+  adapted = ", ".join(program.lora.adapted())
+  log.info("parameters: %s (trainable: %s%s); %d micro-batch(es) of %d rows per step",
+           f"{counts['total']:,}", ", ".join(program.trainable),
+           f"; LoRA adapters in {adapted}, its base frozen" if adapted else "",
+           program.grad_accum, cfg.data.global_batch // program.grad_accum)
+  log.info("trainable parameters: %s (%s frozen)", f"{counts['trainable']:,}",
+           f"{counts['frozen']:,}")
   log.info("training data: %s", source)
   feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
   rng = jax.random.PRNGKey(cfg.seed)

@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import linen as nn
+from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from penguin_jax import hf, hf_keys, registry, settings
+from penguin_jax import hf, hf_keys, lora as lora_lib, registry, settings
 from penguin_jax.losses import LossConfig
 from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.sharding import LOGICAL_RULES, params_shardings
@@ -47,10 +48,17 @@ def model_config(cfg, vocab_size: Optional[int] = None,
                    teacher_hidden_size=m.teacher.hidden_size if m.use_teacher else None)
   if image_token_id is not None:
     vcfg = dataclasses.replace(vcfg, image_token_index=image_token_id)
+  vcfg = lora_lib.apply(vcfg, lora_config(cfg))
   # The teacher is frozen: kept in the compute dtype (the release runs it in bf16).
   tcfg = TeacherConfig(**m.teacher.to_dict(), dtype=rt["dtype"], param_dtype=rt["dtype"],
                        attention=m.attention, scan_layers=m.scan_layers) if m.use_teacher else None
   return vcfg, tcfg
+
+
+def lora_config(cfg) -> lora_lib.LoraConfig:
+  """The run's LoRA settings (`config.lora`; off in configs without the section)."""
+  return settings.from_config(lora_lib.LoraConfig, cfg.lora) if "lora" in cfg else \
+      lora_lib.LoraConfig()
 
 
 def batch_shapes(cfg, vcfg: VLMConfig) -> dict:
@@ -103,7 +111,9 @@ class TrainProgram:
   teacher_config: Optional[TeacherConfig]
   optimizer: optax.GradientTransformation
   schedules: dict
-  trainable: tuple
+  trainable: tuple                    # the top-level modules that train (in full or adapted)
+  lora: lora_lib.LoraConfig
+  trains: Any                         # path -> bool: does this parameter leaf train
   grad_accum: int
   abstract_params_boxed: Any          # with logical-axis metadata
   state_shardings: TrainState         # NamedShardings
@@ -120,9 +130,12 @@ class TrainProgram:
       yield
 
   def init_params(self, rng):
-    """Random parameters, created in place on their shards."""
+    """Random parameters, created in place on their shards, in their dtypes (with LoRA,
+    the frozen base in `lora.base_dtype`)."""
+    cast = lambda params: jax.tree.map(lambda x, a: x.astype(a.dtype), params,
+                                       self.abstract_state.params)
     with self.context():
-      return jax.jit(lambda r: registry.init_params(self.model, r),
+      return jax.jit(lambda r: cast(registry.init_params(self.model, r)),
                      out_shardings=self.state_shardings.params)(rng)
 
   def init_opt_state(self, params):
@@ -175,10 +188,22 @@ class TrainProgram:
                                    self.abstract_teacher)
 
   def param_counts(self) -> dict:
-    """Parameters per top-level module; `llm_body` = the LLM without its embedding and
-    without an untied LM head (`flops.step_flops` counts the head once, on its own)."""
-    counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
-              for k, v in self.abstract_state.params.items()}
+    """Parameters per top-level module of the model without adapters (a quantized base
+    counts its weights, not its bytes); `llm_body` = the LLM without its embedding and
+    without an untied LM head (`flops.step_flops` counts the head once, on its own);
+    `MODULE_adapters` per adapted module; `total` (the model), `trainable` (adapters
+    included) and `frozen` parameters."""
+    plain = registry.abstract_params(registry.build_model(lora_lib.without(self.model_config)))
+    counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in plain.items()}
+    flat = traverse_util.flatten_dict(self.abstract_state.params)
+    size = lambda x: int(np.prod(x.shape))
+    for module in self.lora.adapted():
+      counts[f"{module}_adapters"] = sum(size(x) for p, x in flat.items()
+                                         if p[0] == module and lora_lib.is_adapter(p))
+    counts["total"] = sum(counts[k] for k in plain)              # the model, adapters aside
+    counts["trainable"] = sum(size(x) for p, x in flat.items() if self.trains(p))
+    counts["frozen"] = counts["total"] - sum(
+        size(x) for p, x in flat.items() if self.trains(p) and not lora_lib.is_adapter(p))
     llm = self.model_config.llm
     tables = 1 if llm.tie_word_embeddings else 2      # embedding (+ lm_head), [vocab, embed]
     counts["llm_body"] = counts.get("llm", 0) - tables * llm.vocab_size * llm.hidden_size
@@ -192,7 +217,8 @@ class TrainProgram:
     return flops_lib.step_flops(
         self.param_counts(), self.model_config, self.teacher_config,
         rows=d.global_batch, seq_len=d.seq_len, patches=d.max_patches,
-        visual_tokens=d.max_visual_tokens, trainable=set(self.trainable),
+        visual_tokens=d.max_visual_tokens, trainable=set(self.trainable) - set(self.lora.adapted()),
+        adapted=set(self.lora.adapted()) & set(self.trainable),
         label_positions=self.cfg.loss.max_label_tokens or None,
         encoder_pairs=encoder_pairs, llm_pairs=llm_pairs,
         frame_patches=frame_patches or max_frame_patches(self.cfg))
@@ -213,6 +239,19 @@ def _values(boxed):
                       is_leaf=is_box)
 
 
+def _stored(params, trains, lora: lora_lib.LoraConfig):
+  """The dtypes parameters are kept in: with LoRA the frozen leaves in the base's dtype
+  (bfloat16 unless `lora.base_dtype` is float32; a quantized base keeps its codes), the
+  trainable ones (adapters, modules trained in full) in float32."""
+  if not lora.on:
+    return params
+  frozen = jnp.float32 if lora.base_dtype == "float32" else jnp.bfloat16
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({
+      p: x if trains(p) or not jnp.issubdtype(x.dtype, jnp.floating) or p[-1] == "kernel_scale"
+      else jax.ShapeDtypeStruct(x.shape, frozen) for p, x in flat.items()})
+
+
 def max_frame_patches(cfg) -> int:
   """The largest image a row of this config can hold, in patches (the layout the AOT
   report assumes for encoder attention): max_tokens x image merge^2, at most a row."""
@@ -226,12 +265,15 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   vcfg, tcfg = model_config(cfg, vocab_size, image_token_id)
   model = PenguinVL(vcfg)
   grad_accum = grad_accum_steps(cfg, mesh)
+  lora = lora_config(cfg)
   with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_RULES):
     boxed = registry.abstract_params(model, boxed=True)
     modules = list(boxed)
     lr = {k: float(v) for k, v in cfg.optim.lr.items() if k in modules}
-    trainable = tuple(t for t in cfg.optim.trainable if t in modules)
-    opt, schedules = make_optimizer(boxed, lr, cfg.total_steps, trainable=trainable,
+    trains = lambda path: lora_lib.trainable(path, cfg.optim.trainable, lora)
+    trainable = tuple(m for m in modules                # the modules with a leaf that trains
+                      if any(trains(p) for p in traverse_util.flatten_dict({m: boxed[m]})))
+    opt, schedules = make_optimizer(boxed, lr, cfg.total_steps, trainable=trains,
                                     warmup_frac=cfg.optim.warmup_frac,
                                     weight_decay=cfg.optim.weight_decay,
                                     grad_clip=cfg.optim.grad_clip)
@@ -241,7 +283,8 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
                           params_shardings(opt_boxed, mesh), replicated, replicated)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        TrainState(scalar, _values(boxed), _values(opt_boxed), scalar, scalar), state_sh)
+        TrainState(scalar, _stored(_values(boxed), trains, lora), _values(opt_boxed), scalar,
+                   scalar), state_sh)
 
     row_sharding = lambda ndim: NamedSharding(
         mesh, PartitionSpec(*nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1))))
@@ -261,7 +304,8 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   loss_kw = dict(teacher=teacher, grad_accum=grad_accum,
                  reconstruction_weight=loss.reconstruction_schedule(cfg.total_steps),
                  relation_local_rows=local_rows(cfg, mesh, grad_accum))
-  step_fn = make_train_step(model, opt, loss, trainable=trainable, **loss_kw)
+  step_fn = make_train_step(model, opt, loss, trainable=trains, **loss_kw,
+                            dropout_seed=cfg.seed if lora.on and lora.dropout > 0 else None)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
                        out_shardings=(state_sh, None), donate_argnums=0)
@@ -269,7 +313,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
                       in_shardings=(state_sh.params, batch_sh, teacher_sh, None))
   return TrainProgram(cfg=cfg, mesh=mesh, model=model, model_config=vcfg, teacher=teacher,
                       teacher_config=tcfg, optimizer=opt, schedules=schedules,
-                      trainable=trainable, grad_accum=grad_accum,
+                      trainable=trainable, lora=lora, trains=trains, grad_accum=grad_accum,
                       abstract_params_boxed=boxed, state_shardings=state_sh,
                       abstract_state=abstract_state, abstract_batch=abstract_batch,
                       abstract_teacher=abstract_teacher, train_step=train_step,

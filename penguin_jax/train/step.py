@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import flax
 import jax
+from flax import traverse_util
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
@@ -54,7 +55,8 @@ def loss_normalizers(batch, loss: LossConfig, reconstruction: bool = False,
 
 def vlm_loss(params, batch, *, model: PenguinVL, loss: LossConfig = LossConfig(),
              teacher_features=None, reconstruction_weight: float = 0.0,
-             relation_local_rows: Optional[int] = None, normalizers: Optional[dict] = None):
+             relation_local_rows: Optional[int] = None, normalizers: Optional[dict] = None,
+             rngs: Optional[dict] = None):
   """Scalar loss and metrics for one batch (see vlm.py for the batch's arrays;
   `labels` [b, s] with -100 = ignore). `teacher_features` [b, V, teacher_e] turns on the
   reconstruction losses (docs/design.md §1.4), weighted by `reconstruction_weight`;
@@ -62,7 +64,7 @@ def vlm_loss(params, batch, *, model: PenguinVL, loss: LossConfig = LossConfig()
   `normalizers`: `loss_normalizers` of the global batch when this is a micro-batch."""
   n = normalizers or {}
   inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-  hidden, merged = model.apply({"params": params}, **inputs, return_hidden=True)
+  hidden, merged = model.apply({"params": params}, **inputs, return_hidden=True, rngs=rngs)
   kernel = model.apply({"params": params}, method=PenguinVL.head_kernel)      # [e, vocab]
   with jax.named_scope("lm_head_loss"):
     total, metrics = losses.lm_loss(hidden, batch["labels"], _segments(batch), kernel,
@@ -129,7 +131,7 @@ def _batch_losses(model: PenguinVL, loss: LossConfig, teacher, teacher_features,
 def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
                     loss: LossConfig = LossConfig(), *, teacher=None, teacher_features=None,
                     reconstruction_weight=None, relation_local_rows: Optional[int] = None,
-                    grad_accum: int = 1, trainable=None):
+                    grad_accum: int = 1, trainable=None, dropout_seed: Optional[int] = None):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
   need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
   reconstruction targets (computed under stop_gradient, outside the differentiated
@@ -137,26 +139,31 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
   whole on every chip for the loop (bf16 VL3-SigLIP-NaViT: 0.77 GiB), instead of being
   all-gathered again in every micro-batch. `grad_accum`: micro-batches per step (see the
   module docstring).
-  `trainable`: the top-level modules to differentiate (default all); the others are
+  `trainable`: the top-level modules to differentiate (default all), or a function of a
+  parameter leaf's path (LoRA: a module's adapters, not its base); the other leaves are
   constants of the step (the LLM of stage 1 passes gradients through, but its weight
-  gradients are never computed), and the optimizer sees zeros for them. A non-finite
-  loss or gradient leaves params and optimizer state unchanged and sets
-  metrics["skipped"] = 1.
+  gradients are never computed): the optimizer sees zeros for them and the update never
+  touches them. A non-finite loss or gradient leaves params and optimizer state
+  unchanged and sets metrics["skipped"] = 1.
+  `dropout_seed`: the LoRA adapters' dropout, with an rng of (seed, step, micro-batch).
   `teacher_features`: fixed reconstruction targets instead of a teacher (tests).
   `reconstruction_weight`: a number or a schedule, step -> weight (default
   `loss.reconstruction_weight`; the program passes `loss.reconstruction_schedule`)."""
   loss_kwargs, global_normalizers = _batch_losses(model, loss, teacher, teacher_features,
                                                   reconstruction_weight, relation_local_rows)
 
-  def loss_and_grads(params, batch, teacher_params, normalizers, step):
-    """(loss, metrics), gradients of the trainable modules."""
-    fn = functools.partial(vlm_loss, **loss_kwargs(batch, teacher_params, normalizers, step))
-    frozen = {k: jax.lax.stop_gradient(v) for k, v in params.items() if not _trains(k)}
-    train = {k: v for k, v in params.items() if _trains(k)}
-    return jax.value_and_grad(lambda t, b: fn({**frozen, **t}, b), has_aux=True)(train, batch)
+  trains = _trains_fn(trainable)
 
-  def _trains(module):
-    return trainable is None or module in trainable
+  def loss_and_grads(params, batch, teacher_params, normalizers, step, micro=0):
+    """(loss, metrics), gradients of the trainable leaves (a flat dict by path)."""
+    kw = loss_kwargs(batch, teacher_params, normalizers, step)
+    if dropout_seed is not None:
+      kw["rngs"] = {"dropout": jax.random.fold_in(
+          jax.random.fold_in(jax.random.PRNGKey(dropout_seed), step), micro)}
+    fn = functools.partial(vlm_loss, **kw)
+    train, frozen = _split(params, trains)
+    frozen = jax.lax.stop_gradient(frozen)
+    return jax.value_and_grad(lambda t, b: fn(_join(frozen, t), b), has_aux=True)(train, batch)
 
   def step(state: TrainState, batch, teacher_params=None):
     if grad_accum == 1:
@@ -168,23 +175,25 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
       micro = split_micro_batches(batch, grad_accum)
       normalizers = global_normalizers(micro)
 
-      def body(acc, mb):
+      def body(acc, xs):
+        i, mb = xs
         (_, metrics), grads = loss_and_grads(state.params, mb, teacher_params, normalizers,
-                                             state.step)
+                                             state.step, i)
         return jax.tree.map(lambda a, g: a + g.astype(jnp.float32), acc, grads), metrics
 
-      zero = {k: jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), v)
-              for k, v in state.params.items() if _trains(k)}
-      grads, metrics = jax.lax.scan(body, zero, micro)
+      zero = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32),
+                          _split(state.params, trains)[0])
+      grads, metrics = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
       metrics = jax.tree.map(lambda m: jnp.sum(m, axis=0), metrics)  # shares of the global loss
       loss = metrics["loss"]
     with jax.named_scope("optimizer"):
       grad_norm = optax.tree.norm(grads)
       ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-      grads = {k: grads[k] if k in grads else jax.tree.map(jnp.zeros_like, v)
-               for k, v in state.params.items()}        # frozen modules: zeros (ignored)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
+      train, frozen = _split(state.params, trains)
+      full = _join(jax.tree.map(jnp.zeros_like, frozen), grads)   # frozen: zeros (ignored)
+      updates, opt_state = optimizer.update(full, state.opt_state, state.params)
+      updates, _ = _split(updates, trains)
+      params = _join(frozen, optax.apply_updates(train, updates))   # frozen leaves untouched
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     skipped = (~ok).astype(jnp.int32)
     new = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
@@ -194,6 +203,27 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
                    nonfinite_in_a_row=new.nonfinite_in_a_row, skipped_total=new.skipped_total)
     return new, metrics
   return step
+
+
+def _trains_fn(trainable):
+  """`trainable` (None: all; module names; or a function of a leaf's path) -> path -> bool."""
+  if trainable is None:
+    return lambda path: True
+  if callable(trainable):
+    return trainable
+  return lambda path, names=frozenset(trainable): path[0] in names
+
+
+def _split(params, trains) -> tuple[dict, dict]:
+  """A nested parameter tree -> (trainable leaves, frozen leaves), flat dicts by path."""
+  flat = traverse_util.flatten_dict(params)
+  return ({p: x for p, x in flat.items() if trains(p)},
+          {p: x for p, x in flat.items() if not trains(p)})
+
+
+def _join(*flats) -> dict:
+  """Flat dicts by path -> one nested tree."""
+  return traverse_util.unflatten_dict({p: x for f in flats for p, x in f.items()})
 
 
 def make_eval_step(model: PenguinVL, loss: LossConfig = LossConfig(), *, teacher=None,
