@@ -51,6 +51,9 @@ KINDS = ("chart", "ocr", "photo", "digit", "video", "text", "colour", "count")
 VAL_CLASSES = {"colour": len(COLORS), "count": 4, "digit": 10, "photo": len(PHOTOS),
                "chart": len(COLORS), "video": len(COLORS) * len(SHAPES)}
 VAL_KINDS = tuple(VAL_CLASSES)
+# Kinds the recipe never trains: `launch.demo --finetune` adapts its final model to them.
+FINETUNE_KINDS = ("position",)
+VAL_CLASSES["position"] = 4
 
 
 def _font(size):
@@ -185,6 +188,22 @@ def count(rs, path, target=None):
   return "How many shapes are there?", f"{n}."
 
 
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+
+
+def position(rs, path, target=None):
+  """One shape in a corner: where is it? (a kind the recipe never trains, `FINETUNE_KINDS`)."""
+  corner = target if target is not None else int(rs.randint(4))
+  im = Image.new("RGB", (112, 112), tuple(int(x) for x in rs.randint(225, 256, size=3)))
+  s = int(rs.randint(24, 40))
+  x = (corner % 2) * 56 + rs.randint(2, 56 - s - 2)
+  y = (corner // 2) * 56 + rs.randint(2, 56 - s - 2)
+  _draw_shape(ImageDraw.Draw(im), rs.choice(SHAPES), [x, y, x + s, y + s],
+              COLORS[rs.choice(list(COLORS))])
+  im.save(path)
+  return "Where is the shape?", f"{CORNERS[corner].capitalize()}."
+
+
 def text(rs):
   if rs.rand() < 0.5:
     a, b = rs.randint(0, 50, size=2)
@@ -202,17 +221,20 @@ def without_media(sample: dict) -> dict:
       "conversations": conv}
 
 
-def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0) -> dict:
+def generate(out: str, n_train: int = 400, n_val: int = 40, seed: int = 0,
+             kinds: tuple = KINDS, val_kinds: tuple = VAL_KINDS) -> dict:
+  """The corpus in `out` (see the module docstring); `kinds` / `val_kinds`: the kinds of
+  the training / validation samples (the fine-tuning demo's: FINETUNE_KINDS)."""
   os.makedirs(os.path.join(out, "media"), exist_ok=True)
   counts = {}
   for split, n, s in [("train", n_train, seed), ("val", n_val, seed + 1_000_003)]:
     rs = np.random.RandomState(s)
     lines = []
     for i in range(n):
-      kinds = KINDS if split == "train" else VAL_KINDS
-      kind = kinds[i % len(kinds)]
+      kinds_here = kinds if split == "train" else val_kinds
+      kind = kinds_here[i % len(kinds_here)]
       # validation: the classes of a kind in turn, so that answers are balanced
-      target = None if split == "train" else (i // len(kinds)) % VAL_CLASSES[kind]
+      target = None if split == "train" else (i // len(kinds_here)) % VAL_CLASSES[kind]
       sid = f"{split}-{i:05d}-{kind}"
       if kind == "text":
         q, a = text(rs)

@@ -4,7 +4,8 @@
   python -m launch.convert orbax-to-hf --ckpt=ckpt/qwen3_1_7b --out=hf_out [--dtype=bfloat16]
   python -m launch.convert qwen3-to-encoder --hf_dir=Qwen3-0.6B --out=penguin_encoder_init
   python -m launch.convert workdir-to-hf --workdir=/tmp/stage3 --out=penguin_vl_hf [--step=N]
-      [--dtype=bfloat16] [--keep_distill_head] [--encoder_ref=ORG/NAME]
+      [--dtype=bfloat16] [--keep_distill_head] [--encoder_ref=ORG/NAME] [--remote_code_from=DIR]
+  python -m launch.convert workdir-to-hf --workdir=/tmp/lora_run --out=adapters --adapters_only
   python -m launch.convert set-encoder --hf_dir=penguin_vl_hf [--encoder_ref=ORG/NAME]
 
 `workdir-to-hf` exports a training run (any stage, any mesh, scanned or not; the latest
@@ -12,7 +13,10 @@ checkpoint or --step) to a folder that the release's `PenguinVLQwen3ForCausalLM`
 `load_pretrained_model` and `penguin_jax.from_pretrained` load as it is: config.json,
 safetensors, the encoder folder `penguin_encoder/` (config, preprocessor_config with the
 run's normalisation, weights), the tokenizer with `<image>` and the chat template, and a
-README.md. Only the parameters are read from the checkpoint (no optimizer state).
+README.md. Only the parameters are read from the checkpoint (no optimizer state). A LoRA
+run is merged (W + alpha / r B A in float32); `--adapters_only` writes its adapters as a
+PEFT folder instead. The code of a remote-code model folder (the run's init_from, or
+--remote_code_from) is carried along (docs/export.md).
 The release finds the encoder by the absolute path in `mm_vision_encoder`; after moving
 the folder, `set-encoder` points it to the new place (or to a hub id).
 
@@ -72,6 +76,13 @@ def main(argv=None) -> int:
                  help="what config.json names as the encoder (default: the exported encoder "
                       "folder's absolute path; give the hub id when you publish it)")
   w.add_argument("--max_shard_gb", type=float, default=5.0)
+  w.add_argument("--adapters_only", action="store_true",
+                 help="a LoRA run: its adapters as a PEFT adapter folder (peft.PeftModel."
+                      "from_pretrained(base, OUT)) instead of the merged model")
+  w.add_argument("--remote_code_from", default=None,
+                 help="a model folder whose code (*.py) and auto_map the export carries, so that "
+                      "AutoModelForCausalLM.from_pretrained(OUT, trust_remote_code=True) loads it "
+                      "(default: the run's init_from when it is such a folder)")
   r = sub.add_parser("set-encoder", help="point an exported VLM's config.json to its encoder "
                                          "(after a move) or to a hub id")
   r.add_argument("--hf_dir", required=True)
@@ -94,11 +105,16 @@ def main(argv=None) -> int:
       model, params = orbax_params.load_params(args.ckpt)
       hf.save_pretrained(model, params, args.out, dtype=_dtype(args.dtype),
                          max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
+    elif args.cmd == "workdir-to-hf" and args.adapters_only:
+      config = export.export_adapters(args.workdir, args.out, step=args.step)
+      print(f"workdir-to-hf --adapters_only: rank {config['r']} adapters -> {args.out}")
+      return 0
     elif args.cmd == "workdir-to-hf":
       model, params = export.export_run(
           args.workdir, args.out, step=args.step, dtype=args.dtype,
           keep_distill_head=args.keep_distill_head, teacher=args.teacher,
-          encoder_ref=args.encoder_ref, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
+          encoder_ref=args.encoder_ref, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3),
+          remote_code_from=args.remote_code_from)
     else:
       model, params = hf.encoder_from_qwen3(args.hf_dir, jax.random.PRNGKey(args.seed),
                                             patch_size=args.patch_size)

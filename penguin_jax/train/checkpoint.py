@@ -228,7 +228,7 @@ def run_info(path: str) -> tuple[int, dict, list]:
 def read_run(path: str, step: int | None = None, modules=None, dtype=None):
   """-> (step, run config dict, params) of a training run's checkpoint (default: the
   latest), for export and stage-to-stage initialisation. Only the parameters are read,
-  as host NumPy arrays (cast to `dtype` while reading when given): never the optimizer
+  as host NumPy arrays (floating ones cast to `dtype` while reading when given): never the optimizer
   state, whatever mesh the run was trained on. `modules`: only these top-level modules."""
   mgr = _run_manager(path)
   steps = mgr.all_steps()
@@ -245,7 +245,9 @@ def read_run(path: str, step: int | None = None, modules=None, dtype=None):
     if missing:
       raise KeyError(f"{path}: modules {missing} not in its checkpoint (it has {sorted(params_md)})")
     params_md = {m: params_md[m] for m in modules}
-  args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray, dtype=dtype), params_md)
+  floating = lambda md: np.issubdtype(np.dtype(md.dtype), np.floating)   # not a quantized base
+  args = jax.tree.map(lambda md: ocp.RestoreArgs(
+      restore_type=np.ndarray, dtype=dtype if floating(md) else None), params_md)
   item = jax.tree.map(lambda _: 0, params_md)
   params = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
       item={"params": item}, restore_args={"params": args}, partial_restore=True))["params"]
