@@ -40,6 +40,7 @@ setup(
         "tensorboardX",          # TensorBoard event files without TensorFlow
         "matplotlib",            # launch.demo's loss curves and ablation plot
         "etils[epath]", "fsspec",  # WORKDIR on gs:// and other object stores (workdir.py)
+        "huggingface_hub>=0.30",   # HF cache lookup and shard plans (hf.py)
     ],
     extras_require={
         # launch.aot: libtpu's compiler for compile-only TPU devices, pinned by jax's own
@@ -55,6 +56,7 @@ setup(
             # unpinned torch would pull a multi-GB CUDA build.
             "torch==2.13.0",
             "transformers>=5.0",   # Qwen3, and VideoLlama3VisionModel (the teacher's reference)
+            "peft==0.21.2",        # the LoRA adapter export, loaded by PEFT itself
             *AOT,                  # the AOT tests compile for TPU topologies on the CPU
         ],
     },

@@ -73,6 +73,8 @@ def main(argv=None) -> int:
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  except (ValueError, FileNotFoundError) as e:            # e.g. --tokenizer is not one
+    return _error(str(e.args[0] if e.args else e))
   print(json.dumps({"dataset": f"penguin_vl/{args.name}", "data_dir": args.out,
                     "path": os.fspath(builder.data_path), **dict(builder.info.metadata)}))
   return 0

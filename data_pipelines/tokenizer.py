@@ -221,12 +221,15 @@ class JsonTokenizer:
 
 def from_spec(spec: str = ""):
   """A tokenizer named by one string (a dataset config's `tokenizer`): "" = the offline
-  Qwen3; a SentencePiece `.model` file (the demo corpus's); else a folder or file with
-  Qwen3's tokenizer.json."""
+  Qwen3; a SentencePiece `.model` file (the demo corpus's); a model folder with a
+  tokenizer.json (Qwen3's, or another one: an export of a demo run, `from_model_dir`);
+  else Qwen3's tokenizer.json file."""
   if spec.endswith(".model"):
     if not os.path.isfile(spec):
       raise FileNotFoundError(f"{spec}: no SentencePiece model there")
     return SentencePieceTokenizer(spec)
+  if spec and os.path.isfile(os.path.join(spec, "tokenizer.json")):
+    return from_model_dir(spec)
   return Qwen3Tokenizer.load(spec or None)
 
 
@@ -253,6 +256,8 @@ def _hf_backend(tok) -> "tokenizers.Tokenizer":
     from transformers.convert_slow_tokenizer import SentencePieceExtractor, TikTokenConverter  # the optional `export` extra
   except ImportError as e:
     raise ImportError("exporting a tokenizer needs transformers: pip install transformers") from e
+  if isinstance(tok, JsonTokenizer):            # a model folder's: as it was
+    return HFTokenizer.from_str(tok._b.to_str())
   if isinstance(tok, Qwen3Tokenizer):
     if tok.kind == "tokenizers":
       return HFTokenizer.from_str(tok._b.to_str())

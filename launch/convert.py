@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from penguin_jax import export, hf, orbax_params
+from penguin_jax.train import runtime
 
 
 def _dtype(name):
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
   r.add_argument("--encoder_ref", default=None,
                  help="default: the absolute path of HF_DIR/penguin_encoder")
   args = p.parse_args(argv)
+  runtime.cpu_if_idle()
   logging.basicConfig(level=logging.INFO, format="%(message)s")
   logging.getLogger("absl").setLevel(logging.ERROR)
   t0 = time.time()

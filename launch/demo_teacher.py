@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from configs.common import base
-from penguin_jax.train import data as data_lib, siglip
+from penguin_jax.train import data as data_lib, runtime, siglip
 
 
 def main(argv=None) -> int:
@@ -22,6 +22,7 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=300)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args(argv)
+  runtime.cpu_if_idle()
   cfg = base("tiny")
   siglip.pretrain(args.data, args.out, cfg.model.teacher.to_dict(), data_lib.sample_config(cfg),
                   steps=args.steps, seed=args.seed)

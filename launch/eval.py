@@ -26,6 +26,7 @@ import sys
 
 from data_pipelines.errors import BadSample
 from penguin_jax import inference
+from penguin_jax.train import runtime
 
 
 def say(msg: str):
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = parser().parse_args(argv)
+  runtime.cpu_if_idle()
   for noisy in ("absl", "jax._src", "orbax", "grain"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
   try:

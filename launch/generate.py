@@ -29,6 +29,7 @@ import jax
 from data_pipelines import prompts
 from data_pipelines.errors import BadSample
 from penguin_jax import inference
+from penguin_jax.train import runtime
 
 
 def say(msg: str):
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
   p.add_argument("--strict", action="store_true",
                  help="stop at the first bad prompt (default: name it, skip it, go on)")
   args = p.parse_args(argv)
+  runtime.cpu_if_idle()
   for noisy in ("absl", "jax._src", "orbax"):     # e.g. orbax's missing-metadata warning
     logging.getLogger(noisy).setLevel(logging.ERROR)
   try:

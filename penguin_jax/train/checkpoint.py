@@ -19,6 +19,7 @@ import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -245,7 +246,7 @@ def read_run(path: str, step: int | None = None, modules=None, dtype=None):
     if missing:
       raise KeyError(f"{path}: modules {missing} not in its checkpoint (it has {sorted(params_md)})")
     params_md = {m: params_md[m] for m in modules}
-  floating = lambda md: np.issubdtype(np.dtype(md.dtype), np.floating)   # not a quantized base
+  floating = lambda md: jnp.issubdtype(md.dtype, jnp.floating)   # not a quantized base (bf16 is)
   args = jax.tree.map(lambda md: ocp.RestoreArgs(
       restore_type=np.ndarray, dtype=dtype if floating(md) else None), params_md)
   item = jax.tree.map(lambda _: 0, params_md)

@@ -17,7 +17,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from data_pipelines import demo_data, images, pipeline, sample as sample_lib, tfds_penguin
-from data_pipelines.tokenizer import Qwen3Tokenizer, SentencePieceTokenizer
+from data_pipelines.tokenizer import SentencePieceTokenizer, from_spec
 from penguin_jax import settings
 from penguin_jax.train import workdir as workdir_lib
 
@@ -60,7 +60,7 @@ def tokenizer(cfg, workdir: str):
     if not os.path.isfile(spm):
       raise FileNotFoundError(f"{spm}: the demo tokenizer of this run is missing")
     return SentencePieceTokenizer(spm)
-  return Qwen3Tokenizer.load(cfg.data.tokenizer or None)
+  return from_spec(cfg.data.tokenizer)
 
 
 def prepare(cfg, workdir: str):
@@ -68,6 +68,9 @@ def prepare(cfg, workdir: str):
   `data.preprocessor_config` sets the image normalisation (recorded in the run's config).
   Missing data is one line naming the command that builds it."""
   d = cfg.data
+  for key in ("demo_dir", "tokenizer", "preprocessor_config", "tfds_data_dir"):
+    if d[key] and not workdir_lib.is_remote(d[key]):   # recorded so: exports run elsewhere
+      d[key] = os.path.abspath(d[key])
   if d.preprocessor_config:
     norm = images.read_preprocessor_config(d.preprocessor_config)
     if norm is None:

@@ -102,6 +102,8 @@ def resolve(cfg, explicit=()) -> Source | None:
   if not cfg.init.init_from:
     return None
   src = source_of(cfg.init.init_from)
+  if not workdir_lib.is_remote(src.path):          # recorded so: exports run elsewhere
+    cfg.init.init_from = os.path.abspath(src.path)
   m, taken = cfg.model, []
   for tower, sizes in _sizes(src).items():
     if tower == "vocab_size":
@@ -114,8 +116,12 @@ def resolve(cfg, explicit=()) -> Source | None:
   if src.kind == "hf":
     if not cfg.data.tokenizer and os.path.isfile(os.path.join(src.path, "tokenizer.json")):
       cfg.data.tokenizer = src.path
-    if not cfg.data.preprocessor_config and preprocessor.read(src.path) is not None:
-      cfg.data.preprocessor_config = src.path
+    if not cfg.data.preprocessor_config:    # the folder's, else its encoder folder's
+      places = [src.path]
+      if isinstance(src.config, VLMConfig):
+        places.append(hf.resolve_encoder_dir(src.path, hf.read_config(src.path)))
+      cfg.data.preprocessor_config = next(
+          (p for p in places if p and preprocessor.read(p) is not None), "")
   return src
 
 
@@ -227,7 +233,7 @@ def _source_leaves(src: Source, program: TrainProgram, modules) -> Iterator[tupl
     prefix = () if isinstance(model.cfg, VLMConfig) else (src.modules[0],)
     params = {prefix[0]: params} if prefix else params
   else:                     # a training run: its layout, maybe its adapters, to the program's
-    _, params = ckpt.restore_params(src.path, list(modules))
+    params, _ = ckpt.restore_params(src.path, list(modules))
     plain = lora_lib.without(program.model_config)
     params = hf_keys.unscan_layout(params, plain.replace_runtime(
         scan_layers=bool(src.config.model.scan_layers)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Mapping
 
+import jax
 import optax
 from flax import traverse_util
 
@@ -57,7 +58,9 @@ def make_optimizer(params, learning_rates: Mapping[str, float], total_steps: int
       raise ValueError(f"module {n!r} is trainable but has no learning rate")
     schedules[n] = schedule(learning_rates[n], total_steps, warmup_frac)
     transforms[n] = optax.adamw(schedules[n], b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-  opt = optax.multi_transform(transforms, lambda p: leaf_labels(p, trains))
-  if grad_clip:
-    opt = optax.chain(optax.clip_by_global_norm(grad_clip), opt)
+  labels = lambda p: leaf_labels(p, trains)
+  opt = optax.multi_transform(transforms, labels)
+  if grad_clip:   # the global norm of the trainable leaves (a frozen int8 / nf4 base has none)
+    trained = lambda p: jax.tree.map(lambda l: l != FROZEN, labels(p))
+    opt = optax.chain(optax.masked(optax.clip_by_global_norm(grad_clip), trained), opt)
   return opt, schedules
