@@ -9,8 +9,9 @@ init_from: a Hugging Face folder (the release's layout, a workdir-to-hf export),
 checkpoint of `launch.convert hf-to-orbax`, or a training workdir; the model's sizes, the
 tokenizer and the image normalisation come from it (docs/finetune.md). Everything trains
 at 1e-5 (tiny: 3e-4); with `lora.rank` > 0 the LLM trains LoRA adapters on its frozen base
-(the release's --lora_enable: r 64, alpha 16, dropout 0.05) and the encoder and projector
-in full; `lora.base_dtype` int8 / nf4 is QLoRA (the release's --bits 8 / 4).
+(the release's --lora_enable: r 64, alpha 16, dropout 0.05), and only the adapters train,
+as in the release (`lora.train_in_full` adds whole modules, e.g. vision_projector);
+`lora.base_dtype` int8 / nf4 is QLoRA (the release's --bits 8 / 4).
 """
 from configs.common import base
 

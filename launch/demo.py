@@ -4,6 +4,7 @@ CPU, no downloads (issue 11).
   python -m launch.demo --workdir=/tmp/demo              # the recipe (see README for times)
   python -m launch.demo --workdir=/tmp/demo --quick      # a smoke version (the test suite's)
   python -m launch.demo --workdir=/tmp/demo --ablation [--seeds=3]
+  python -m launch.demo --workdir=/tmp/demo --finetune   # after (or with) the recipe
 
 The recipe (`penguin_jax/train/recipe.py` says what each step is), each step a command of
 this project, logged as it runs (WORKDIR/STAGE/train.log has a stage's whole log):
@@ -39,6 +40,13 @@ initialisation and data order), scored like the recipe's stages:
   no_reconstruction  encoder from the LLM; the warm-up with the LM loss alone
   no_relation      encoder from the LLM; the warm-up without the relation loss
 (The paper also compares a contrastively pre-trained ViT; that arm is not built.)
+
+`--finetune`: the recipe (run first if needed), then its stage-3 export adapted to a
+question kind the recipe never trained ("Where is the shape?", `position`): the new JSONL
+built as a TFDS dataset with the export's tokenizer, then full fine-tuning, LoRA (r 8)
+and QLoRA (int8, nf4) with the same steps, each from the export (configs/finetune.py).
+WORKDIR/finetune.md and .png: trainable parameters, step time, held-out loss and answer
+exact match before and after (docs/finetune.md).
 """
 from __future__ import annotations
 
@@ -58,6 +66,8 @@ def main(argv=None) -> int:
   p.add_argument("--quick", action="store_true", help="a few steps per stage (smoke test)")
   p.add_argument("--ablation", action="store_true", help="the encoder ablation instead")
   p.add_argument("--seeds", type=int, default=3, help="--ablation: seeds per arm")
+  p.add_argument("--finetune", action="store_true",
+                 help="then fine-tune its export: full, LoRA, QLoRA int8 / nf4")
   args = p.parse_args(argv)
   runtime.quiet_logs()
   runtime.cpu_if_idle()
@@ -66,7 +76,10 @@ def main(argv=None) -> int:
   demo = recipe.Demo(args.workdir, recipe.QUICK if args.quick else recipe.FULL,
                      stage0.get_config("tiny"))
   try:
-    demo.ablation(args.seeds) if args.ablation else demo.recipe()
+    if args.ablation:
+      demo.ablation(args.seeds)
+    else:
+      demo.finetune() if args.finetune else demo.recipe()
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -111,9 +111,9 @@ class Linear(nn.Module):
                           self.param_dtype).astype(self.dtype).reshape(-1, n_out)
     y = x2 @ kernel
     if spec is not None:
-      a = self.param("lora_a", _p(_LORA_A_INIT(n_in), self.kernel_axes[:n_in] + (None,)),
+      a = self.param("lora_a", _p(_LORA_A_INIT(n_in), self.kernel_axes[:n_in] + ("lora_rank",)),
                      in_shape + (spec.rank,), jnp.float32)
-      b = self.param("lora_b", _p(nn.initializers.zeros, (None,) + self.kernel_axes[n_in:]),
+      b = self.param("lora_b", _p(nn.initializers.zeros, ("lora_rank",) + self.kernel_axes[n_in:]),
                      (spec.rank,) + feats, jnp.float32)
       h = x2
       if spec.dropout > 0 and self.has_rng("dropout"):

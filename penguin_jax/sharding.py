@@ -39,6 +39,10 @@ LOGICAL_RULES: tuple[tuple[str, object], ...] = (
     ("teacher_embed", "fsdp"),      # the frozen teacher's width, split like `embed`
     ("norm", None),
     ("layers", None),               # the stacked axis of nn.scan
+    # A LoRA adapter's rank axis takes fsdp when its other axis did not (a rule's mesh axis
+    # goes to the first of a tensor's axes that asks for it, in this order): the adapters
+    # of the MLP ([mlp, r], [r, mlp]) would otherwise be whole on every chip.
+    ("lora_rank", "fsdp"),
 )
 
 

@@ -143,13 +143,15 @@ def _losses(workdir):
 # --------------------------------------------------------------------------- import
 def test_an_export_starts_a_run_with_the_workdirs_first_loss(ft):
   """The first step's loss of a run from the float32 export equals continuing the exported
-  run from its workdir (same data, same seed): the import is exact. Negative control: from
-  the bfloat16 export (rounded weights) the loss differs."""
+  run from its workdir (same data, same seed): the import is exact. Negative control: the
+  LoRA run from the bfloat16 export (rounded weights; B = 0, so its first loss is its
+  base's) differs."""
   first = {}
-  for name, src in [("workdir", ft.stage3), ("export", ft.f32), ("bf16", ft.bf16)]:
+  for name, src in [("workdir", ft.stage3), ("export", ft.f32)]:
     wd = ft.root / f"first_{name}"
-    train(wd, src, f"--config.data.demo_dir={ft.demo}", steps=1)
+    train(wd, src, f"--config.data.tokenizer={ft.f32}", data=ft.data, steps=1)
     first[name] = metrics(wd)[1]["loss"]
+  first["bf16"] = metrics(ft.lora)[1]["loss"]
   assert abs(first["export"] - first["workdir"]) <= 1e-5, first
   assert abs(first["bf16"] - first["workdir"]) > 1e-5, first
 
@@ -238,12 +240,33 @@ def _as_the_release_saved_it(dst, hf_home=None):
   return d
 
 
-@pytest.mark.parametrize("encoder_by", ["path", "hub id"])
-def test_a_folder_the_release_saved_starts_a_run(ft, tmp_path, encoder_by):
-  """The release's own save_pretrained output (tests/fixtures/release_tiny): a fine-tuning
-  run starts from it, sizes from its config, image normalisation from its encoder's
-  preprocessor_config.json (CLIP's), and trains (LoRA when the encoder is a hub id)."""
-  hf_home = tmp_path / "hf_home" if encoder_by == "hub id" else None
+def test_a_folder_the_release_saved_initialises_a_program(tmp_path):
+  """The release's own save_pretrained output, its encoder named by absolute path: every
+  module loads bit for bit (float32), sizes and normalisation from the folder."""
+  src = tmp_path / "Penguin-VL-tiny"
+  _as_the_release_saved_it(src)
+  cfg = _tiny_finetune_cfg(src)
+  init_lib.resolve(cfg)
+  assert (cfg.model.llm.hidden_size, cfg.model.encoder.hidden_size) == (48, 64)
+  assert cfg.data.preprocessor_config == f"{src}_penguin_encoder"
+  program = program_lib.build(cfg, make_mesh(**cfg.mesh.to_dict()), image_token_id=300)
+  params = init_lib.initial_params(cfg, program, program.init_params(jax.random.PRNGKey(0)))
+  t = safetensors_io.load_file(str(src / "model.safetensors"))
+  pairs = [(("llm", "norm", "scale"), t["model.norm.weight"]),
+           (("vision_encoder", "norm", "scale"), t["model.vision_encoder.vision_encoder.encoder.norm.weight"]),
+           (("vision_projector", "readout_0", "bias"), t["model.vision_projector.readout.0.bias"])]
+  for path, want in pairs:
+    got = params
+    for k in path:
+      got = got[k]
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_a_folder_the_release_saved_starts_a_lora_run_with_its_encoder_by_hub_id(ft, tmp_path):
+  """The release's folder as published (`vision_encoder` a hub id, the encoder in the HF
+  cache): a LoRA fine-tuning run starts from it, sizes from its config, image normalisation
+  from its encoder's preprocessor_config.json (CLIP's), and trains."""
+  hf_home = tmp_path / "hf_home"
   src = tmp_path / "Penguin-VL-tiny"
   _as_the_release_saved_it(src, hf_home)
   texts = [t["value"] for l in open(ft.root / "pos" / "train.jsonl")
@@ -253,9 +276,8 @@ def test_a_folder_the_release_saved_starts_a_run(ft, tmp_path, encoder_by):
   assert build.main([f"--annotations={ft.root / 'pos' / 'train.jsonl'}",
                      f"--data-folder={ft.root / 'pos'}", f"--out={data}", "--name=position",
                      f"--tokenizer={src}", "--seq-len=512"]) == 0
-  env = {**ENV, "HF_HUB_CACHE": str(hf_home / "hub")} if hf_home else ENV
-  extra = LORA if hf_home else ()
-  r = subprocess.run(train_cmd(tmp_path / "run", src, *extra, data=data, steps=2), cwd=REPO,
+  env = {**ENV, "HF_HUB_CACHE": str(hf_home / "hub")}
+  r = subprocess.run(train_cmd(tmp_path / "run", src, *LORA, data=data, steps=2), cwd=REPO,
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "model.llm.hidden_size=48" in r.stderr and "model.encoder.hidden_size=64" in r.stderr

@@ -116,6 +116,11 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
                    "visual_tokens": d.global_batch * d.max_visual_tokens},
       "versions": versions(),
   }
+  counts, lora = program.param_counts(), program.lora
+  rep["parameters"] = {k: counts[k] for k in ("total", "trainable", "frozen")}
+  if lora.on:    # adapters only in the optimizer state; the base frozen in base_dtype
+    rep["lora"] = {"rank": lora.rank, "modules": list(lora.modules), "base_dtype": lora.base_dtype,
+                   "adapters": sum(v for k, v in counts.items() if k.endswith("_adapters"))}
   t0 = time.time()
   lowered = program.lower()
   rep["lower_s"] = time.time() - t0
@@ -214,6 +219,13 @@ def report_lines(r: dict) -> list[str]:
   ps = r["per_step"]
   out.append(f"  per step: {ps['tokens']:,} tokens, {ps['patches']:,} patches, "
         f"{ps['visual_tokens']:,} visual tokens")
+  n = r.get("parameters")
+  if n:          # reports cached before parameters were recorded have none
+    lo = r.get("lora")
+    how = (f" (LoRA r={lo['rank']} adapters on {', '.join(lo['modules'])}, base frozen in "
+           f"{lo['base_dtype']})" if lo else "")
+    out.append(f"  parameters: {n['total']:,}; trainable {n['trainable']:,}{how}; "
+               f"frozen {n['frozen']:,}")
   m = r["memory"]
   out.append(f"memory per chip: params {fmt_bytes(m['params'])}, optimizer state "
         f"{fmt_bytes(m['opt_state'])}, batch {fmt_bytes(m['batch'])}, teacher {fmt_bytes(m['teacher'])}")

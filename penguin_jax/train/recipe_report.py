@@ -129,3 +129,47 @@ def write_ablation(w: str, st: dict, seeds: int, arms: list) -> str:
   return text
 
 
+
+
+def write_finetune(w: str, st: dict, arms: list) -> str:
+  """finetune.md and finetune.png from the recipe's state (`arms`: the fine-tuning arms)."""
+  b = st["eval_finetune/before"]
+  rows = ["| arm | trainable parameters | step time (median) | wall time | training loss "
+          "first -> last | held-out LM loss | answer exact match |",
+          "|---|---|---|---|---|---|---|",
+          f"| before (the recipe's stage-3 export) | | | | | {b['held_out_lm_loss']:.3f} | "
+          f"{b['exact_match']:.3f} |"]
+  for arm in arms:
+    r, e = st[f"finetune/{arm}"], st[f"eval_finetune/{arm}"]
+    rows.append(f"| {arm} | {r['trainable']:,} | {1000 * r['step_time']:.0f} ms | "
+                f"{_mmss(r['seconds'])} | {r['loss_first']:.3f} -> {r['loss_last']:.3f} | "
+                f"{e['held_out_lm_loss']:.3f} | {e['exact_match']:.3f} |")
+  text = ("# launch.demo --finetune: adapting the recipe's model to a new question kind\n\n"
+          f"Every arm: {st['finetune_steps']} steps from the same export, the same data and "
+          "seed.\n\n" + "\n".join(rows) + "\n")
+  with open(os.path.join(w, "finetune.md"), "w") as f:
+    f.write(text)
+  print(text, flush=True)
+  fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
+  for arm in arms:
+    steps, loss, _ = zip(*st[f"finetune/{arm}"]["curve"])
+    ax.plot(steps, loss, label=arm)
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss")
+  ax.legend(fontsize=8)
+  names = ["before", *arms]
+  ev = [b] + [st[f"eval_finetune/{a}"] for a in arms]
+  x = np.arange(len(names))
+  bx.bar(x - 0.2, [e["held_out_lm_loss"] for e in ev], 0.4, label="held-out LM loss")
+  bx2 = bx.twinx()
+  bx2.bar(x + 0.2, [e["exact_match"] for e in ev], 0.4, color="tab:orange", label="exact match")
+  bx2.set_ylim(0, 1)
+  bx.set_xticks(x, names, fontsize=8)
+  bx.set_ylabel("held-out LM loss")
+  bx2.set_ylabel("answer exact match")
+  fig.legend(loc="upper right", fontsize=8)
+  fig.suptitle("launch.demo --finetune: full fine-tuning, LoRA, QLoRA int8 / nf4")
+  fig.tight_layout()
+  fig.savefig(os.path.join(w, "finetune.png"), dpi=100)
+  plt.close(fig)
+  return text
