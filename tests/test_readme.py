@@ -88,7 +88,8 @@ def test_the_quickstart_runs_as_written_and_its_outputs_chain(tmp_path):
     outs.append(r)
   runs = tmp_path / "runs"
   for stage, prev in [("stage1b", "stage1"), ("stage2", "stage1b"), ("stage3", "stage2")]:
-    assert f"from runs/{prev} (step 30)" in outs[["stage1", "stage1b", "stage2", "stage3"].index(stage)].stderr
+    # the source as recorded in the run's config: an absolute path
+    assert f"from {runs / prev} (step 30)" in outs[["stage1", "stage1b", "stage2", "stage3"].index(stage)].stderr
   assert outs[4].stdout.strip() and "prefill:" in outs[4].stderr          # an answer
   figures = json.loads(outs[5].stdout.strip().splitlines()[-1])
   n = sum(1 for _ in open(runs / "demo" / "raw" / "val.jsonl"))
