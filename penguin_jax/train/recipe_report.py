@@ -167,7 +167,8 @@ def write_finetune(w: str, st: dict, arms: list) -> str:
   bx.set_xticks(x, names, fontsize=8)
   bx.set_ylabel("held-out LM loss")
   bx2.set_ylabel("answer exact match")
-  fig.legend(loc="upper right", fontsize=8)
+  bars = [bx.get_legend_handles_labels(), bx2.get_legend_handles_labels()]
+  bx.legend(bars[0][0] + bars[1][0], bars[0][1] + bars[1][1], loc="upper center", fontsize=8)
   fig.suptitle("launch.demo --finetune: full fine-tuning, LoRA, QLoRA int8 / nf4")
   fig.tight_layout()
   fig.savefig(os.path.join(w, "finetune.png"), dpi=100)
