@@ -5,18 +5,21 @@
 Writes a random Qwen3 folder in bfloat16 (transformers' layout, safetensors) of the given
 size, then in a fresh process builds the fine-tuning program for it (configs/finetune.py
 :tiny with the LLM's sizes taken from the folder, LoRA r 8 on a bfloat16 base, one CPU
-device; `--scan`: its layers stacked, as the 2b and 8b configs keep them) and loads the folder into it with `init.initial_params`, the call a run makes.
-On the CPU the model's device buffers are host memory too, so the figure is the growth of
-the process's peak resident memory over what it held once the program's own (random)
-parameters were in place: what the import needs beyond the model itself. Prints one line
-per figure: checkpoint_gib, params_gib (the model in its frozen dtype), import_peak_gib and
-import_peak_over_checkpoint.
+device; `--scan`: its layers stacked, as the 2b and 8b configs keep them) and loads the
+folder into it with `init.initial_params`, the call a run makes (given the program's
+parameters as shapes, dtypes and shardings: a run's random ones are on the chips). The
+figure is the growth of the process's peak resident memory (VmHWM: anonymous and
+file-backed, the checkpoint being read through mmap) over what it held before the import (`import_peak_gib`, and over the checkpoint's size). On the CPU the
+imported parameters are host memory too; on a TPU / GPU host they are on the chips, so
+the host's share there is the peak less the model's bytes (`host_share_over_checkpoint`,
+derived, not measured on such a host).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,7 +62,7 @@ def write_folder(out: str, hidden: int, layers: int, vocab: int):
 
 
 def _hwm() -> int:
-  """The process's peak resident memory (VmHWM), bytes."""
+  """The process's peak resident memory (VmHWM, anonymous and file-backed), bytes."""
   with open("/proc/self/status") as f:
     return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM"))
 
@@ -83,14 +86,15 @@ def measure(folder: str, scan: bool) -> dict:
   cfg.mesh.data, cfg.data.global_batch = 1, 1
   init_lib.resolve(cfg)
   program = program_lib.build(cfg, make_mesh(data=1), image_token_id=5)
-  params = program.init_params(jax.random.PRNGKey(0))
-  jax.block_until_ready(params)
-  size = sum(x.nbytes for x in jax.tree.leaves(params["llm"]))
+  # the program's parameters as shapes, dtypes and shardings: no random initialisation
+  # (whose temporaries would stay in the allocator's resident memory and hide the peak)
+  params = program.abstract_state.params
+  size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params["llm"]))
   _reset_hwm()
   before = _hwm()
   params = init_lib.initial_params(cfg, program, params)
   jax.block_until_ready(params)
-  return {"params_gib": size / GiB, "import_peak_gib": (_hwm() - before) / GiB}
+  return {"params_gib": size / GiB, "peak_gib": (_hwm() - before) / GiB}
 
 
 def main():
@@ -105,16 +109,22 @@ def main():
     print(json.dumps(measure(args.folder, args.scan)))
     return
   folder = tempfile.mkdtemp(prefix="init_memory_")
-  ckpt = write_folder(folder, args.hidden, args.layers, args.vocab)
-  out = subprocess.run([sys.executable, __file__, f"--folder={folder}",
-                        *(["--scan"] if args.scan else [])], capture_output=True,
-                       text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  try:
+    ckpt = write_folder(folder, args.hidden, args.layers, args.vocab)
+    out = subprocess.run([sys.executable, __file__, f"--folder={folder}",
+                          *(["--scan"] if args.scan else [])], capture_output=True,
+                         text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  finally:
+    shutil.rmtree(folder)
   r = json.loads(out.stdout.strip().splitlines()[-1])
+  # On the CPU the imported parameters are host memory; on a TPU / GPU host they are on
+  # the chips: the host's share is the peak less the model's own bytes.
+  host = r["peak_gib"] - r["params_gib"]
   print(f"checkpoint_gib={ckpt / GiB:.3f}")
   print(f"params_gib={r['params_gib']:.3f}")
-  print(f"import_peak_gib={r['import_peak_gib']:.3f}")
-  print(f"import_peak_over_checkpoint={r['import_peak_gib'] * GiB / ckpt:.3f}")
-
+  print(f"import_peak_gib={r['peak_gib']:.3f}")
+  print(f"import_peak_over_checkpoint={r['peak_gib'] * GiB / ckpt:.3f}")
+  print(f"host_share_over_checkpoint={host * GiB / ckpt:.3f}")
 
 if __name__ == "__main__":
   main()
