@@ -2,6 +2,7 @@
 from setuptools import find_packages, setup
 
 AOT = ["jax[tpu]", "matplotlib"]
+BEAM = ["apache-beam>=2.77"]
 
 setup(
     name="penguin-jax",
@@ -33,7 +34,6 @@ setup(
         # TensorFlow, which tensorflow-datasets 4.9.10 does not declare.
         "tensorflow-datasets>=4.9.10",
         "importlib_resources",
-        "msgpack",
         "scikit-image",          # demo data: bundled photographs
         "scikit-learn",          # demo data: bundled digits
         "sentencepiece",         # small tokenizer for :tiny configs
@@ -50,6 +50,9 @@ setup(
         "export": ["transformers>=4.51"],
         # a gs:// WORKDIR: fsspec's GCS filesystem (orbax writes checkpoints itself)
         "gcs": ["gcsfs"],
+        # parallel dataset builds (data_pipelines/beam_build.py): the DirectRunner's
+        # worker processes on one machine; Dataflow needs apache-beam[gcp] in addition
+        "beam": BEAM,
         "test": [
             "pytest>=8",
             # Pinned exactly: a CPU wheel of this version is found locally; an
@@ -58,6 +61,7 @@ setup(
             "transformers>=5.0",   # Qwen3, and VideoLlama3VisionModel (the teacher's reference)
             "peft==0.21.2",        # the LoRA adapter export, loaded by PEFT itself
             *AOT,                  # the AOT tests compile for TPU topologies on the CPU
+            *BEAM,                 # the parallel build is tested with 1 and 2 workers
         ],
     },
 )

@@ -60,9 +60,10 @@ def base(variant: str) -> mlc.ConfigDict:
 
   # Held-out loss during training: every `every` steps (0 = never), over the first
   # `batches` global batches of the split `split` of data.tfds_name (the demo corpus's:
-  # "val"), or of `files` (plain ArrayRecord shards) when given, the same batches each
-  # time. Into metrics.jsonl and TensorBoard as eval/loss, eval/lm_loss, ...; it never
-  # touches the training state or data order (resume stays exact).
+  # "val"; several, comma-separated, each a split or NAME/CONFIG:SPLIT, are reported apart
+  # as SOURCE/loss, ...), the same batches each time. Into metrics.jsonl and TensorBoard
+  # as eval/loss, eval/lm_loss, ...; it never touches the training state or data order
+  # (resume stays exact). `files`: unused, kept so that older run configs load.
   c.eval = mlc.ConfigDict({"every": 0, "split": "val", "files": (), "batches": 2})
 
   c.model = model_sizes(variant)
@@ -108,6 +109,15 @@ def base(variant: str) -> mlc.ConfigDict:
   c.data.tfds_name = ""            # e.g. "penguin_vl/release"
   c.data.tfds_data_dir = ""        # its --data_dir; "" = TFDS's default, ~/tensorflow_datasets
   c.data.split = "train"           # the training split (tfds_name, demo)
+  # A weighted mixture instead of one split (data_pipelines/mixture.py): "SOURCE:WEIGHT,...",
+  # SOURCE a split of tfds_name or NAME/CONFIG:SPLIT of another TFDS dataset, e.g.
+  # "train:3,penguin_vl/video:train:1". Its data_dir: tfds_data_dirs ("NAME/CONFIG=DIR,...")
+  # or tfds_data_dir. Samples per source go into metrics.jsonl (data_sources).
+  c.data.mixture = ""
+  c.data.tfds_data_dirs = ""
+  # Mixtures by step range: ("0=MIXTURE", "START=MIXTURE", ...), e.g. the paper's SFT,
+  # image and video, then video-centric: ("0=image:1,video:1", "20000=video:3,image:1").
+  c.data.phases = ()
   c.data.tokenizer = ""            # dir with tokenizer.json; "" = offline Qwen3 (tiny: SentencePiece)
   c.data.global_batch = 4 if tiny else 128   # rows per optimizer step (docs/design.md §3: 128)
   # Rows each data-parallel chip processes at once; the step accumulates gradients over

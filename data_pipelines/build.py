@@ -2,7 +2,7 @@
 
   python -m data_pipelines.build --annotations=train.jsonl [--annotations=val.jsonl] \\
       --data-folder=DATA --out=DATA_DIR [--name=custom] [--seq-len=16384] \\
-      [--tokenizer=DIR_WITH_tokenizer.json] [--strict]
+      [--tokenizer=DIR_WITH_tokenizer.json] [--strict] [--workers=N]
 
 Each JSONL file becomes a split of `penguin_vl/NAME` in DATA_DIR (`train.jsonl` -> "train"),
 what `python -m data_pipelines.tfds_build` builds from a manual dir (the same builder,
@@ -12,7 +12,9 @@ data.tfds_data_dir=DATA_DIR. The sample settings it is checked with are flags ma
 
 Every sample is checked by doing the real work once (JSON, conversation, media decoding,
 image budget, TRA, tokenisation, length). A bad sample gets one line `skip ID: REASON
-(detail)`, is counted and left out; `--strict` stops at the first one instead. The last
+(detail)`, is counted and left out; `--strict` stops at the first one instead.
+`--workers=N` checks them in N worker processes (an Apache Beam pipeline on this machine,
+`pip install -e ".[beam]"`; the same files as one process). The last
 line printed is a JSON object: the dataset, its folder and each split's counts
 ({"written", "skipped", "reasons": {reason: count}, "tokens"}, also in its metadata.json).
 """
@@ -41,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
   ap.add_argument("--tokenizer", default="", help="dir with tokenizer.json, or a SentencePiece "
                                                    ".model (default: offline Qwen3)")
   ap.add_argument("--strict", action="store_true", help="stop at the first bad sample")
+  ap.add_argument("--workers", type=int, default=0,
+                  help="worker processes (an Apache Beam pipeline; 0: this process alone)")
   ap.add_argument("--allow-outside", action="store_true",
                   help="read media paths outside --data-folder (../, absolute paths)")
   settings.add_flags(ap, sample_lib.SampleConfig, sample_lib.STAGES)
@@ -69,7 +73,8 @@ def main(argv=None) -> int:
       allow_outside=args.allow_outside,
       sample=settings.from_flags(sample_lib.SampleConfig, args))
   try:
-    builder = tfds_penguin.prepare(os.path.abspath(args.data_folder), args.out, config)
+    builder = tfds_penguin.prepare(os.path.abspath(args.data_folder), args.out, config,
+                                   workers=args.workers)
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -5,8 +5,9 @@
     -> pack (Grain first-fit / best-fit: text, patches and visual tokens of one sample
        always in the same row) -> fix offsets -> batch
 
-The source is a split of the TFDS dataset `penguin_vl` (`tfds_penguin.Split`, training)
-or any sequence of records (`records.JsonlSource`: a JSONL file scored as it is). A batch
+The source is a split of the TFDS dataset `penguin_vl` (`tfds_penguin.Split`, training),
+any sequence of records (`records.JsonlSource`: a JSONL file scored as it is), or a
+weighted mixture of sources (`mixture.py`: [(source, weight), ...]). A batch
 (NumPy, every shape static; the row length is `SampleConfig.seq_len`):
 
     input_ids, labels, segment_ids, positions        [batch, seq_len]
@@ -16,6 +17,8 @@ or any sequence of records (`records.JsonlSource`: a JSONL file scored as it is)
     merge_index, merge_weight                         [batch, max_visual, 4]
     visual_positions                                  [batch, max_visual]    seq_len = padding
     token_segment_ids                                 [batch, max_visual]    frame of each token
+    data_sources                                      [batch, num_sources]   samples per source
+                                                      (host-side: not fed to the model)
 
 One pipeline reads shard `shard_index` of `shard_count` (every shard_count-th record);
 `workers` > 0 decodes in worker processes; the iterator's `get_state()` / `set_state()`
@@ -38,7 +41,7 @@ import grain.experimental as gx
 import numpy as np
 from absl import flags
 
-from data_pipelines import sample as sample_lib
+from data_pipelines import mixture, sample as sample_lib
 from data_pipelines.errors import BadSample
 from data_pipelines.records import Skipped
 from penguin_jax.settings import setting
@@ -75,10 +78,13 @@ def _first_index(seg: np.ndarray, n: int) -> np.ndarray:
   return first
 
 
-def finalize_row(row: dict, seq_len: int) -> dict:
-  """Packed row (sample-local indices) -> model row: offsets added, frame ids global."""
+def finalize_row(row: dict, seq_len: int, num_sources: int = 1) -> dict:
+  """Packed row (sample-local indices) -> model row: offsets added, frame ids global;
+  `data_sources`: the row's samples counted by their source (`mixture.SOURCE_KEY`)."""
   tseg, pseg, vseg = row["input_ids_segment_ids"], row["patches_segment_ids"], row["visual_positions_segment_ids"]
   n = int(max(tseg.max(initial=0), pseg.max(initial=0), vseg.max(initial=0)))
+  first_tok = np.unique(tseg[tseg > 0], return_index=True)[1]     # a sample has >= 1 token
+  per_source = np.bincount(row["source"][tseg > 0][first_tok], minlength=num_sources)
   tok_off = _first_index(tseg, n)
   patch_off = _first_index(pseg, n)
   frames_per = np.zeros(n + 1, np.int64)
@@ -102,6 +108,7 @@ def finalize_row(row: dict, seq_len: int) -> dict:
       "merge_weight": np.where(valid_v[:, None], row["merge_weight"], 0).astype(np.float32),
       "visual_positions": vis.astype(np.int32),
       "token_segment_ids": tframe.astype(np.int32),
+      "data_sources": per_source[:num_sources].astype(np.int32),
   }
 
 
@@ -128,6 +135,7 @@ class Featurize:
       if n > cap:
         return self._skip(rec.get("id"), "too_long", f"{n} {what} > {cap} per row")
     self.in_a_row.clear()
+    f["source"] = np.full(len(f["input_ids"]), rec.get(mixture.SOURCE_KEY, 0), np.int32)
     return f
 
   def _skip(self, sample_id, reason: str, detail: str):
@@ -153,13 +161,18 @@ def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig, pcfg: Pipelin
                  one_pass: bool = False, skipped: Optional[collections.Counter] = None):
   """A Grain IterDataset of packed batches (see the module docstring). `one_pass`: the
   records once, in order, the last batch smaller (evaluation); else shuffled by `seed`
-  and repeated forever. `skipped`: the counter skips are counted in (the caller's)."""
+  and repeated forever. `source`: a random-access source, or [(source, weight), ...]
+  mixed by weight (`mixture.mixed`; not with `one_pass`). `skipped`: the counter skips
+  are counted in (the caller's)."""
   if scfg.seq_len is None:
     raise ValueError("SampleConfig.seq_len is the row length: it must be set to pack rows")
-  ds = grain.MapDataset.source(source)
-  if not one_pass:
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(1 if one_pass else None)
+  parts = list(source) if isinstance(source, (list, tuple)) else [(source, 1.0)]
+  if one_pass:
+    if len(parts) > 1:
+      raise ValueError("one pass over a mixture: evaluate each source on its own")
+    ds = grain.MapDataset.source(parts[0][0])
+  else:
+    ds = mixture.mixed([s for s, _ in parts], [w for _, w in parts], seed)
   ds = ds[shard_index::shard_count]                         # this shard's records
   featurize = Featurize(tokenizer, scfg, pcfg,
                         skipped if skipped is not None else collections.Counter())
@@ -167,12 +180,12 @@ def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig, pcfg: Pipelin
   V, P, S = pcfg.max_visual_tokens, pcfg.max_patches, scfg.seq_len
   lengths = {"input_ids": S, "labels": S, "patches": P, "patch_frame": P,
              "patch_positions": P, "merge_index": V, "merge_weight": V, "token_frame": V,
-             "visual_positions": V}
+             "visual_positions": V, "source": S}
   packer = {"first_fit": gx.FirstFitPackIterDataset,
             "best_fit": gx.BestFitPackIterDataset}[pcfg.packing]
   it = packer(it, length_struct=lengths, num_packing_bins=pcfg.packing_bins, seed=seed,
               shuffle_bins=not one_pass)
-  it = it.map(lambda row: finalize_row(row, S))
+  it = it.map(lambda row: finalize_row(row, S, len(parts)))
   it = it.batch(batch_size, drop_remainder=not one_pass)
   if pcfg.workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside an absl app, defaults

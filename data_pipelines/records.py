@@ -3,7 +3,8 @@
 A record is a dict in the release's layout with its media as encoded file bytes, so that
 nothing else is read while training:
 
-    {"id": str, "conversations": [{"from", "value"}], "images": [bytes], "video": bytes | None}
+    {"id": str, "conversations": [{"from", "value"}], "images": [bytes],
+     "video": bytes (a video file) | [bytes] (a frame folder's files, in name order) | None}
 
 (`validate.check_sample` adds `num_tokens` and `num_patches`.) Records come from
 
@@ -60,10 +61,12 @@ def parse_line(raw: bytes, n: int):
   return obj
 
 
-def media_bytes(entry, data_folder: str, allow_outside: bool = False) -> bytes:
+def media_bytes(entry, data_folder: str, allow_outside: bool = False, folder_ok: bool = False):
   """A media entry (a path relative to `data_folder`, encoded bytes, or a uint8 image
   array) -> encoded file bytes. A path that leads outside `data_folder` (`../`, absolute,
-  a symlink out) is a BadSample unless `allow_outside`: a dataset reads only its folder."""
+  a symlink out) is a BadSample unless `allow_outside`: a dataset reads only its folder.
+  `folder_ok` (a video entry): a folder is a video given as its frames, as the release
+  reads one (`mm_utils.load_video_from_ids`: its files in sorted name order) -> [bytes]."""
   if isinstance(entry, bytes):
     return entry
   if isinstance(entry, str):
@@ -71,6 +74,15 @@ def media_bytes(entry, data_folder: str, allow_outside: bool = False) -> bytes:
     root = os.path.realpath(data_folder)
     if not allow_outside and os.path.commonpath([root, os.path.realpath(full)]) != root:
       raise BadSample("outside_data_folder", f"{entry} (pass --allow-outside to read it)")
+    if folder_ok and os.path.isdir(full):
+      names = sorted(n for n in os.listdir(full) if os.path.isfile(os.path.join(full, n)))
+      if not names:
+        raise BadSample("corrupt_video", f"{entry}: a frame folder with no file")
+      out = []
+      for n in names:
+        with open(os.path.join(full, n), "rb") as f:
+          out.append(f.read())
+      return out
     if not os.path.isfile(full):
       raise BadSample("missing_file", entry)
     with open(full, "rb") as f:
@@ -113,7 +125,8 @@ def record_of(sample: dict, data_folder: str, allow_outside: bool = False) -> di
   images, videos = media_of(sample)
   return {"id": str(sample["id"]), "conversations": sample.get("conversations"),
           "images": [media_bytes(e, data_folder, allow_outside) for e in images],
-          "video": media_bytes(videos[0], data_folder, allow_outside) if videos else None}
+          "video": media_bytes(videos[0], data_folder, allow_outside, folder_ok=True)
+                   if videos else None}
 
 
 class JsonlSource:
@@ -159,10 +172,13 @@ class JsonlSource:
 
 def to_example(record: dict) -> dict:
   """A checked record (`validate.check_sample`) -> a `penguin_vl` TFDS example."""
+  v = record["video"]
+  frames = isinstance(v, list)
   return {"id": record["id"],
           "conversations": [{"from": str(t["from"]), "value": t["value"]}
                             for t in record["conversations"]],
-          "images": list(record["images"]), "video": record["video"] or b"",
+          "images": list(record["images"]), "video": b"" if frames else v or b"",
+          "video_frames": list(v) if frames else [],
           "num_tokens": record["num_tokens"], "num_patches": record["num_patches"]}
 
 
@@ -174,5 +190,6 @@ def to_record(example: dict) -> dict:
           "conversations": [{"from": txt(f), "value": txt(v)}
                             for f, v in zip(conv["from"], conv["value"])],
           "images": [bytes(b) for b in example["images"]],
-          "video": bytes(example["video"]) or None,
+          "video": ([bytes(b) for b in example["video_frames"]]    # a frame folder
+                    if len(example.get("video_frames", ())) else bytes(example["video"]) or None),
           "num_tokens": int(example["num_tokens"]), "num_patches": int(example["num_patches"])}

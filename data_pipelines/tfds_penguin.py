@@ -6,6 +6,10 @@ command for this file):
   python -m data_pipelines.tfds_build --manual_dir=DATA --data_dir=~/tensorflow_datasets \\
       [--config=release | --config='{"name": "mine", "tokenizer": "DIR", "sample": {"seq_len": 8192}}']
 
+With Beam options (`--beam_pipeline_options=direct_running_mode=multi_processing,
+direct_num_workers=N`, or Dataflow's, Spark's, Flink's) the samples are checked by a Beam
+pipeline (`beam_build.py`, `pip install -e ".[beam]"`) into the same files.
+
 DATA holds the release's JSONL files and the media their paths are relative to. Each
 `NAME.jsonl` in DATA is split NAME (`train.jsonl` -> "train", `val.jsonl` -> "val"), or
 the config's `splits` names them. Every sample is checked (`validate.valid_records`: JSON,
@@ -23,6 +27,8 @@ data.split). An example holds exactly what training reads:
     conversations   [{from, value}] text
     images          [encoded image file bytes]      a sample has images,
     video           encoded video file bytes, b''   or one video, or neither (text)
+    video_frames    [encoded image file bytes]      a video given as a frame folder (its
+                                                    files in name order), else []
     num_tokens      int32   tokens of the formatted sample (visual tokens included)
     num_patches     int32   14x14 patches of its images / video frames
 """
@@ -66,8 +72,10 @@ class PenguinConfig(tfds.core.BuilderConfig):
 class PenguinVl(tfds.core.GeneratorBasedBuilder):
   """The release's JSONL + media folder -> validated examples in ArrayRecord files."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "The release's JSONL layout, validated as data_pipelines.build."}
+  VERSION = tfds.core.Version("1.1.0")
+  SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]   # read as before (no video_frames)
+  RELEASE_NOTES = {"1.0.0": "The release's JSONL layout, validated as data_pipelines.build.",
+                   "1.1.0": "Videos given as frame folders (video_frames)."}
   BUILDER_CONFIGS = [PenguinConfig(name="release", description="the real stages' settings")]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put the release's JSONL files (each NAME.jsonl is split NAME) and their media "
@@ -76,6 +84,7 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
   def __init__(self, **kwargs):
     kwargs.setdefault("file_format", "array_record")   # random access for Grain
     super().__init__(**kwargs)
+    self._beam, self._beam_splits = False, []
 
   def _info(self) -> tfds.core.DatasetInfo:
     T = tfds.features.Text
@@ -88,6 +97,8 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
             "conversations": tfds.features.Sequence({"from": T(), "value": T()}),
             "images": tfds.features.Sequence(blob("an encoded image file")),
             "video": blob("the encoded video file; b'' when the sample has none"),
+            "video_frames": tfds.features.Sequence(blob(
+                "a frame folder's files (encoded images) in name order; [] otherwise")),
             "num_tokens": tfds.features.Scalar(np.int32, doc="tokens, visual ones included"),
             "num_patches": tfds.features.Scalar(np.int32, doc="14x14 patches"),
         }),
@@ -116,10 +127,31 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
     missing = [f for f in files.values() if not os.path.isfile(f)]
     if missing:
       raise FileNotFoundError(f"{missing[0]}: no such JSONL file (config splits {splits})")
-    tokenizer = from_spec(c.tokenizer if not c.tokenizer or os.path.isabs(c.tokenizer)
-                          else os.path.join(root, c.tokenizer))
+    spec = c.tokenizer if not c.tokenizer or os.path.isabs(c.tokenizer) else os.path.join(root, c.tokenizer)
+    tokenizer = from_spec(spec)          # here too with Beam: a bad one is one line, at once
     folder = os.path.join(root, c.data_folder)
+    if self._beam:
+      from data_pipelines import beam_build  # here: Apache Beam is an optional extra
+      self._beam_splits = list(files)
+      return {s: beam_build.examples(f, folder, spec, c.sample, c.strict, c.allow_outside, s)
+              for s, f in files.items()}
     return {s: self._generate_examples(f, folder, tokenizer, s) for s, f in files.items()}
+
+  def _generate_splits(self, dl_manager, download_config):
+    """Beam options given (`--beam_pipeline_options`, a runner): the Beam build."""
+    self._beam = bool(download_config.beam_options or download_config.beam_runner)
+    return super()._generate_splits(dl_manager, download_config)
+
+  def _process_pipeline_result(self, pipeline_result):
+    """The Beam build's counts (its metrics) -> the dataset's metadata, as the one-process
+    build writes them."""
+    from data_pipelines import beam_build  # here: Apache Beam is an optional extra
+    counts_of = beam_build.counts_from(pipeline_result)
+    for split in self._beam_splits:
+      counts = counts_of.get(split, {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0})
+      self.info.metadata[split] = counts
+      log.info("split %s: %d written, %d skipped %s", split, counts["written"],
+               counts["skipped"], counts["reasons"])
 
   def _generate_examples(self, path, data_folder, tokenizer, split):
     c = self.builder_config
@@ -137,16 +169,27 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
                 dict(reasons))
 
 
-def prepare(manual_dir: str, data_dir: str, config: PenguinConfig | str) -> PenguinVl:
+def prepare(manual_dir: str, data_dir: str, config: PenguinConfig | str,
+            workers: int = 0) -> PenguinVl:
   """Build (once; a prepared dataset is reused) -> the builder. `config`: a PenguinConfig
-  or a built-in config's name ("release"). Progress bars only on a
-  terminal (the skip lines and a count every 1,000 samples are logged either way)."""
+  or a built-in config's name ("release"). `workers` > 0: the Beam build on this machine
+  (the DirectRunner's multi-processing mode with that many worker processes). Progress
+  bars only on a terminal (the skip lines and a count every 1,000 samples are logged
+  either way)."""
   if not sys.stderr.isatty():
     tfds.disable_progress_bar()
   with _quiet_custom_config():
     builder = PenguinVl(config=config, data_dir=data_dir)
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+  beam_options = None
+  if workers:
+    try:
+      from apache_beam.options.pipeline_options import PipelineOptions  # optional extra
+    except ImportError:
+      raise ValueError("a build with workers needs Apache Beam: pip install -e \".[beam]\"") from None
+    beam_options = PipelineOptions(direct_running_mode="multi_processing",
+                                   direct_num_workers=workers)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, beam_options=beam_options))
   return builder
 
 

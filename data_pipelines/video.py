@@ -7,7 +7,9 @@ Sampling as the release's training path (`mm_utils.load_video`) does:
   time, in units of 1/fps rounded down, is <= k, until the end of the last frame rounded
   down (a final partial second is dropped); its timestamp is start + k / fps (0.0, 1.0,
   2.0, ...); more than `max_frames` of them: a linspace subset.
-* gifs and clips too short for one such frame (under 1 s at 1 fps): the release's other
+* frame folders (a `video` entry that is a folder: its files in sorted name order, taken
+  as 3 fps, as `mm_utils.load_video_from_ids` reads one) and gifs and clips too short for
+  one such frame (under 1 s at 1 fps): the release's other
   path (`sample_indices`): one frame from the middle of every 1/fps-second segment
   (`arange(seg // 2, n, seg)`, seg = native_fps // fps), or `max_frames` frames by
   `linspace(0, n - 1, max_frames)` for a long clip; timestamp = index / native_fps.
@@ -59,10 +61,32 @@ def fps_filter_indices(pts, time_base, end_pts, fps) -> np.ndarray:
   return np.asarray(out, int)
 
 
+FRAME_FOLDER_FPS = 3     # the rate the release takes a frame folder at (mm_utils)
+
+
+def load_frames(files: list, fps: float = 1.0, max_frames: int = 180):
+  """A frame folder's files (encoded image bytes, in name order) -> (frames uint8 [N, H, W,
+  3] RGB, timestamps [N] seconds): `sample_indices` at FRAME_FOLDER_FPS, timestamp =
+  index / 3; only the sampled files are decoded. Raises BadSample corrupt_video (a frame
+  that does not decode, frames of different sizes)."""
+  wanted = sample_indices(len(files), FRAME_FOLDER_FPS, fps, max_frames)
+  frames = []
+  for i in wanted:
+    try:
+      frames.append(images.load_image(files[int(i)]))
+    except BadSample as e:
+      raise BadSample("corrupt_video", f"frame {int(i)} of {len(files)}: {e.reason} ({e.detail})")
+  if len({f.shape for f in frames}) > 1:
+    raise BadSample("corrupt_video", f"frames of different sizes {sorted({f.shape[:2] for f in frames})}")
+  return np.stack(frames), wanted / FRAME_FOLDER_FPS
+
+
 def load_video(path, fps: float = 1.0, max_frames: int = 180):
-  """path (or the file's bytes) -> (frames uint8 [N, H, W, 3] RGB, timestamps [N] seconds),
-  sampled as the module docstring says. Raises BadSample: missing_file, corrupt_video,
-  truncated_video."""
+  """path (or the file's bytes, or a frame folder's files: a list of bytes) -> (frames
+  uint8 [N, H, W, 3] RGB, timestamps [N] seconds), sampled as the module docstring says.
+  Raises BadSample: missing_file, corrupt_video, truncated_video."""
+  if isinstance(path, list):
+    return load_frames(path, fps, max_frames)
   if isinstance(path, bytes):
     src, name = io.BytesIO(path), "<bytes>"
   elif not os.path.isfile(path):

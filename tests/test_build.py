@@ -76,7 +76,7 @@ def test_tfds_builder_names_counts_and_skips_every_bad_kind(tmp_path):
                       f"--config={config}"], cwd=REPO, capture_output=True, text=True,
                      timeout=300)
   assert r.returncode == 0, r.stderr[-3000:]
-  meta = json.load(open(tmp_path / "tfds" / "penguin_vl" / "bad" / "1.0.0" / "metadata.json"))
+  meta = json.load(open(tmp_path / "tfds" / "penguin_vl" / "bad" / "1.1.0" / "metadata.json"))
   assert meta["train"]["written"] == 3 and meta["train"]["skipped"] == 12
   assert meta["train"]["reasons"] == TWELVE
   skips = [l.split("] ", 1)[1] for l in r.stderr.splitlines() if "] skip " in l]
@@ -104,7 +104,7 @@ def test_build_command_takes_the_sample_settings_as_flags(tmp_path):
   assert out["dataset"] == "penguin_vl/flags" and out["train"]["written"] == 3
   assert out["train"]["reasons"] == TWELVE
   assert len([l for l in r.stderr.splitlines() if "skip " in l]) == 12
-  meta = json.load(open(tmp_path / "o" / "penguin_vl" / "flags" / "1.0.0" / "metadata.json"))
+  meta = json.load(open(tmp_path / "o" / "penguin_vl" / "flags" / "1.1.0" / "metadata.json"))
   assert meta == {"train": out["train"]}
   # the settings reached the check: a longer row admits the long sample
   r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",

@@ -77,7 +77,7 @@ def test_a_damaged_record_is_a_named_skip_and_a_missing_dataset_one_line(demo, t
   root, tok, _, _ = demo
   copy = tmp_path / "tfds"
   shutil.copytree(root / "tfds", copy)
-  f = next((copy / "penguin_vl" / "demo" / "1.0.0").glob("penguin_vl-train.array_record-*"))
+  f = next((copy / "penguin_vl" / "demo" / "1.1.0").glob("penguin_vl-train.array_record-*"))
   data = bytearray(f.read_bytes())
   data[3000] ^= 0xFF
   f.write_bytes(bytes(data))
@@ -118,7 +118,7 @@ def test_build_cli_and_tfds_build_write_the_dataset(tmp_path, demo):
                       f"--data_dir={tmp_path / 'b'}", f"--config={json.dumps(config)}"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
-  meta = json.load(open(tmp_path / "b" / "penguin_vl" / "small" / "1.0.0" / "metadata.json"))
+  meta = json.load(open(tmp_path / "b" / "penguin_vl" / "small" / "1.1.0" / "metadata.json"))
   assert meta == {"held_out": {"written": 12, "skipped": 0, "reasons": {},
                                "tokens": meta["held_out"]["tokens"]}}
   assert meta["held_out"]["tokens"] > 12 * 10

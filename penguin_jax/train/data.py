@@ -3,8 +3,9 @@
 `config.data` holds three groups: the per-sample settings (`SampleConfig`), the packing
 settings (`PipelineConfig`) and where the data is (this module: `tfds_name`,
 `tfds_data_dir`, `split`, the demo corpus's `demo*`, `tokenizer`, `preprocessor_config`).
-`prepare(cfg, workdir)` gives the training split, the tokenizer and the sample settings;
-with `data.demo` it first makes the demo corpus (generated, tokenizer trained, built as the
+`prepare(cfg, workdir)` gives the training data (its phases: `data.phases`, else one
+phase, `data.mixture` or `data.split`), the tokenizer and the sample settings; with
+`data.demo` it first makes the demo corpus (generated, tokenizer trained, built as the
 TFDS dataset `penguin_vl/demo`), once, on process 0.
 """
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
-from data_pipelines import demo_data, images, pipeline, sample as sample_lib, tfds_penguin
+from data_pipelines import demo_data, images, mixture, pipeline, sample as sample_lib, tfds_penguin
 from data_pipelines.tokenizer import SentencePieceTokenizer, from_spec
 from penguin_jax import settings
 from penguin_jax.train import workdir as workdir_lib
@@ -64,7 +65,8 @@ def tokenizer(cfg, workdir: str):
 
 
 def prepare(cfg, workdir: str):
-  """-> (the training split, the tokenizer, the SampleConfig). A checkpoint's
+  """-> (the training data: [(start step, [(name, source, weight)])], the tokenizer, the
+  SampleConfig). A checkpoint's
   `data.preprocessor_config` sets the image normalisation (recorded in the run's config).
   Missing data is one line naming the command that builds it."""
   d = cfg.data
@@ -88,7 +90,47 @@ def prepare(cfg, workdir: str):
     if jax.process_index() == 0:
       build_demo(cfg, workdir, scfg)
     multihost_utils.sync_global_devices("demo data")
-  return split(cfg, workdir, d.split), tokenizer(cfg, workdir), scfg
+  return phases(cfg, workdir), tokenizer(cfg, workdir), scfg
+
+
+def phases(cfg, workdir: str) -> list:
+  """The training data's phases: [(start step, [(name, source, weight), ...])]. One phase
+  from step 0 unless `data.phases`; its mixture is `data.mixture`, else `data.split`."""
+  d = cfg.data
+  if d.phases and d.mixture:
+    raise ValueError("config.data.mixture and data.phases are both set: give the mixture as "
+                     "the first phase (0=MIXTURE)")
+  specs = (mixture.parse_phases(d.phases) if d.phases else
+           [(0, mixture.parse(d.mixture if d.mixture else f"{d.split}:1"))])
+  opened = {}
+  out = []
+  for start, comps in specs:
+    srcs = []
+    for c in comps:
+      if c.name not in opened:
+        opened[c.name] = source(cfg, workdir, c)
+      srcs.append((c.name, opened[c.name], c.weight))
+    out.append((start, srcs))
+  return out
+
+
+def source(cfg, workdir: str, c: mixture.Component) -> tfds_penguin.Split:
+  """A mixture's component: a split of the run's dataset, or of TFDS dataset c.dataset
+  (in its `data.tfds_data_dirs` folder, else `data.tfds_data_dir`)."""
+  if not c.dataset:
+    return split(cfg, workdir, c.split)
+  return tfds_penguin.Split(c.dataset, c.split, data_dirs(cfg).get(c.dataset, cfg.data.tfds_data_dir))
+
+
+def data_dirs(cfg) -> dict:
+  """`data.tfds_data_dirs` ("NAME/CONFIG=DIR,...") -> {dataset: DIR}."""
+  out = {}
+  for part in [p.strip() for p in cfg.data.tfds_data_dirs.split(",") if p.strip()]:
+    name, sep, folder = part.partition("=")
+    if not sep or "/" not in name or not folder:
+      raise ValueError(f"config.data.tfds_data_dirs: {part!r} is not NAME/CONFIG=DIR")
+    out[name.strip()] = folder.strip()
+  return out
 
 
 def build_demo(cfg, workdir: str, scfg: sample_lib.SampleConfig):
@@ -118,10 +160,12 @@ def split(cfg, workdir: str, name: str) -> tfds_penguin.Split:
   return tfds_penguin.Split(d.tfds_name, name, d.tfds_data_dir)
 
 
-def eval_split(cfg, workdir: str) -> tfds_penguin.Split:
-  """The held-out split of `config.eval`: eval.split of the run's TFDS dataset (the demo
-  corpus's validation split)."""
-  if not (cfg.data.demo or cfg.data.tfds_name):
+def eval_sources(cfg, workdir: str) -> list:
+  """The held-out sources of `config.eval`: [(name, Split)] of `eval.split`, a split of the
+  run's TFDS dataset (the demo corpus's validation split) or several, comma-separated,
+  each a split or NAME/CONFIG:SPLIT (as a mixture names its sources, without weights)."""
+  if not (cfg.data.demo or cfg.data.tfds_name or "/" in cfg.eval.split):
     raise ValueError("config.eval.every is set but there is no held-out data: set "
                      "config.data.tfds_name and config.eval.split")
-  return split(cfg, workdir, cfg.eval.split)
+  comps = mixture.parse(",".join(f"{p.strip()}:1" for p in cfg.eval.split.split(",") if p.strip()))
+  return [(c.name, source(cfg, workdir, c)) for c in comps]

@@ -2,7 +2,9 @@
 
 * During training (`make_evaluator`, `config.eval`): every `eval.every` steps, the first
   `eval.batches` batches of the split `eval.split`, read by a fresh pipeline each time (the
-  same batches every time; the training data's order and state are untouched).
+  same batches every time; the training data's order and state are untouched). Several
+  held-out sources (`eval.split="val,penguin_vl/video:val"`): each reported apart, its
+  figures named SOURCE/metric.
 * Once over a whole source (`held_out_loss`, `launch.eval`): one pass, the last batch
   filled with empty rows.
 
@@ -32,19 +34,25 @@ def eval_summary(total: dict, batches: int) -> dict:
 
 def make_evaluator(cfg, program, workdir: str, tokenizer):
   """-> evaluate(params, teacher_params, step) -> {metric: value} for `config.eval`."""
-  source = data_lib.eval_split(cfg, workdir)
+  sources = data_lib.eval_sources(cfg, workdir)
   ecfg = cfg.copy_and_resolve_references()
   ecfg.data.workers = 0                        # a few batches: no worker processes
   log.info("held-out loss every %d steps over %d batches of %s", cfg.eval.every,
-           cfg.eval.batches, source)
+           cfg.eval.batches, ", ".join(repr(s) for _, s in sources))
 
-  def evaluate(params, teacher_params, step):
+  def one(source, params, teacher_params, step):
     feed = DataFeed(source, tokenizer, ecfg, program.abstract_batch)
     total = None
     for _ in range(cfg.eval.batches):
       m = program.eval_step(params, feed.next()[0], teacher_params, step)
       total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
     return eval_summary(jax.device_get(total), cfg.eval.batches)
+
+  def evaluate(params, teacher_params, step):
+    if len(sources) == 1:
+      return one(sources[0][1], params, teacher_params, step)
+    return {f"{name}/{k}": v for name, src in sources
+            for k, v in one(src, params, teacher_params, step).items()}
   return evaluate
 
 

@@ -5,11 +5,18 @@ number, so that the global batches and an exact resume do not depend on how many
 processes read them); each process reads its own shards with the Grain pipeline and
 contributes their rows to the global arrays, which get the shapes, dtypes and shardings
 of the training program's `abstract_batch`. The feed owns the count of the samples its
-pipelines skipped (`skipped`, by reason).
+pipelines skipped (`skipped`, by reason) and of the samples each source gave to the
+batches read so far (`source_counts`, all processes; restored with the data state).
+
+Phases (`data.phases`, data_pipelines/mixture.py): each phase is a mixture of sources
+from its start step on; at a phase's start the feed opens that phase's pipelines, fresh,
+seeded by the run's seed and the phase's index. The data state holds the phase and the
+batches read, so a resume continues in the right phase at the right place.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 
 import jax
 import numpy as np
@@ -19,12 +26,30 @@ from penguin_jax.train import data as data_lib
 from penguin_jax.train.checkpoint import gather_json
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  """A mixture read from step `start` on: sources (random-access), their names and weights."""
+  start: int
+  names: tuple
+  sources: tuple
+  weights: tuple
+
+  def __str__(self):
+    if len(self.sources) == 1:
+      return repr(self.sources[0])
+    return " + ".join(f"{s} x {w:g}" for s, w in zip(self.sources, self.weights))
+
+
 class DataFeed:
-  """`source`: a random-access source of records (a TFDS `Split`, a `records.JsonlSource`).
+  """`source`: a random-access source of records (a TFDS `Split`, a `records.JsonlSource`),
+  or the run's data as `data.prepare` gives it: [(start step, [(name, source, weight)])].
   `one_pass`: read the data once, in order (evaluation): the last batch is filled up
   with empty rows (no labels, no segments), then `next` raises StopIteration."""
 
   def __init__(self, source, tokenizer, cfg, abstract_batch: dict, one_pass: bool = False):
+    self.phases = ([Phase(start, *map(tuple, zip(*srcs))) for start, srcs in source]
+                   if isinstance(source, list) else [Phase(0, ("data",), (source,), (1.0,))])
+    self.tokenizer, self.cfg, self.one_pass = tokenizer, cfg, one_pass
     self.pid, self.nproc = jax.process_index(), jax.process_count()
     d = cfg.data
     self.num_shards = d.num_shards or self.nproc
@@ -38,20 +63,39 @@ class DataFeed:
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
     self.skipped = collections.Counter()      # reasons of the samples skipped, all shards
+    self.counts = collections.Counter()       # samples per source in the batches read (local)
+    self.spec = abstract_batch
+    self.batches = 0                          # batches read (= the training step)
+    self._open(0)
+
+  def _open(self, phase: int):
+    """This process's pipelines for phase `phase`, from its beginning."""
+    self.phase = phase
+    ph, cfg = self.phases[phase], self.cfg
     scfg, pcfg = data_lib.sample_config(cfg), data_lib.pipeline_config(cfg)
-    self.iters = [iter(pipe.make_dataset(source, tokenizer, scfg, pcfg, batch_size=self.rows,
-                                         seed=cfg.seed, shard_index=s,
-                                         shard_count=self.num_shards, one_pass=one_pass,
+    src = ph.sources[0] if len(ph.sources) == 1 else list(zip(ph.sources, ph.weights))
+    self.iters = [iter(pipe.make_dataset(src, self.tokenizer, scfg, pcfg, batch_size=self.rows,
+                                         seed=cfg.seed + 1000 * phase, shard_index=s,
+                                         shard_count=self.num_shards, one_pass=self.one_pass,
                                          skipped=self.skipped))
                   for s in self.shards]
-    self.spec = abstract_batch
+
+  def _phase_at(self, batches: int) -> int:
+    return max(i for i, p in enumerate(self.phases) if p.start <= batches)
 
   def next(self, poison: bool = False):
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
+    if self._phase_at(self.batches) != self.phase:
+      self._open(self._phase_at(self.batches))
     parts = [_next_or_none(it) for it in self.iters]
     if all(p is None for p in parts):
       raise StopIteration
+    names = self.phases[self.phase].names
+    for p in parts:
+      if p is not None:
+        for name, n in zip(names, np.asarray(p["data_sources"]).sum(0)):
+          self.counts[name] += int(n)
     parts = [_filled(p, self.rows, self.spec) for p in parts]
     local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
              for k, s in self.spec.items()}
@@ -59,26 +103,56 @@ class DataFeed:
       local["patches"] = local["patches"] * np.asarray(np.nan, local["patches"].dtype)
     batch = {k: jax.make_array_from_process_local_data(s.sharding, local[k], s.shape)
              for k, s in self.spec.items()}
+    self.batches += 1
     return batch, local
 
-  def position(self) -> list:
-    """This process's iterator states (no gather), for `rewind`."""
-    return [it.get_state() for it in self.iters]
+  def describe(self) -> str:
+    """The data, one phase per line after the first."""
+    if len(self.phases) == 1:
+      return str(self.phases[0])
+    return "; ".join(f"from step {p.start}: {p}" for p in self.phases)
 
-  def rewind(self, position: list):
+  def source_counts(self) -> dict:
+    """{source name: samples in the batches read so far}, summed over every process (a
+    collective: every process calls it at the same step)."""
+    out = collections.Counter()
+    for c in gather_json([dict(self.counts)]):
+      out.update(c)
+    return dict(sorted(out.items()))
+
+  def position(self) -> tuple:
+    """Where this process's reading is (no gather), for `rewind`."""
+    return (self.phase, self.batches, dict(self.counts), [it.get_state() for it in self.iters])
+
+  def rewind(self, position: tuple):
     """Back to `position`: a batch interrupted midway (SIGTERM while the pipeline was
     busy) is read again, whole, after a resume."""
-    for it, s in zip(self.iters, position):
+    phase, self.batches, counts, states = position
+    if phase != self.phase:
+      self._open(phase)
+    self.counts = collections.Counter(counts)
+    for it, s in zip(self.iters, states):
       it.set_state(s)
 
   def get_state(self) -> dict:
-    """Iterator states of all shards (gathered from every process), for checkpoints."""
-    return {"shards": gather_json([it.get_state() for it in self.iters])}
+    """Iterator states of all shards (gathered from every process), the phase, the batches
+    read and the samples per source, for checkpoints."""
+    return {"shards": gather_json([it.get_state() for it in self.iters]), "phase": self.phase,
+            "batches": self.batches, "sources": self.source_counts()}
 
   def set_state(self, data_state: dict):
     if len(data_state["shards"]) != self.num_shards:
       raise ValueError(f"the checkpoint has {len(data_state['shards'])} data shards, this run "
                        f"{self.num_shards}: set config.data.num_shards={len(data_state['shards'])}")
+    phase = int(data_state.get("phase", 0))          # checkpoints before phases: one phase
+    if phase >= len(self.phases):
+      raise ValueError(f"the checkpoint is in data phase {phase}, this run has "
+                       f"{len(self.phases)} (config.data.phases changed)")
+    if phase != self.phase:
+      self._open(phase)
+    self.batches = int(data_state.get("batches", self.phases[phase].start))  # = the step
+    # the totals of every process, kept once (on process 0), so that the sum stays right
+    self.counts = collections.Counter(data_state.get("sources", {}) if self.pid == 0 else {})
     for it, s in zip(self.iters, self.shards):
       it.set_state(data_state["shards"][s])
 

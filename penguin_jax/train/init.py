@@ -146,7 +146,7 @@ def restore_or_initialise(cfg, program: TrainProgram, feed, rng, workdir: str):
                                       log=log.error)
   if restored is not None:
     step, state, data_state, teacher = restored
-    feed.set_state(data_state)
+    feed.set_state({"batches": int(step), **data_state})   # older states lack "batches"
     log.info("resumed from step %d (%s)%s", step, mgr.directory,
              ", teacher included" if teacher is not None else "")
     if program.teacher is not None and teacher is None:   # a checkpoint without one

@@ -91,8 +91,8 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
            program.grad_accum, cfg.data.global_batch // program.grad_accum)
   log.info("trainable parameters: %s (%s frozen)", f"{counts['trainable']:,}",
            f"{counts['frozen']:,}")
-  log.info("training data: %s", source)
   feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
+  log.info("training data: %s", feed.describe())
   rng = jax.random.PRNGKey(cfg.seed)
   mgr, state, step, teacher = init_lib.restore_or_initialise(cfg, program, feed, rng, workdir)
   saver = ckpt.Saver(mgr, log)
@@ -102,7 +102,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
-                         skipped=feed.skipped)
+                         skipped=feed.skipped, sources=feed.source_counts)
   evaluate = make_evaluator(cfg, program, workdir, tokenizer) if cfg.eval.every else None
   profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm()
   nonfinite = NonFinite(cfg, int(jax.device_get(state.skipped_total)))

@@ -8,7 +8,8 @@ compile time. `goodput`: the fraction of wall time since the process started spe
 training steps, i.e. not in start-up (setup, restore, compile), not waiting for data on
 the host and not blocked on checkpoint writes. `data_skipped`: samples the pipeline
 skipped so far, by reason (this process's shards; counted as the pipeline reads, which
-is ahead of training)."""
+is ahead of training). `data_sources`: samples each source gave to the batches trained
+on so far (all processes; per mixture source, data_pipelines/mixture.py)."""
 from __future__ import annotations
 
 import json
@@ -44,9 +45,11 @@ def _summary_writer():
 class MetricsWriter:
 
   def __init__(self, workdir: str, program, *, process_index: int, process_count: int,
-               device_count: int, device_kind: str, t_start: float, skipped=None):
+               device_count: int, device_kind: str, t_start: float, skipped=None,
+               sources=None):
     self.program, self.nproc = program, process_count
     self.t_start, self.waiting, self.skipped = t_start, 0.0, skipped
+    self.sources = sources                  # -> {source: samples}; a collective (all processes)
     self.total_steps = program.cfg.total_steps
     self.seq_len = program.cfg.data.seq_len
     self.peak = flops_lib.peak_flops_per_device(device_kind=device_kind) * device_count
@@ -89,7 +92,8 @@ class MetricsWriter:
            "tokens_per_s": self.acc["tokens"] / dt, "visual_tokens_per_s": self.acc["visual"] / dt,
            "step_time_s": dt / max(self.steps, 1),
            "goodput": max(0.0, now - self.t_loop - self.waiting) / max(now - self.t_start, 1e-9),
-           "data_skipped": dict(self.skipped or {})}
+           "data_skipped": dict(self.skipped or {}),
+           "data_sources": self.sources() if self.sources else {}}
     if "correct_tokens" in m:                   # per-token accuracy of the LM loss
       rec["accuracy"] = int(m["correct_tokens"]) / max(int(m["label_tokens"]), 1)
     eta = (self.total_steps - step) * rec["step_time_s"]
@@ -99,12 +103,15 @@ class MetricsWriter:
     parts = " ".join(f"{k}={rec[k]:.4f}" for k in ("lm_loss", "amplitude", "direction", "relation")
                      if k in rec)
     skipped = sum(rec["data_skipped"].values())
+    mixed = rec["data_sources"] if len(rec["data_sources"]) > 1 else {}
     log.info("step %d/%d loss=%.4f %s lr=%s grad_norm=%.3f tokens/s=%.0f visual/s=%.0f "
-             "step_time=%.2fs%s goodput=%.2f%s eta=%s", step, self.total_steps, rec["loss"],
+             "step_time=%.2fs%s goodput=%.2f%s%s eta=%s", step, self.total_steps, rec["loss"],
              parts, ",".join(f"{k}:{v:.2e}" for k, v in lr.items()), rec["grad_norm"],
              rec["tokens_per_s"], rec["visual_tokens_per_s"], rec["step_time_s"],
              f" mfu={rec['mfu']:.3f}" if "mfu" in rec else "", rec["goodput"],
-             f" data_skipped={skipped}" if skipped else "", _hms(eta))
+             f" data_skipped={skipped}" if skipped else "",
+             " samples=" + ",".join(f"{k}:{v}" for k, v in mixed.items()) if mixed else "",
+             _hms(eta))
     self._record(rec)
     return rec
 

@@ -1,0 +1,108 @@
+"""The `penguin_vl` build as an Apache Beam pipeline: many workers, one machine or a cluster.
+
+At the paper's scale (stage 1a alone is about 223M samples, docs/design.md §6) checking
+every sample in one process takes core-months; TFDS's answer for datasets of this size is
+Beam. The builder (`tfds_penguin.py`) takes this path when the build is given Beam
+options (`--beam_pipeline_options=...` of `data_pipelines.tfds_build`, `--workers=N` of
+`data_pipelines.build`):
+
+    JSONL -> chunks of lines (the driver scans the file once for their byte offsets)
+          -> reshuffle (spread over workers) -> each line parsed and checked
+             (`validate.valid_records`, the same checks as the one-process build)
+          -> (line number, example)
+
+The keys are the JSONL's line numbers, and the dataset keeps the JSONL order
+(`disable_shuffling`): the example files are the same whatever the number of workers. A
+worker holds one chunk's lines and one sample's media at a time. Counts (written,
+skipped by reason, tokens) are Beam metrics in namespace `METRICS`, read back into the
+dataset's metadata when the pipeline is done (`counts_from`).
+"""
+from __future__ import annotations
+
+import collections
+import io
+import logging
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from etils import epath
+
+from data_pipelines import records, validate
+from data_pipelines.tokenizer import from_spec
+
+log = logging.getLogger(__name__)
+METRICS = "penguin_vl"
+LINES_PER_CHUNK = 256         # lines a worker takes at once
+
+
+def line_chunks(path: str, lines_per_chunk: int = LINES_PER_CHUNK) -> list:
+  """[(first line number, byte offset, byte length)] covering the file's lines, in
+  `lines_per_chunk` lines each."""
+  out, first, start, pos, n = [], 1, 0, 0, 0
+  with epath.Path(path).open("rb") as f:
+    for n, raw in enumerate(f, 1):
+      pos += len(raw)
+      if n - first + 1 == lines_per_chunk:
+        out.append((first, start, pos - start))
+        first, start = n + 1, pos
+  if pos > start:
+    out.append((first, start, pos - start))
+  return out
+
+
+class CheckLines(beam.DoFn):
+  """A chunk of JSONL lines -> (line number, example) of its good samples; bad ones are
+  one log line each and counted in the Beam metrics `SPLIT/skipped/REASON`."""
+
+  def __init__(self, path, folder, tokenizer, scfg, strict, allow_outside, split):
+    self.path, self.folder, self.tokenizer_spec, self.scfg = path, folder, tokenizer, scfg
+    self.strict, self.allow_outside, self.split = strict, allow_outside, split
+
+  def setup(self):
+    self.tokenizer = from_spec(self.tokenizer_spec)        # once per worker
+    self.written = Metrics.counter(METRICS, f"{self.split}/written")
+    self.tokens = Metrics.counter(METRICS, f"{self.split}/tokens")
+
+  def process(self, chunk):
+    first, offset, length = chunk
+    with epath.Path(self.path).open("rb") as f:
+      f.seek(offset)
+      data = f.read(length)
+    items = ((n, records.parse_line(raw, n)) for n, raw in enumerate(io.BytesIO(data), first)
+             if raw.strip())
+    reasons = collections.Counter()
+    for key, rec in validate.valid_records(items, self.folder, self.tokenizer, self.scfg,
+                                           reasons, self.strict, log.warning,
+                                           self.allow_outside):
+      self.written.inc()
+      self.tokens.inc(rec["num_tokens"])
+      yield key, records.to_example(rec)
+    for reason, k in reasons.items():
+      Metrics.counter(METRICS, f"{self.split}/skipped/{reason}").inc(k)
+
+
+@beam.ptransform_fn
+def examples(root, path: str, folder: str, tokenizer: str, scfg, strict: bool,
+             allow_outside: bool, split: str):
+  """The split's (line number, example) PCollection (see the module docstring)."""
+  return (root
+          | "chunks" >> beam.Create(line_chunks(path))
+          | "spread" >> beam.Reshuffle()
+          | "check" >> beam.ParDo(CheckLines(path, folder, tokenizer, scfg, strict,
+                                             allow_outside, split)))
+
+
+def counts_from(result) -> dict:
+  """The pipeline's metrics -> {split: {"written", "skipped", "reasons", "tokens"}}."""
+  out = collections.defaultdict(lambda: {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0})
+  for c in result.metrics().query(MetricsFilter().with_namespace(METRICS))["counters"]:
+    value = c.committed if c.committed is not None else c.attempted
+    split, _, what = c.key.metric.name.partition("/")
+    if what.startswith("skipped/"):
+      reason = what.partition("/")[2]
+      out[split]["reasons"][reason] = out[split]["reasons"].get(reason, 0) + int(value)
+      out[split]["skipped"] += int(value)
+    else:
+      out[split][what] += int(value)
+  return dict(out)
