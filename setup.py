@@ -36,7 +36,9 @@ setup(
         "importlib_resources",
         "scikit-image",          # demo data: bundled photographs
         "scikit-learn",          # demo data: bundled digits
-        "sentencepiece",         # small tokenizer for :tiny configs
+        # small tokenizer for :tiny configs. <0.2.3: its model proto module needs protobuf
+        # >= 7, which Apache Beam (the `beam` extra, < 7) rules out
+        "sentencepiece<0.2.3",
         "tensorboardX",          # TensorBoard event files without TensorFlow
         "matplotlib",            # launch.demo's loss curves and ablation plot
         "etils[epath]", "fsspec",  # WORKDIR on gs:// and other object stores (workdir.py)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import io
 import logging
+import sys
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -51,6 +52,12 @@ def line_chunks(path: str, lines_per_chunk: int = LINES_PER_CHUNK) -> list:
   return out
 
 
+def _say(line: str):
+  """A skip line from a worker: to its stderr, once (a Python log record there would also
+  be relayed to the runner's log, a second, longer copy)."""
+  print(line, file=sys.stderr, flush=True)
+
+
 class CheckLines(beam.DoFn):
   """A chunk of JSONL lines -> (line number, example) of its good samples; bad ones are
   one log line each and counted in the Beam metrics `SPLIT/skipped/REASON`."""
@@ -73,8 +80,7 @@ class CheckLines(beam.DoFn):
              if raw.strip())
     reasons = collections.Counter()
     for key, rec in validate.valid_records(items, self.folder, self.tokenizer, self.scfg,
-                                           reasons, self.strict, log.warning,
-                                           self.allow_outside):
+                                           reasons, self.strict, _say, self.allow_outside):
       self.written.inc()
       self.tokens.inc(rec["num_tokens"])
       yield key, records.to_example(rec)

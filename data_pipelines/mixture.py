@@ -8,7 +8,8 @@ SFT runs in two phases (image and video, then video-centric). A mixture is writt
 where SOURCE is a split of the run's dataset (`data.tfds_name`) or `NAME/CONFIG:SPLIT` of
 another TFDS dataset; weights are relative (3:1 = three samples of the first for one of
 the second, in expectation). Phases are `START=MIXTURE` entries, the first starting at
-step 0: ("0=image:1,video:1", "5000=video:3,image:1").
+step 0: ("0=image:1,video:1", "5000=video:3,image:1"); a phase START gives the batches of
+steps START + 1 on.
 
 The mixed stream is Grain's `MapDataset.mix` of the sources, each shuffled with its own
 seed and repeated: a pure function of (seed, position), so it resumes exactly from a
