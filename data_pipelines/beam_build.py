@@ -14,7 +14,7 @@ options (`--beam_pipeline_options=...` of `data_pipelines.tfds_build`, `--worker
 The keys are the JSONL's line numbers, and the dataset keeps the JSONL order
 (`disable_shuffling`): the example files are the same whatever the number of workers. A
 worker holds one chunk's lines and one sample's media at a time. Counts (written,
-skipped by reason, tokens) are Beam metrics in namespace `METRICS`, read back into the
+skipped by reason, tokens, patches) are Beam metrics in namespace `METRICS`, read back into the
 dataset's metadata when the pipeline is done (`counts_from`).
 """
 from __future__ import annotations
@@ -70,6 +70,7 @@ class CheckLines(beam.DoFn):
     self.tokenizer = from_spec(self.tokenizer_spec)        # once per worker
     self.written = Metrics.counter(METRICS, f"{self.split}/written")
     self.tokens = Metrics.counter(METRICS, f"{self.split}/tokens")
+    self.patches = Metrics.counter(METRICS, f"{self.split}/patches")
 
   def process(self, chunk):
     first, offset, length = chunk
@@ -83,6 +84,7 @@ class CheckLines(beam.DoFn):
                                            reasons, self.strict, _say, self.allow_outside):
       self.written.inc()
       self.tokens.inc(rec["num_tokens"])
+      self.patches.inc(rec["num_patches"])
       yield key, records.to_example(rec)
     for reason, k in reasons.items():
       Metrics.counter(METRICS, f"{self.split}/skipped/{reason}").inc(k)
@@ -99,9 +101,14 @@ def examples(root, path: str, folder: str, tokenizer: str, scfg, strict: bool,
                                              allow_outside, split)))
 
 
+def no_counts() -> dict:
+  return {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0, "patches": 0}
+
+
 def counts_from(result) -> dict:
-  """The pipeline's metrics -> {split: {"written", "skipped", "reasons", "tokens"}}."""
-  out = collections.defaultdict(lambda: {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0})
+  """The pipeline's metrics -> {split: {"written", "skipped", "reasons", "tokens",
+  "patches"}}, as the one-process build counts them."""
+  out = collections.defaultdict(no_counts)
   for c in result.metrics().query(MetricsFilter().with_namespace(METRICS))["counters"]:
     value = c.committed if c.committed is not None else c.attempted
     split, _, what = c.key.metric.name.partition("/")

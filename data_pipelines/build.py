@@ -16,7 +16,8 @@ image budget, TRA, tokenisation, length). A bad sample gets one line `skip ID: R
 `--workers=N` checks them in N worker processes (an Apache Beam pipeline on this machine,
 `pip install -e ".[beam]"`; the same files as one process). The last
 line printed is a JSON object: the dataset, its folder and each split's counts
-({"written", "skipped", "reasons": {reason: count}, "tokens"}, also in its metadata.json).
+({"written", "skipped", "reasons": {reason: count}, "tokens", "patches"}, also in its
+metadata.json).
 """
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ the config's `splits` names them. Every sample is checked (`validate.valid_recor
 conversation, media decoding, image budget, TRA, tokenisation, length, with the config's
 `sample` settings, a `SampleConfig`); a bad one is one line `skip ID: REASON (detail)`, counted and left
 out, and each split's counts are in the dataset's metadata (`metadata.json`: written,
-skipped, reasons, tokens). `strict` stops at the first one. The examples keep the JSONL
+skipped, reasons, tokens, patches: the ratio of
+patches to tokens is what a row's `max_patches` should follow, docs/data.md). `strict` stops at the first one. The examples keep the JSONL
 order (the training pipeline shuffles with its own seed).
 
 Read: `tfds.data_source("penguin_vl/release", split="train", data_dir=...)`, which the
@@ -148,22 +149,23 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
     from data_pipelines import beam_build  # here: Apache Beam is an optional extra
     counts_of = beam_build.counts_from(pipeline_result)
     for split in self._beam_splits:
-      counts = counts_of.get(split, {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0})
+      counts = counts_of.get(split, beam_build.no_counts())
       self.info.metadata[split] = counts
       log.info("split %s: %d written, %d skipped %s", split, counts["written"],
                counts["skipped"], counts["reasons"])
 
   def _generate_examples(self, path, data_folder, tokenizer, split):
     c = self.builder_config
-    reasons, written, tokens = collections.Counter(), 0, 0
+    reasons, written, tokens, patches = collections.Counter(), 0, 0, 0
     for n, rec in validate.valid_records(records.read_jsonl(path), data_folder, tokenizer,
                                          c.sample, reasons, c.strict, log.warning,
                                          c.allow_outside):
       written += 1
       tokens += rec["num_tokens"]
+      patches += rec["num_patches"]
       yield n, records.to_example(rec)
     counts = {"written": written, "skipped": sum(reasons.values()), "reasons": dict(reasons),
-              "tokens": tokens}
+              "tokens": tokens, "patches": patches}
     self.info.metadata[split] = counts
     log.info("split %s: %d written, %d skipped %s", split, written, counts["skipped"],
                 dict(reasons))

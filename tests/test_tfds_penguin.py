@@ -119,9 +119,14 @@ def test_build_cli_and_tfds_build_write_the_dataset(tmp_path, demo):
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 0, r.stderr[-2000:]
   meta = json.load(open(tmp_path / "b" / "penguin_vl" / "small" / "1.1.0" / "metadata.json"))
+  h = meta["held_out"]
   assert meta == {"held_out": {"written": 12, "skipped": 0, "reasons": {},
-                               "tokens": meta["held_out"]["tokens"]}}
-  assert meta["held_out"]["tokens"] > 12 * 10
+                               "tokens": h["tokens"], "patches": h["patches"]}}
+  assert h["tokens"] > 12 * 10 and h["patches"] > 0
+  # the totals are the examples' own counts
+  src = tfds_penguin.Split("penguin_vl/small", "held_out", str(tmp_path / "b"))
+  assert h["patches"] == sum(src[i]["num_patches"] for i in range(len(src)))
+  assert h["tokens"] == sum(src[i]["num_tokens"] for i in range(len(src)))
 
 
 def test_a_json_config_with_an_unknown_sample_setting_is_one_line(tmp_path, demo):
