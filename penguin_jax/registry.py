@@ -89,5 +89,17 @@ def init_params(model: nn.Module, rng, boxed: bool = False):
 
 
 def abstract_params(model: nn.Module, boxed: bool = False):
-  """Shapes / dtypes of the parameters, nothing computed."""
-  return jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), boxed))
+  """Shapes / dtypes of the parameters, nothing computed. Traced once per (module type,
+  config): a run asks for them several times, each a trace of the whole model."""
+  trace = lambda: jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), boxed))
+  try:
+    key = (type(model), model.cfg, boxed)
+    hash(key)
+  except TypeError:                  # a config holding a list: not cached
+    return trace()
+  if key not in _ABSTRACT:
+    _ABSTRACT[key] = trace()
+  return jax.tree.map(lambda x: x, _ABSTRACT[key])       # a copy: callers may edit dicts
+
+
+_ABSTRACT: dict = {}

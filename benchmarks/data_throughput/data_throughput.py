@@ -13,8 +13,8 @@ folder (read with tfds.data_source), then the Grain pipeline packs it.
 
 A row's patch and visual-token slots (`--max_patches`, `--max_visual_tokens`; 0 = from the
 corpus) follow the corpus: the dataset's metadata has its tokens and patches, and a row of
-S tokens is given S x patches / tokens / 0.95 patch slots (rounded up to 128), so that
-when the token slots are full the patch slots are about 95% full too; visual tokens alike,
+S tokens is given S x patches / tokens / 0.97 patch slots (rounded up to 64), so that
+when the token slots are full the patch slots are about 97% full too; visual tokens alike,
 counted on the first 200 samples. Prints one line per figure: the corpus's
 patches_per_token and visual_per_token, the row shape, token_fill=, patch_fill=,
 visual_fill= (the share of slots holding real data) and batches_per_s=.
@@ -39,7 +39,7 @@ from data_pipelines.tokenizer import Qwen3Tokenizer
 DEMO = sample_lib.SampleConfig(min_tokens=4, max_tokens=128, seq_len=1024)
 DEMO_ROW = 2048
 PAPER = sample_lib.STAGES                      # rows of 16,384 tokens, 10,240 per image
-SLACK = 0.95                                   # patch slots per row: full when tokens are at 95%
+SLACK = 0.97                                   # patch slots per row: full when tokens are at 97%
 
 
 def paper_corpus(folder: str, n: int, seed: int = 0) -> None:
@@ -119,8 +119,8 @@ def main():
   vpt = visual_per_token(source, tok, scfg)
   S = DEMO_ROW if demo else scfg.seq_len
   scfg = dataclasses.replace(scfg, seq_len=S)
-  patches = args.max_patches or 128 * math.ceil(S * ppt / SLACK / 128)
-  visual = args.max_visual_tokens or 128 * math.ceil(S * vpt / SLACK / 128)
+  patches = args.max_patches or 64 * math.ceil(S * ppt / SLACK / 64)
+  visual = args.max_visual_tokens or 64 * math.ceil(S * vpt / SLACK / 64)
   print(f"patches_per_token={ppt:.3f} visual_per_token={vpt:.3f}")
   print(f"row: {S} tokens, {patches} patches, {visual} visual tokens; batch {batch_size}; "
         f"{args.packing} over {args.bins} bins")
