@@ -14,7 +14,8 @@ folder (read with tfds.data_source), then the Grain pipeline packs it.
 A row's patch and visual-token slots (`--max_patches`, `--max_visual_tokens`; 0 = from the
 corpus) follow the corpus: the dataset's metadata has its tokens and patches, and a row of
 S tokens is given S x patches / tokens / 0.97 patch slots (rounded up to 64), so that
-when the token slots are full the patch slots are about 97% full too; visual tokens alike,
+when the token slots are full the patch slots are about 97% full too, and at least the
+largest sample's patches (else that sample is skipped as too long); visual tokens alike,
 counted on the first 200 samples. Prints one line per figure: the corpus's
 patches_per_token and visual_per_token, the row shape, token_fill=, patch_fill=,
 visual_fill= (the share of slots holding real data) and batches_per_s=.
@@ -22,6 +23,7 @@ visual_fill= (the share of slots holding real data) and batches_per_s=.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import math
@@ -78,13 +80,15 @@ def paper_corpus(folder: str, n: int, seed: int = 0) -> None:
     f.write("\n".join(json.dumps(l) for l in lines) + "\n")
 
 
-def visual_per_token(source, tok, scfg, n: int = 200) -> float:
-  """Visual tokens per token over the first n samples."""
-  vis = toks = 0
+def visual_per_token(source, tok, scfg, n: int = 200) -> tuple[float, int, int]:
+  """Over the first n samples: visual tokens per token, and the most patches and visual
+  tokens of one sample (a row must hold the largest, or it is skipped as too long)."""
+  vis = toks = most_p = most_v = 0
   for i in range(min(n, len(source))):
     f = sample_lib.features(source[i], tok, scfg)
     vis, toks = vis + len(f["visual_positions"]), toks + len(f["input_ids"])
-  return vis / toks
+    most_p, most_v = max(most_p, len(f["patches"])), max(most_v, len(f["visual_positions"]))
+  return vis / toks, most_p, most_v
 
 
 def main():
@@ -116,17 +120,18 @@ def main():
   source = tfds_penguin.Split("penguin_vl/bench", "train", os.path.join(tmp, "tfds"))
   print(f"# {args.corpus} corpus: {meta['written']} samples built in {time.time() - t0:.1f}s ({tmp})")
   ppt = meta["patches"] / meta["tokens"]
-  vpt = visual_per_token(source, tok, scfg)
+  vpt, most_p, most_v = visual_per_token(source, tok, scfg)
   S = DEMO_ROW if demo else scfg.seq_len
   scfg = dataclasses.replace(scfg, seq_len=S)
-  patches = args.max_patches or 64 * math.ceil(S * ppt / SLACK / 64)
-  visual = args.max_visual_tokens or 64 * math.ceil(S * vpt / SLACK / 64)
+  patches = args.max_patches or 64 * math.ceil(max(S * ppt / SLACK, most_p) / 64)
+  visual = args.max_visual_tokens or 64 * math.ceil(max(S * vpt / SLACK, most_v) / 64)
+  skipped = collections.Counter()
   print(f"patches_per_token={ppt:.3f} visual_per_token={vpt:.3f}")
   print(f"row: {S} tokens, {patches} patches, {visual} visual tokens; batch {batch_size}; "
         f"{args.packing} over {args.bins} bins")
   cfg = P.PipelineConfig(max_patches=patches, max_visual_tokens=visual, packing=args.packing,
                          packing_bins=args.bins, workers=args.workers)
-  it = iter(P.make_dataset(source, tok, scfg, cfg, batch_size=batch_size))
+  it = iter(P.make_dataset(source, tok, scfg, cfg, batch_size=batch_size, skipped=skipped))
   # Timed from the first batch: a packer emits its bins a round at a time, so any window
   # shorter than several rounds (bins / batch_size batches each) would be misleading.
   fills = {"token": [], "patch": [], "visual": []}
@@ -140,6 +145,7 @@ def main():
   for k, v in fills.items():
     print(f"{k}_fill={np.mean(v):.3f}")
   print(f"batches_per_s={args.batches / dt:.2f}")
+  print(f"skipped={dict(skipped)}")
 
 
 if __name__ == "__main__":
