@@ -32,7 +32,7 @@ STAGE_1A = 223e6                  # samples in the paper's stage 1a (docs/design
 
 def corpus(folder: str, photos: int, videos: int) -> int:
   """-> the number of samples written to folder/train.jsonl."""
-  import skimage.data
+  import skimage.data  # here: only when this corpus is generated
   from data_pipelines import demo_data
   os.makedirs(folder, exist_ok=True)
   names = sorted(demo_data.PHOTOS)

@@ -46,7 +46,7 @@ SLACK = 0.97                                   # patch slots per row: full when 
 
 def paper_corpus(folder: str, n: int, seed: int = 0) -> None:
   """n samples: 70% photographs, 15% documents, 15% videos of 60 s."""
-  import skimage.data
+  import skimage.data  # here: only when this corpus is generated
   os.makedirs(folder, exist_ok=True)
   rs = np.random.RandomState(seed)
   names = sorted(demo_data.PHOTOS)
