@@ -13,14 +13,11 @@ at 1e-5 (tiny: 3e-4); with `lora.rank` > 0 the LLM trains LoRA adapters on its f
 as in the release (`lora.train_in_full` adds whole modules, e.g. vision_projector);
 `lora.base_dtype` int8 / nf4 is QLoRA (the release's --bits 8 / 4).
 """
-from configs.common import base
+from configs import stage3
 
 
 def get_config(arg: str = "2b"):
-  c = base(arg)
+  c = stage3.get_config(arg)              # the paper's SFT: stage 3's settings
   c.stage = "finetune"
-  lr = 3e-4 if arg == "tiny" else 1e-5   # tiny: a few steps have to show learning
-  c.optim.lr = {"vision_encoder": lr, "vision_projector": lr, "llm": lr}
-  c.optim.trainable = ("vision_encoder", "vision_projector", "llm")
   c.lora.rank = 0                         # --config.lora.rank=64: the release's LoRA
   return c

@@ -245,7 +245,7 @@ def from_model_dir(path: str):
 
 
 # --------------------------------------------------------------------------- HF export
-def _hf_backend(tok) -> "tokenizers.Tokenizer":
+def _hf_backend(tok) -> HFTokenizer:
   """The tokenizer as a `tokenizers.Tokenizer` that encodes text to the same ids.
   Qwen3: the loaded tokenizer.json, or the offline vocabulary's ranks turned into BPE
   merges by transformers' own converter, with Qwen's NFC. SentencePiece: its BPE pieces

@@ -21,10 +21,8 @@ in float32, in the layout the HF key maps read.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util

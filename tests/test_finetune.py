@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from configs import finetune
 from data_pipelines import build, demo_data
@@ -285,7 +284,7 @@ def test_a_folder_the_release_saved_starts_a_lora_run_with_its_encoder_by_hub_id
                      env=env, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "model.llm.hidden_size=48" in r.stderr and "model.encoder.hidden_size=64" in r.stderr
-  assert f"image normalisation from" in r.stderr and "0.48145466" in r.stderr
+  assert "image normalisation from" in r.stderr and "0.48145466" in r.stderr
   assert f"initialised llm, vision_encoder, vision_projector from {src}" in r.stderr
   assert np.isfinite(metrics(tmp_path / "run")[2]["loss"])
 

@@ -8,9 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from data_pipelines import build, images, pipeline, records, sample as sample_lib, tfds_penguin, video
+from data_pipelines import build, pipeline, records, sample as sample_lib, tfds_penguin, video
 from data_pipelines.errors import BadSample
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "release_frames")
