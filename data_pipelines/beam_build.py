@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import io
-import logging
 import sys
 
 import apache_beam as beam
@@ -32,7 +31,6 @@ from etils import epath
 from data_pipelines import records, validate
 from data_pipelines.tokenizer import from_spec
 
-log = logging.getLogger(__name__)
 METRICS = "penguin_vl"
 LINES_PER_CHUNK = 256         # lines a worker takes at once
 
@@ -60,7 +58,7 @@ def _say(line: str):
 
 class CheckLines(beam.DoFn):
   """A chunk of JSONL lines -> (line number, example) of its good samples; bad ones are
-  one log line each and counted in the Beam metrics `SPLIT/skipped/REASON`."""
+  one line each (`_say`) and counted in the Beam metrics `SPLIT/skipped/REASON`."""
 
   def __init__(self, path, folder, tokenizer, scfg, strict, allow_outside, split):
     self.path, self.folder, self.tokenizer_spec, self.scfg = path, folder, tokenizer, scfg

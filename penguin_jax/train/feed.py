@@ -86,8 +86,9 @@ class DataFeed:
   def next(self, poison: bool = False):
     """-> (global batch of jax.Arrays, this process's rows as NumPy). `poison`: NaN
     pixels (testing the non-finite path)."""
-    if self._phase_at(self.batches) != self.phase:
-      self._open(self._phase_at(self.batches))
+    phase = self._phase_at(self.batches)
+    if phase != self.phase:
+      self._open(phase)
     parts = [_next_or_none(it) for it in self.iters]
     if all(p is None for p in parts):
       raise StopIteration
