@@ -29,6 +29,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from etils import epath
 
 from data_pipelines import records, validate
+from data_pipelines.errors import BadSample
 from data_pipelines.tokenizer import from_spec
 
 METRICS = "penguin_vl"
@@ -77,13 +78,23 @@ class CheckLines(beam.DoFn):
       data = f.read(length)
     items = ((n, records.parse_line(raw, n)) for n, raw in enumerate(io.BytesIO(data), first)
              if raw.strip())
-    reasons = collections.Counter()
-    for key, rec in validate.valid_records(items, self.folder, self.tokenizer, self.scfg,
-                                           reasons, self.strict, _say, self.allow_outside):
-      self.written.inc()
-      self.tokens.inc(rec["num_tokens"])
-      self.patches.inc(rec["num_patches"])
-      yield key, records.to_example(rec)
+    reasons, at = collections.Counter(), [0]
+
+    def tracked():                    # at[0]: the line being checked
+      for n, item in items:
+        at[0] = n
+        yield n, item
+    try:
+      for key, rec in validate.valid_records(tracked(), self.folder, self.tokenizer, self.scfg,
+                                             reasons, self.strict, _say, self.allow_outside):
+        self.written.inc()
+        self.tokens.inc(rec["num_tokens"])
+        self.patches.inc(rec["num_patches"])
+        yield key, records.to_example(rec)
+    except BadSample:
+      # strict: not raised inside Beam (a worker's failure is retried, then reported as
+      # pages of tracebacks); its line is a metric, named by the driver (`first_strict_failure`)
+      Metrics.distribution(METRICS, f"{self.split}/strict_failure_line").update(at[0])
     for reason, k in reasons.items():
       Metrics.counter(METRICS, f"{self.split}/skipped/{reason}").inc(k)
 
@@ -101,6 +112,26 @@ def examples(root, path: str, folder: str, tokenizer: str, scfg, strict: bool,
 
 def no_counts() -> dict:
   return {"written": 0, "skipped": 0, "reasons": {}, "tokens": 0, "patches": 0}
+
+
+def first_strict_failure(result, split: str, path: str, folder: str, tokenizer, scfg,
+                         allow_outside: bool):
+  """A strict build's first bad sample of `split` (by line; none: None), as the BadSample
+  the one-process build raises: its line is read and checked again here."""
+  lines = [d.committed or d.attempted for d in result.metrics().query(
+      MetricsFilter().with_namespace(METRICS).with_name(f"{split}/strict_failure_line"))["distributions"]]
+  lines = [d.min for d in lines if d is not None and d.count]
+  if not lines:
+    return None
+  for n, item in records.read_jsonl(path):
+    if n == min(lines):
+      try:
+        list(validate.valid_records([(n, item)], folder, tokenizer, scfg, collections.Counter(),
+                                    True, _say, allow_outside))
+      except BadSample as e:
+        return e
+      break
+  return BadSample("unknown", f"line {min(lines)} of {path} failed in a worker, not here")
 
 
 def counts_from(result) -> dict:

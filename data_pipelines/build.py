@@ -26,7 +26,9 @@ import json
 import os
 import sys
 
-from data_pipelines import sample as sample_lib, tfds_penguin
+from etils import epath
+
+from data_pipelines import records, sample as sample_lib, tfds_penguin
 from data_pipelines.errors import BadSample
 from penguin_jax import settings
 
@@ -56,9 +58,9 @@ def main(argv=None) -> int:
   args = parser().parse_args(argv)
   for p, what in [*[(a, "--annotations") for a in args.annotations],
                   (args.data_folder, "--data-folder")]:
-    if not os.path.exists(p):
+    if not epath.Path(p).exists():
       return _error(f"{what} {p} does not exist")
-  if os.path.exists(args.out) and not os.path.isdir(args.out):
+  if epath.Path(args.out).exists() and not epath.Path(args.out).is_dir():
     return _error(f"--out {args.out} is a file; give a folder")
   if args.name in {c.name for c in tfds_penguin.PenguinVl.BUILDER_CONFIGS}:
     return _error(f"--name={args.name} is a built-in config (`python -m data_pipelines.tfds_build "
@@ -68,13 +70,13 @@ def main(argv=None) -> int:
   if len(set(names)) < len(names):
     return _error(f"two --annotations files give the same split name ({names})")
   config = tfds_penguin.PenguinConfig(
-      name=args.name, splits={n: os.path.abspath(a) for n, a in zip(names, args.annotations)},
-      data_folder=os.path.abspath(args.data_folder), strict=args.strict,
+      name=args.name, splits={n: records.absolute(a) for n, a in zip(names, args.annotations)},
+      data_folder=records.absolute(args.data_folder), strict=args.strict,
       tokenizer=os.path.abspath(args.tokenizer) if args.tokenizer else "",
       allow_outside=args.allow_outside,
       sample=settings.from_flags(sample_lib.SampleConfig, args))
   try:
-    builder = tfds_penguin.prepare(os.path.abspath(args.data_folder), args.out, config,
+    builder = tfds_penguin.prepare(records.absolute(args.data_folder), args.out, config,
                                    workers=args.workers)
   except BadSample as e:
     print(f"error: {e}", file=sys.stderr)

@@ -15,15 +15,20 @@ nothing else is read while training:
 
 A source never raises for one bad sample: it returns `Skipped` (where, reason, detail),
 which the pipeline counts and skips like a sample that fails to decode.
+
+Files (JSONL, media, frame folders) are read through `etils.epath`: a local path, or
+gs://BUCKET/... (fsspec's gcsfs), s3://... as epath opens them.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import posixpath
 from typing import NamedTuple, Optional
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from data_pipelines.errors import BadSample
@@ -39,7 +44,7 @@ class Skipped(NamedTuple):
 def read_jsonl(path: str):
   """Yields (line number, sample dict) or (line number, BadSample) for each non-empty
   line of the release's JSONL; a sample without an id gets "line N"."""
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for n, raw in enumerate(f, 1):
       if raw.strip():
         yield n, parse_line(raw, n)
@@ -70,29 +75,45 @@ def media_bytes(entry, data_folder: str, allow_outside: bool = False, folder_ok:
   if isinstance(entry, bytes):
     return entry
   if isinstance(entry, str):
-    full = os.path.join(data_folder, entry)
-    root = os.path.realpath(data_folder)
-    if not allow_outside and os.path.commonpath([root, os.path.realpath(full)]) != root:
+    if not allow_outside and not _inside(data_folder, entry):
       raise BadSample("outside_data_folder", f"{entry} (pass --allow-outside to read it)")
-    if folder_ok and os.path.isdir(full):
-      names = sorted(n for n in os.listdir(full) if os.path.isfile(os.path.join(full, n)))
-      if not names:
+    full = epath.Path(data_folder) / entry
+    if folder_ok and full.is_dir():
+      frames = sorted((f for f in full.iterdir() if f.is_file()), key=lambda f: f.name)
+      if not frames:
         raise BadSample("corrupt_video", f"{entry}: a frame folder with no file")
-      out = []
-      for n in names:
-        with open(os.path.join(full, n), "rb") as f:
-          out.append(f.read())
-      return out
-    if not os.path.isfile(full):
+      return [f.read_bytes() for f in frames]
+    if not full.is_file():
       raise BadSample("missing_file", entry)
-    with open(full, "rb") as f:
-      return f.read()
+    return full.read_bytes()
   buf = io.BytesIO()
   try:
     Image.fromarray(entry).save(buf, format="PNG")
   except (TypeError, ValueError) as e:
     raise BadSample("corrupt_image", f"array of shape {getattr(entry, 'shape', '?')}: {e}")
   return buf.getvalue()
+
+
+def under(root: str, path: str) -> str:
+  """`path` (local or remote) taken relative to `root` unless it is absolute or remote."""
+  return path if "://" in path or os.path.isabs(path) else posixpath.join(os.fspath(root), path)
+
+
+def absolute(path: str) -> str:
+  """A local path made absolute; a remote one (gs://...) as it is."""
+  return path if "://" in path else os.path.abspath(path)
+
+
+def _inside(data_folder: str, entry: str) -> bool:
+  """Whether `entry` (relative to `data_folder`) stays inside it: symlinks resolved on a
+  local disk; on an object store (no symlinks) `..` and absolute paths normalised."""
+  folder = os.fspath(data_folder)
+  if "://" in folder:
+    if "://" in entry or entry.startswith("/"):
+      return False
+    return not posixpath.normpath(entry).startswith("..")
+  root = os.path.realpath(folder)
+  return os.path.commonpath([root, os.path.realpath(os.path.join(folder, entry))]) == root
 
 
 def media_of(sample: dict) -> tuple[list, list]:
@@ -137,12 +158,13 @@ class JsonlSource:
   the record (the same checks as a dataset build)."""
 
   def __init__(self, path: str, data_folder: Optional[str] = None, allow_outside: bool = True):
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
       raise FileNotFoundError(f"{path}: no such file")
     self.path, self.allow_outside = path, allow_outside
-    self.folder = data_folder or os.path.dirname(os.path.abspath(path))
+    self.folder = data_folder or (os.fspath(epath.Path(path).parent) if "://" in path else
+                                  os.path.dirname(os.path.abspath(path)))
     self.offsets = []                 # (line number, byte offset) of each non-empty line
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
       pos = 0
       for n, raw in enumerate(f, 1):
         if raw.strip():
@@ -156,7 +178,7 @@ class JsonlSource:
 
   def __getitem__(self, i: int):
     n, pos = self.offsets[i]
-    with open(self.path, "rb") as f:
+    with epath.Path(self.path).open("rb") as f:
       f.seek(pos)
       sample = parse_line(f.readline(), n)
     if isinstance(sample, BadSample):

@@ -44,6 +44,7 @@ import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_pipelines import records, sample as sample_lib, validate
 from data_pipelines.records import Skipped
@@ -85,7 +86,7 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
   def __init__(self, **kwargs):
     kwargs.setdefault("file_format", "array_record")   # random access for Grain
     super().__init__(**kwargs)
-    self._beam, self._beam_splits = False, []
+    self._beam, self._beam_splits = False, {}
 
   def _info(self) -> tfds.core.DatasetInfo:
     T = tfds.features.Text
@@ -118,22 +119,23 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     c = self.builder_config
-    root = os.fspath(dl_manager.manual_dir)
-    splits = dict(c.splits) or {f[:-len(".jsonl")]: f for f in sorted(os.listdir(root))
-                                if f.endswith(".jsonl")}
+    root = os.fspath(dl_manager.manual_dir)     # local, or gs://... (records.py)
+    splits = dict(c.splits) or {f.name[:-len(".jsonl")]: f.name
+                                for f in sorted(epath.Path(root).iterdir())
+                                if f.name.endswith(".jsonl")}
     if not splits:
       raise FileNotFoundError(f"{root} holds no .jsonl file: put the release's JSONL files "
                               "there (each NAME.jsonl is split NAME), or give the config's splits")
-    files = {s: os.path.join(root, f) for s, f in splits.items()}
-    missing = [f for f in files.values() if not os.path.isfile(f)]
+    files = {s: records.under(root, f) for s, f in splits.items()}
+    missing = [f for f in files.values() if not epath.Path(f).is_file()]
     if missing:
       raise FileNotFoundError(f"{missing[0]}: no such JSONL file (config splits {splits})")
-    spec = c.tokenizer if not c.tokenizer or os.path.isabs(c.tokenizer) else os.path.join(root, c.tokenizer)
+    spec = c.tokenizer and records.under(root, c.tokenizer)
     tokenizer = from_spec(spec)          # here too with Beam: a bad one is one line, at once
-    folder = os.path.join(root, c.data_folder)
+    folder = records.under(root, c.data_folder)
     if self._beam:
       from data_pipelines import beam_build  # here: Apache Beam is an optional extra
-      self._beam_splits = list(files)
+      self._beam_splits = {s: (f, folder, tokenizer) for s, f in files.items()}
       return {s: beam_build.examples(f, folder, spec, c.sample, c.strict, c.allow_outside, s)
               for s, f in files.items()}
     return {s: self._generate_examples(f, folder, tokenizer, s) for s, f in files.items()}
@@ -147,6 +149,13 @@ class PenguinVl(tfds.core.GeneratorBasedBuilder):
     """The Beam build's counts (its metrics) -> the dataset's metadata, as the one-process
     build writes them."""
     from data_pipelines import beam_build  # here: Apache Beam is an optional extra
+    c = self.builder_config
+    if c.strict:
+      for split, (path, folder, tokenizer) in self._beam_splits.items():
+        bad = beam_build.first_strict_failure(pipeline_result, split, path, folder, tokenizer,
+                                              c.sample, c.allow_outside)
+        if bad is not None:
+          raise bad                      # before TFDS finishes: no dataset is left behind
     counts_of = beam_build.counts_from(pipeline_result)
     for split in self._beam_splits:
       counts = counts_of.get(split, beam_build.no_counts())

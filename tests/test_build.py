@@ -113,14 +113,19 @@ def test_build_command_takes_the_sample_settings_as_flags(tmp_path):
   assert json.loads(r.stdout.strip().splitlines()[-1])["train"]["written"] == 4
 
 
-def test_strict_mode_stops_with_the_reason(tmp_path):
+@pytest.mark.parametrize("workers", ["0", pytest.param("1", marks=pytest.mark.slow)])
+def test_strict_mode_stops_with_the_reason(tmp_path, workers):
+  """One process, or a Beam worker (which does not raise inside Beam: the driver names the
+  first bad sample by line, the same line)."""
   ann, data = make_dataset(tmp_path)
   r = subprocess.run([sys.executable, "-m", "data_pipelines.build", f"--annotations={ann}",
-                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict"],
+                      f"--data-folder={data}", f"--out={tmp_path / 'o'}", "--strict",
+                      f"--workers={workers}"],
                      cwd=REPO, capture_output=True, text=True, timeout=300)
   assert r.returncode == 1, r.stderr[-2000:]
   last = r.stderr.strip().splitlines()[-1]
   assert last.startswith("error: sample 'corrupt': corrupt_image"), last
+  assert "Traceback" not in r.stderr
   left = [f for _, _, fs in os.walk(tmp_path / "o") for f in fs
           if "array_record" in f or f == "dataset_info.json"]
   assert left == []          # atomic: no partial split

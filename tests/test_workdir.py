@@ -1,43 +1,25 @@
 """A remote WORKDIR (penguin_jax/train/workdir.py): metrics.jsonl, TensorBoard events and
-the run lock through etils.epath on gs://, against an in-memory stand-in for GCS (fsspec's
-memory filesystem under the gs protocol, refusing appends as GCS does); and the same on a
-local path. Checkpoints on gs:// are orbax's own (TensorStore's GCS driver): not
-exercised offline."""
+the run lock through etils.epath on gs://, against an in-memory stand-in for GCS
+(tests/fake_gcs.py); and the same on a local path. Checkpoints on gs:// are orbax's own
+(TensorStore's GCS driver): not exercised offline."""
 import json
 import os
 
-import fsspec
 import pytest
 from etils import epath
-from fsspec.implementations.memory import MemoryFileSystem
 
+import fake_gcs
 from configs import stage1
 from penguin_jax.sharding import make_mesh
 from penguin_jax.train import program as program_lib, workdir as workdir_lib
 from penguin_jax.train.metrics import MetricsWriter
 
 
-class FakeGCS(MemoryFileSystem):
-  protocol = ("gs", "gcs")
-  store, pseudo_dirs = {}, [""]
-
-  def __init__(self, *args, finalize_on_close=None, **kw):
-    super().__init__(*args, **kw)
-
-  def _open(self, path, mode="rb", **kw):
-    if "a" in mode:
-      raise NotImplementedError("GCS objects cannot be appended to")
-    return super()._open(path, mode, **kw)
-
-
 @pytest.fixture
 def gcs():
-  for name in FakeGCS.protocol:
-    fsspec.register_implementation(name, FakeGCS, clobber=True)
-  FakeGCS.store.clear()
-  FakeGCS.pseudo_dirs[:] = [""]
+  fake_gcs.install()
   yield "gs://bucket/run"
-  FakeGCS.store.clear()
+  fake_gcs.FakeGCS.store.clear()
 
 
 def _metrics(**kw):
