@@ -57,6 +57,7 @@ setup(
         "beam": BEAM,
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # pytest.ini: -n auto (the suite in worker processes)
             # Pinned exactly: a CPU wheel of this version is found locally; an
             # unpinned torch would pull a multi-GB CUDA build.
             "torch==2.13.0",

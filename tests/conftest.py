@@ -1,15 +1,31 @@
-"""Test setup: 8 CPU devices for sharding tests, float32 matmuls, tiny HF models."""
+"""Test setup: 8 CPU devices for sharding tests, float32 matmuls, tiny HF models; the
+suite's runs share one JAX compilation cache; under pytest-xdist (pytest.ini), the tests
+of one expensive session fixture run in one worker, which makes it once."""
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# made in the controlling process, inherited by the xdist workers (tests/train_runs.py)
+os.environ.setdefault("PENGUIN_TESTS_JAX_CACHE", tempfile.mkdtemp(prefix="penguin_tests_jax_cache_"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+# session fixtures that start training runs: the tests using one go to one xdist worker
+ONE_WORKER = ("quick_demo", "uninterrupted")
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    used = [f for f in ONE_WORKER if f in getattr(item, "fixturenames", ())]
+    if used:
+      item.add_marker(pytest.mark.xdist_group(used[0]))
 
 
 def tiny_qwen3_hf(path, tied: bool = True, seed: int = 0, **kw):

@@ -1,7 +1,8 @@
-"""Real multi-process JAX: two CPU processes (gloo collectives on 127.0.0.1, 4 devices
-each) train the tiny stage with the same global batch as one 8-device process and give
-the same losses; both resume from their checkpoint, the single-process one onto another
-mesh shape (data 8 -> fsdp 4 x tensor 2)."""
+"""Real multi-process JAX: two CPU processes (gloo collectives on 127.0.0.1, 2 devices
+each) train the tiny stage with the same global batch as one 4-device process and give
+the same losses (within float32 reduction order: gloo sums in another order); each
+checkpoint resumes on the other number of processes, the two-process one also onto another
+mesh shape (data 4 -> fsdp 2 x tensor 2)."""
 import json
 import os
 import socket
@@ -13,8 +14,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+from train_runs import ENV, REPO
 
 
 def _free_port():
@@ -43,12 +43,12 @@ def _start(workdir, demo, steps, *extra):
 def _two_processes(workdir, demo, steps):
   port = _free_port()
   return [_start(workdir, demo, steps, f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}", "--local_device_count=4")
+                 "--num_processes=2", f"--process_id={i}", "--local_device_count=2")
           for i in range(2)]
 
 
 def _one_process(workdir, demo, steps, *extra):
-  return [_start(workdir, demo, steps, "--local_device_count=8", *extra)]
+  return [_start(workdir, demo, steps, "--local_device_count=4", *extra)]
 
 
 def _wait(procs):
@@ -70,7 +70,7 @@ def _losses(workdir):
   return out
 
 
-def test_two_processes_equal_one_and_resume(tmp_path):
+def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path):
   """The one-process and two-process runs go side by side (the demo corpus built first,
   here, so that no two of them build it)."""
   from configs import stage1
@@ -85,12 +85,12 @@ def test_two_processes_equal_one_and_resume(tmp_path):
   assert sorted(a) == sorted(b) == [1, 2, 3]
   for s in a:
     assert b[s] == pytest.approx(a[s], abs=1e-5), s
-  # resume: the two processes from their own checkpoint; the single process onto a
-  # different mesh shape
-  one, *two = _wait(_one_process(tmp_path / "one", demo, 5, "--config.mesh.data=1",
-                                 "--config.mesh.fsdp=4", "--config.mesh.tensor=2") +
-                    _two_processes(tmp_path / "two", demo, 5))
+  # elastic resume (data.num_shards fixed at 2): the two-process run's checkpoint goes on
+  # in one process on another mesh shape, the one-process run's in two processes
+  one, *two = _wait(_one_process(tmp_path / "two", demo, 5, "--config.mesh.data=1",
+                                 "--config.mesh.fsdp=2", "--config.mesh.tensor=2") +
+                    _two_processes(tmp_path / "one", demo, 5))
   assert all("resumed from step 3" in o for o in [one, *two])
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   for s in (4, 5):
-    assert b[s] == pytest.approx(a[s], abs=1e-4), s
+    assert b[s] == pytest.approx(a[s], abs=1e-5), s

@@ -8,10 +8,12 @@ import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A plain one-device CPU run (conftest gives the pytest process 8 devices), with the
-# suite's own compilation cache, shared by its runs (config.jax_cache_dir "auto" reads
-# it), never the user's. (Not the pytest process's: its programs are compiled once.)
+# suite's own compilation cache (conftest), shared by its runs (config.jax_cache_dir
+# "auto" reads it), never the user's. (Not the pytest process's: its programs are
+# compiled once.)
 ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-       "JAX_COMPILATION_CACHE_DIR": tempfile.mkdtemp(prefix="penguin_tests_jax_cache_")}
+       "JAX_COMPILATION_CACHE_DIR": os.environ.get("PENGUIN_TESTS_JAX_CACHE") or
+                                    tempfile.mkdtemp(prefix="penguin_tests_jax_cache_")}
 
 
 def cmd(workdir, demo_dir, *extra, config="stage1.py:tiny"):

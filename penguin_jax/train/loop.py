@@ -123,6 +123,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
         profiler.after(step, metrics)
         writer.count(local)
         saver.poll()                            # a failed write is reported at once
+        _stop_after_failed_writes(saver, cfg)
         log_now = step % cfg.log_every == 0 or step == cfg.total_steps
         save_now = step % cfg.checkpoint_every == 0 and step < cfg.total_steps
         if log_now or save_now:                 # the only device -> host reads
@@ -138,9 +139,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
           t = time.time()
           save(step)
           writer.wait(time.time() - t)
-          if saver.failures_in_a_row >= cfg.checkpoint_failures_before_stop:
-            raise Stop(4, f"{saver.failures_in_a_row} checkpoint writes failed in a row; the "
-                       f"latest checkpoint on disk is step {saver.latest_on_disk()}")
+          _stop_after_failed_writes(saver, cfg)
     if saver.latest_on_disk() != step:
       save(step)
     return final(saver, step, sigterm.received)
@@ -152,6 +151,14 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
     profiler.close()
     saver.close()
     writer.close()
+
+
+def _stop_after_failed_writes(saver: ckpt.Saver, cfg):
+  """`checkpoint_failures_before_stop` failed writes in a row (an async write's failure is
+  known when it is polled, steps after its save) stop the run."""
+  if saver.failures_in_a_row >= cfg.checkpoint_failures_before_stop:
+    raise Stop(4, f"{saver.failures_in_a_row} checkpoint writes failed in a row; the "
+               f"latest checkpoint on disk is step {saver.latest_on_disk()}")
 
 
 def next_batch(feed: DataFeed, sigterm: "Sigterm", cfg, step: int, saver: ckpt.Saver):
