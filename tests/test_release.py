@@ -63,6 +63,30 @@ def test_encoder_features_equal_the_releases(release, merge):
   np.testing.assert_allclose(got, REF["encoder_features" + suffix], atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("change", ["swapped_halves", "true_rotation"])
+def test_the_encoder_fixture_tells_a_wrong_2d_rope(release, monkeypatch, change):
+  """Negative controls of the encoder comparison: the 2D RoPE with its row and column
+  halves swapped, or made a true 2D rotation (each pair rotated by one axis's angle, not
+  the release's quirk, docs/design.md), gives features far outside the tolerance."""
+  from penguin_jax import encoder, layers
+  real = layers.rope_2d
+
+  def wrong(pos, head_dim, theta):
+    if change == "swapped_halves":
+      return real(pos[..., ::-1], head_dim, theta)
+    f = layers.inv_freq(head_dim, theta)                            # [d/4] per axis
+    f = f[: head_dim // 4]
+    ang = jnp.concatenate([pos[..., :1] * f, pos[..., 1:] * f], -1).astype(jnp.float32)
+    ang = jnp.concatenate([ang, ang], -1)                           # pairs (i, i + d/2)
+    return jnp.cos(ang), jnp.sin(ang)
+  monkeypatch.setattr(encoder, "rope_2d", wrong)
+  model, params = release
+  batch = _visual_batch(REF["pixel_values"], REF["grid_sizes"], REF["merge_sizes"])
+  got = np.asarray(model.apply({"params": params}, *batch.values(),
+                               method=model.visual_features))[0]
+  assert np.abs(got - REF["encoder_features"]).max() > 100 * 2e-5
+
+
 def test_image_logits_equal_the_releases(release):
   model, params = release
   ids = REF["input_ids_image"].astype(np.int32)
