@@ -52,6 +52,9 @@ def base(variant: str) -> mlc.ConfigDict:
   # A failed checkpoint write (disk full, permissions) is reported at once and training
   # goes on; this many failures in a row stop the run (exit 4, naming the step on disk).
   c.checkpoint_failures_before_stop = 3
+  # Multi-process runs: a process not heard from for this long is lost, and the others stop
+  # with one line (exit 6) instead of waiting in a collective (runtime.PeerWatch).
+  c.lost_process_timeout_s = 60
   c.max_nonfinite_in_a_row = 5     # read on log / checkpoint steps (no per-step host sync)
   c.debug_nan_steps = ()           # testing: poison the batch of these steps with NaN
   # jax.profiler trace of the num_steps steps after step start_step, into WORKDIR/profile

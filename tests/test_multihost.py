@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 
 import pytest
 
@@ -40,10 +41,10 @@ def _start(workdir, demo, steps, *extra):
   return p
 
 
-def _two_processes(workdir, demo, steps):
+def _two_processes(workdir, demo, steps, *extra):
   port = _free_port()
   return [_start(workdir, demo, steps, f"--coordinator_address=127.0.0.1:{port}",
-                 "--num_processes=2", f"--process_id={i}", "--local_device_count=2")
+                 "--num_processes=2", f"--process_id={i}", "--local_device_count=2", *extra)
           for i in range(2)]
 
 
@@ -70,15 +71,20 @@ def _losses(workdir):
   return out
 
 
-def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path):
-  """The one-process and two-process runs go side by side (the demo corpus built first,
-  here, so that no two of them build it)."""
+def _demo(tmp_path):
+  """The demo corpus, built here first, so that no two processes build it."""
   from configs import stage1
   from penguin_jax.train import data as data_lib
   demo = tmp_path / "demo"
   cfg = stage1.get_config("tiny")
   cfg.data.demo_dir = str(demo)
   data_lib.build_demo(cfg, str(tmp_path), data_lib.sample_config(cfg))
+  return demo
+
+
+def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path):
+  """The one-process and two-process runs go side by side."""
+  demo = _demo(tmp_path)
   one, *two = _wait(_one_process(tmp_path / "one", demo, 3) +
                     _two_processes(tmp_path / "two", demo, 3))
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -94,3 +100,53 @@ def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path):
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
   for s in (4, 5):
     assert b[s] == pytest.approx(a[s], abs=1e-5), s
+
+
+def _records(workdir):
+  return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+
+
+def test_a_lost_process_stops_the_other_with_one_line_and_the_relaunch_resumes_exactly(tmp_path):
+  """Process 1 of 2 killed (-9) after step 7: process 0 stops by itself within the
+  timeout (6 s here; 60 by default) and a poll, exit 6, one line naming process 1 and the
+  checkpoint on disk. The relaunch resumes from it, and the steps it trains again give the
+  losses logged before the kill (==)."""
+  demo, wd = _demo(tmp_path), tmp_path / "run"
+  procs = _two_processes(wd, demo, 9, "--config.lost_process_timeout_s=6")
+  _wait_for_step(wd, 7, procs)
+  procs[1].kill()
+  t = time.time()
+  procs[0].wait(timeout=120)
+  took = time.time() - t
+  procs[0].log.seek(0)
+  out = procs[0].log.read()
+  assert procs[0].returncode == 6, out[-3000:]
+  lines = [l for l in out.splitlines() if "stopping: process 1 of 2 is lost" in l]
+  assert len(lines) == 1 and "run again to resume from it" in lines[0], out[-3000:]
+  assert "Traceback" not in out, out
+  assert took < 6 + 6 / 6 + 5, took
+  before = {}
+  for r in _records(wd):
+    before.setdefault(r["step"], r["loss"])      # the first value of each step
+  on_disk = int(lines[0].split("the latest checkpoint on disk is step ")[1].split(":")[0])
+  outs = _wait(_two_processes(wd, demo, 9))
+  assert all(f"resumed from step {on_disk}" in o for o in outs)
+  again = [s for s in before if s > on_disk]
+  assert again, (on_disk, sorted(before))
+  after = {r["step"]: r["loss"] for r in _records(wd)}          # the last value of each
+  assert sorted(after) == list(range(1, 10))
+  for s in again:
+    assert after[s] == before[s], s
+
+
+def _wait_for_step(workdir, step, procs, timeout=300):
+  t = time.time()
+  while time.time() - t < timeout:
+    try:
+      if any(r["step"] >= step for r in _records(workdir)):
+        return
+    except (OSError, ValueError):
+      pass
+    assert all(p.poll() is None for p in procs), "a run ended before the step"
+    time.sleep(0.1)
+  raise TimeoutError(step)

@@ -9,6 +9,8 @@ the only device-to-host reads. It returns the process's exit code:
   3  `max_nonfinite_in_a_row` steps with a non-finite loss or gradient
   4  `checkpoint_failures_before_stop` checkpoint writes failed in a row, or the last one
   5  the data pipeline failed (a worker process died, a read failed for good)
+  6  another process of a multi-process run is lost (`runtime.PeerWatch`; the process
+     exits from its watch thread)
 
 Each stop is one line naming the step on disk to resume from (docs/faults.md).
 """
@@ -75,6 +77,11 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
     workdir_lib.lock(workdir)
   runtime.compilation_cache(cfg, workdir)
   mesh = runtime.mesh(cfg)                    # before any work: a mesh that does not fit
+  savers, watch = [], None                    # the saver, once made (for PeerWatch's line)
+  if jax.process_count() > 1:
+    watch = runtime.PeerWatch(cfg.lost_process_timeout_s, lambda line: log.error(
+        "stopping: %s; the latest checkpoint on disk is step %s: run again to resume from it",
+        line, savers[0].latest_on_disk() if savers else "none"))
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
            jax.process_count(), jax.device_count())
   init_lib.resolve(cfg, explicit)             # sizes, tokenizer, normalisation of init_from
@@ -96,6 +103,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   rng = jax.random.PRNGKey(cfg.seed)
   mgr, state, step, teacher = init_lib.restore_or_initialise(cfg, program, feed, rng, workdir)
   saver = ckpt.Saver(mgr, log)
+  savers.append(saver)
   t = time.time()
   train_step = program.lower().compile()      # once, before the loop: no step holds it
   log.info("train step compiled in %.1f s", time.time() - t)
@@ -147,6 +155,10 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
     saver.finish()
     log.error("stopping: %s", e.args[1])
     return e.args[0]
+  except jax.errors.JaxRuntimeError as e:
+    if watch is None:
+      raise
+    watch.after_failure(e)      # a lost process: one line, exit 6 (never returns)
   finally:
     profiler.close()
     saver.close()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
+import time
 from importlib import metadata
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 from jax._src import hardware_utils  # jax's TPU probe (PCI ids; no public twin)
@@ -25,20 +28,82 @@ DEVICES_HINT = ("on a CPU machine, --local_device_count=N (launch.train) or "
 
 
 def start(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
-          process_id: Optional[int] = None, local_device_count: Optional[int] = None):
+          process_id: Optional[int] = None, local_device_count: Optional[int] = None,
+          lost_process_timeout_s: int = 60):
   """Devices and processes: `local_device_count` CPU devices; a multi-host run started
   with `coordinator_address` (CPU processes talk over gloo), or found by jax on a TPU pod
-  slice. On a machine with no accelerator, JAX is kept to the CPU (`cpu_if_idle`)."""
+  slice. On a machine with no accelerator, JAX is kept to the CPU (`cpu_if_idle`). JAX's
+  own heartbeat timeout is twice `lost_process_timeout_s`: `PeerWatch` speaks first."""
   cpu_if_idle()
   if local_device_count:
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={local_device_count}")
+  beat = dict(heartbeat_timeout_seconds=2 * lost_process_timeout_s)
   if coordinator_address:
     if jax.config.jax_platforms in (None, "", "cpu") and local_device_count:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, **beat)
   elif os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()
+    jax.distributed.initialize(**beat)
+
+
+class PeerWatch:
+  """A lost process stops the others of a multi-process run, with one line (docs/faults.md).
+
+  A thread per process bumps its counter in the coordination service's key-value store
+  every `timeout_s / 6` s and reads the others'; a process whose counter has not moved for
+  `timeout_s` (or a service that no longer answers: process 0, which holds it, is gone) is
+  lost: `message(line)` names it, and this process exits with `EXIT_CODE` (os._exit: its
+  main thread may be blocked in a collective with the lost one; the next launch resumes
+  from the last checkpoint). Without it JAX's runtime aborts the process after its
+  heartbeat timeout, with no line of ours. The key-value store is the client jax's
+  distributed runtime holds (`jax._src.distributed`: no public handle; orbax uses it too).
+  """
+  EXIT_CODE = 6
+
+  def __init__(self, timeout_s: float, message: Callable[[str], None]):
+    from jax._src import distributed     # the coordination service's client (see above)
+    self.client, self.timeout_s, self.message = distributed.global_state.client, timeout_s, message
+    self.me, self.n = jax.process_index(), jax.process_count()
+    threading.Thread(target=self._watch, name="peer-watch", daemon=True).start()
+
+  def _watch(self):
+    seen = {p: (-1, time.monotonic()) for p in range(self.n) if p != self.me}
+    beat = 0
+    while True:
+      try:
+        beat += 1
+        self.client.key_value_set(f"penguin/alive/{self.me}", str(beat), allow_overwrite=True)
+        values = {k.rsplit("/", 1)[-1]: v
+                  for k, v in self.client.key_value_dir_get("penguin/alive/")}
+      except Exception as e:  # the service is gone with process 0
+        return self._lost(0, f"the coordination service does not answer "
+                             f"({str(e).strip().splitlines()[0][:120]})")
+      now = time.monotonic()
+      for p, (value, since) in seen.items():
+        v = values.get(str(p), value)
+        if v != value:
+          seen[p] = (v, now)
+        elif now - since > self.timeout_s:
+          return self._lost(p, f"no sign of life for {now - since:.0f} s")
+      time.sleep(self.timeout_s / 6)
+
+  def after_failure(self, e: Exception):
+    """A collective failed in the main thread (gloo: "connection reset by peer"): the
+    watch names the lost process within its timeout and exits; if it does not, the
+    failure itself is the line. Never returns."""
+    time.sleep(1.5 * self.timeout_s)
+    self._exit(f"a collective failed ({type(e).__name__}: "
+               f"{str(e).strip().splitlines()[0][:200]}) and no process was found lost")
+
+  def _lost(self, p: int, why: str):
+    self._exit(f"process {p} of {self.n} is lost ({why})")
+
+  def _exit(self, line: str):
+    self.message(line)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(self.EXIT_CODE)   # not sys.exit: jax's shutdown would wait for the lost process
 
 
 def cpu_if_idle():
