@@ -5,6 +5,7 @@ checkpoint resumes on the other number of processes, the two-process one also on
 mesh shape (data 4 -> fsdp 2 x tensor 2)."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -71,20 +72,28 @@ def _losses(workdir):
   return out
 
 
-def _demo(tmp_path):
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
   """The demo corpus, built here first, so that no two processes build it."""
   from configs import stage1
   from penguin_jax.train import data as data_lib
-  demo = tmp_path / "demo"
+  root = tmp_path_factory.mktemp("multihost")
   cfg = stage1.get_config("tiny")
-  cfg.data.demo_dir = str(demo)
-  data_lib.build_demo(cfg, str(tmp_path), data_lib.sample_config(cfg))
-  return demo
+  cfg.data.demo_dir = str(root / "demo")
+  data_lib.build_demo(cfg, str(root), data_lib.sample_config(cfg))
+  return root / "demo"
 
 
-def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path):
+@pytest.fixture(scope="module")
+def reference(demo):
+  """An uninterrupted two-process run of 9 steps: {step: loss}."""
+  wd = demo.parent / "reference"
+  _wait(_two_processes(wd, demo, 9))
+  return _losses(wd)
+
+
+def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path, demo):
   """The one-process and two-process runs go side by side."""
-  demo = _demo(tmp_path)
   one, *two = _wait(_one_process(tmp_path / "one", demo, 3) +
                     _two_processes(tmp_path / "two", demo, 3))
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -106,12 +115,13 @@ def _records(workdir):
   return [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def test_a_lost_process_stops_the_other_with_one_line_and_the_relaunch_resumes_exactly(tmp_path):
+def test_a_lost_process_stops_the_other_with_one_line_and_the_relaunch_resumes_exactly(
+    tmp_path, demo, reference):
   """Process 1 of 2 killed (-9) after step 7: process 0 stops by itself within the
   timeout (6 s here; 60 by default) and a poll, exit 6, one line naming process 1 and the
-  checkpoint on disk. The relaunch resumes from it, and the steps it trains again give the
-  losses logged before the kill (==)."""
-  demo, wd = _demo(tmp_path), tmp_path / "run"
+  checkpoint on disk. The relaunch resumes from it: the steps it trains again give the
+  losses logged before the kill, and every step the uninterrupted run's (==)."""
+  wd = tmp_path / "run"
   procs = _two_processes(wd, demo, 9, "--config.lost_process_timeout_s=6")
   _wait_for_step(wd, 7, procs)
   procs[1].kill()
@@ -137,6 +147,24 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_relaunch_resumes_e
   assert sorted(after) == list(range(1, 10))
   for s in again:
     assert after[s] == before[s], s
+  assert after == reference
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_the_relaunch_resumes_exactly(
+    tmp_path, demo, reference):
+  """SIGTERM to process 1 alone after step 4: both processes save the same step (agreed
+  through JAX's preemption sync point) and exit 0; the relaunch resumes there, and every
+  step's loss == the uninterrupted run's."""
+  wd = tmp_path / "run"
+  procs = _two_processes(wd, demo, 9)
+  _wait_for_step(wd, 4, procs)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = _wait(procs)
+  saved = [int(o.split("SIGTERM: saved step ")[1].split(",")[0]) for o in outs]
+  assert saved[0] == saved[1] and 4 <= saved[0] < 9, saved
+  outs = _wait(_two_processes(wd, demo, 9))
+  assert all(f"resumed from step {saved[0]}" in o for o in outs)
+  assert _losses(wd) == reference
 
 
 def _wait_for_step(workdir, step, procs, timeout=300):

@@ -22,6 +22,7 @@ import signal
 import time
 
 import jax
+from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
 from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
@@ -112,7 +113,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
                          skipped=feed.skipped, sources=feed.source_counts)
   evaluate = make_evaluator(cfg, program, workdir, tokenizer) if cfg.eval.every else None
-  profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm()
+  profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm(jax.process_count())
   nonfinite = NonFinite(cfg, int(jax.device_get(state.skipped_total)))
   save = lambda s: saver.save(s, state, feed.get_state(), cfg.to_dict(), teacher)
   try:
@@ -148,6 +149,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
           save(step)
           writer.wait(time.time() - t)
           _stop_after_failed_writes(saver, cfg)
+        sigterm.after_step(step)
     if saver.latest_on_disk() != step:
       save(step)
     return final(saver, step, sigterm.received)
@@ -193,13 +195,25 @@ def next_batch(feed: DataFeed, sigterm: "Sigterm", cfg, step: int, saver: ckpt.S
 
 
 class Sigterm:
-  """SIGTERM (a preemption) is honoured at any point: between steps it ends the loop
-  after the step; inside `interruptible()` (the data pipeline, which can be busy for
-  long, e.g. skipping samples) it raises `Preempted` at once."""
+  """SIGTERM (a preemption). One process: honoured at any point: between steps it ends
+  the loop after the step; inside `interruptible()` (the data pipeline, which can be busy
+  for long, e.g. skipping samples) it raises `Preempted` at once. Several processes: a
+  signal to any of them stops all at one step, agreed through JAX's coordination service
+  (`multihost_utils.reached_preemption_sync_point`, called after every step; its handler
+  owns SIGTERM then, so a busy pipeline finishes its batch first): every process saves
+  that step and exits 0."""
 
-  def __init__(self):
+  def __init__(self, processes: int = 1):
     self.received, self._inside = False, False
-    signal.signal(signal.SIGTERM, self._handle)
+    self.agreed = processes > 1
+    if not self.agreed:
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def after_step(self, step: int) -> bool:
+    """Whether to stop after `step` (steps done); every process calls it every step."""
+    if self.agreed and multihost_utils.reached_preemption_sync_point(step):
+      self.received = True
+    return self.received
 
   def _handle(self, signum, frame):
     self.received = True
