@@ -44,7 +44,7 @@ def main(argv) -> int:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   runtime.quiet_logs()
   runtime.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                FLAGS.local_device_count, FLAGS.config.lost_process_timeout_s)
+                FLAGS.local_device_count, runtime.lost_process_timeout(FLAGS.config))
   explicit = set(config_flags.get_override_values(FLAGS["config"]))   # set on the command line
   return loop.run(FLAGS.config, FLAGS.workdir, t_start, explicit)
 

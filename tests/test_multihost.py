@@ -29,7 +29,8 @@ def _args(workdir, demo, steps, *extra):
   return [sys.executable, "-m", "launch.train", "--config=configs/stage1.py:tiny",
           f"--workdir={workdir}", f"--config.total_steps={steps}", "--config.log_every=1",
           "--config.checkpoint_every=3", f"--config.data.demo_dir={demo}",
-          "--config.data.global_batch=8", "--config.data.num_shards=2", *extra]
+          "--config.data.global_batch=8", "--config.data.num_shards=2",
+          "--config.data.max_patches=64", *extra]      # some samples skipped (too long)
 
 
 def _start(workdir, demo, steps, *extra):
@@ -100,6 +101,10 @@ def test_two_processes_equal_one_and_each_resumes_on_the_other_count(tmp_path, d
   assert sorted(a) == sorted(b) == [1, 2, 3]
   for s in a:
     assert b[s] == pytest.approx(a[s], abs=1e-5), s
+  # the skips of both processes' pipelines are counted (those of the one process that
+  # reads both shards), not process 0's alone
+  skipped = [_records(w)[-1]["data_skipped"] for w in (tmp_path / "one", tmp_path / "two")]
+  assert skipped[0].get("too_long", 0) > 0 and skipped[1] == skipped[0], skipped
   # elastic resume (data.num_shards fixed at 2): the two-process run's checkpoint goes on
   # in one process on another mesh shape, the one-process run's in two processes
   one, *two = _wait(_one_process(tmp_path / "two", demo, 5, "--config.mesh.data=1",

@@ -113,13 +113,19 @@ class DataFeed:
       return str(self.phases[0])
     return "; ".join(f"from step {p.start}: {p}" for p in self.phases)
 
+  def totals(self) -> tuple[dict, dict]:
+    """({source name: samples in the batches read so far}, {reason: samples skipped so
+    far}), each summed over every process: one collective, which every process calls at
+    the same step. (Skips made in data worker processes stay there: not counted.)"""
+    sources, skipped = collections.Counter(), collections.Counter()
+    for c in gather_json([{"sources": dict(self.counts), "skipped": dict(self.skipped)}]):
+      sources.update(c["sources"])
+      skipped.update(c["skipped"])
+    return dict(sorted(sources.items())), dict(sorted(skipped.items()))
+
   def source_counts(self) -> dict:
-    """{source name: samples in the batches read so far}, summed over every process (a
-    collective: every process calls it at the same step)."""
-    out = collections.Counter()
-    for c in gather_json([dict(self.counts)]):
-      out.update(c)
-    return dict(sorted(out.items()))
+    """{source name: samples in the batches read so far}, all processes (`totals`)."""
+    return self.totals()[0]
 
   def position(self) -> tuple:
     """Where this process's reading is (no gather), for `rewind`."""

@@ -80,7 +80,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   mesh = runtime.mesh(cfg)                    # before any work: a mesh that does not fit
   savers, watch = [], None                    # the saver, once made (for PeerWatch's line)
   if jax.process_count() > 1:
-    watch = runtime.PeerWatch(cfg.lost_process_timeout_s, lambda line: log.error(
+    watch = runtime.PeerWatch(runtime.lost_process_timeout(cfg), lambda line: log.error(
         "stopping: %s; the latest checkpoint on disk is step %s: run again to resume from it",
         line, savers[0].latest_on_disk() if savers else "none"))
   log.info("stage %s:%s, %d process(es), %d device(s)", cfg.stage, cfg.variant,
@@ -111,7 +111,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   writer = MetricsWriter(workdir, program, process_index=jax.process_index(),
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
-                         skipped=feed.skipped, sources=feed.source_counts)
+                         totals=feed.totals)
   evaluate = make_evaluator(cfg, program, workdir, tokenizer) if cfg.eval.every else None
   profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm(jax.process_count())
   nonfinite = NonFinite(cfg, int(jax.device_get(state.skipped_total)))

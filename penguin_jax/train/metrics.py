@@ -7,8 +7,8 @@ tokens, visual tokens and, for the FLOPs, the attention pairs of the packed rows
 compile time. `goodput`: the fraction of wall time since the process started spent in
 training steps, i.e. not in start-up (setup, restore, compile), not waiting for data on
 the host and not blocked on checkpoint writes. `data_skipped`: samples the pipeline
-skipped so far, by reason (this process's shards; counted as the pipeline reads, which
-is ahead of training). `data_sources`: samples each source gave to the batches trained
+skipped so far, by reason (every process's pipelines, not data worker processes';
+counted as the pipeline reads, which is ahead of training). `data_sources`: samples each source gave to the batches trained
 on so far (all processes; per mixture source, data_pipelines/mixture.py)."""
 from __future__ import annotations
 
@@ -45,11 +45,11 @@ def _summary_writer():
 class MetricsWriter:
 
   def __init__(self, workdir: str, program, *, process_index: int, process_count: int,
-               device_count: int, device_kind: str, t_start: float, skipped=None,
-               sources=None):
+               device_count: int, device_kind: str, t_start: float, totals=None):
     self.program, self.nproc = program, process_count
-    self.t_start, self.waiting, self.skipped = t_start, 0.0, skipped
-    self.sources = sources                  # -> {source: samples}; a collective (all processes)
+    self.t_start, self.waiting = t_start, 0.0
+    # -> ({source: samples}, {reason: skipped}) of all processes; a collective (DataFeed.totals)
+    self.totals = totals
     self.total_steps = program.cfg.total_steps
     self.seq_len = program.cfg.data.seq_len
     self.peak = flops_lib.peak_flops_per_device(device_kind=device_kind) * device_count
@@ -84,6 +84,7 @@ class MetricsWriter:
     """One log line from the (fetched) metrics of the last step."""
     now = time.time()
     dt = max(now - self.t_last, 1e-9)
+    sources, skipped = self.totals() if self.totals else ({}, {})
     skip = ("label_tokens", "dropped_label_tokens", "correct_tokens", "skipped",
             "nonfinite_in_a_row", "skipped_total")
     rec = {"step": step, **{k: float(v) for k, v in m.items() if k not in skip},
@@ -92,8 +93,7 @@ class MetricsWriter:
            "tokens_per_s": self.acc["tokens"] / dt, "visual_tokens_per_s": self.acc["visual"] / dt,
            "step_time_s": dt / max(self.steps, 1),
            "goodput": max(0.0, now - self.t_loop - self.waiting) / max(now - self.t_start, 1e-9),
-           "data_skipped": dict(self.skipped or {}),
-           "data_sources": self.sources() if self.sources else {}}
+           "data_skipped": skipped, "data_sources": sources}
     if "correct_tokens" in m:                   # per-token accuracy of the LM loss
       rec["accuracy"] = int(m["correct_tokens"]) / max(int(m["label_tokens"]), 1)
     eta = (self.total_steps - step) * rec["step_time_s"]

@@ -47,6 +47,12 @@ def start(coordinator_address: Optional[str] = None, num_processes: Optional[int
     jax.distributed.initialize(**beat)
 
 
+def lost_process_timeout(cfg) -> int:
+  """`config.lost_process_timeout_s`; a config file written before the field (a user's
+  copy of an older configs/) gets configs/common.py's default."""
+  return cfg.get("lost_process_timeout_s", 60)
+
+
 class PeerWatch:
   """A lost process stops the others of a multi-process run, with one line (docs/faults.md).
 
