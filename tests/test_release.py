@@ -105,3 +105,24 @@ def test_the_fixture_is_what_its_readme_says():
   d = json.load(open(os.path.join(FIXTURE, "vlm", "config.json")))
   assert d["model_type"] == "penguinvl_qwen3" and d["transformers_version"] in readme
   assert os.path.isfile(os.path.join(FIXTURE, "vlm", "penguin_encoder", "config.json"))
+
+
+def test_save_pretrained_writes_the_tensors_the_release_wrote(release, tmp_path):
+  """The release's folder, loaded and saved again by us: the VLM's and the encoder's
+  safetensors hold the tensors its own `save_pretrained` wrote (names, shapes, dtypes,
+  values), and the config keys both write agree (but the paths to the encoder)."""
+  from penguin_jax import safetensors_io
+  model, params = release
+  penguin_jax.save_pretrained(model, params, str(tmp_path / "out"))
+  for ours, theirs in [("model.safetensors", "vlm/model.safetensors"),
+                       ("penguin_encoder/model.safetensors", "encoder/model.safetensors")]:
+    a = safetensors_io.load_file(str(tmp_path / "out" / ours))
+    b = safetensors_io.load_file(os.path.join(FIXTURE, theirs))
+    assert sorted(a) == sorted(b) and len(b) > 10, ours
+    for k in b:
+      assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  ca = json.load(open(tmp_path / "out" / "config.json"))
+  cb = json.load(open(os.path.join(FIXTURE, "vlm", "config.json")))
+  differ = {k for k in cb.keys() & ca.keys() if ca[k] != cb[k]}
+  assert differ == {"mm_vision_encoder", "vision_encoder"}, differ      # the encoder's path
