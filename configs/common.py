@@ -130,6 +130,9 @@ def base(variant: str) -> mlc.ConfigDict:
   # 0 = one per process. Fix it (e.g. 2) to get the same global batches, and an exact
   # resume, whatever the number of processes (it must be a multiple of them).
   c.data.num_shards = 0
+  # A checkpoint with another number of shards is an error naming both; True: resume it
+  # anyway, the data starting again from a new shuffle (a warning; samples may repeat).
+  c.data.reshard = False
   # A checkpoint's preprocessor_config.json (the file or its folder, e.g. a released
   # encoder's) wins over image_mean / image_std; the run records the values it used.
   c.data.preprocessor_config = ""

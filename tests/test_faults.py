@@ -11,7 +11,6 @@ nothing), each with its documented outcome (README, "What survives what"):
   no sample fits, empty or corrupt shards, corrupt       one line (exit 2) / named skips
   records, misspelt config fields, a second run
 """
-import errno
 import glob
 import logging
 import os
@@ -25,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from penguin_jax.train import checkpoint as ckpt
@@ -289,6 +287,25 @@ def test_a_corrupt_latest_checkpoint_is_moved_aside_and_the_previous_one_resumes
   assert sorted(os.listdir(wd / "checkpoints")) == ["10", "20", "30", "corrupt-30"]
   m = metrics(wd)
   _same_losses(m, ref, (25, 30))
+
+
+@pytest.mark.slow
+def test_another_number_of_data_shards_is_one_line_unless_reshard(uninterrupted):
+  """The reference run's checkpoint (1 data shard) resumed with data.num_shards=2: one
+  line naming both (exit 2); with data.reshard=True a warning, and the run goes on from
+  its step to the end."""
+  root, _, _ = uninterrupted
+  wd = root / "reshard"
+  shutil.copytree(root / "a", wd)
+  more = ("--config.total_steps=32", "--config.data.num_shards=2")
+  r = run(wd, root / "demo", *more)
+  assert r.returncode == 2, r.stderr[-3000:]
+  assert ("the checkpoint has 1 data shards, this run 2: set config.data.num_shards=1"
+          in r.stderr) and "Traceback" not in r.stderr
+  r = run(wd, root / "demo", *more, "--config.data.reshard=True")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "config.data.reshard: the checkpoint has 1 data shards, this run 2" in r.stderr
+  assert "resumed from step 30" in r.stderr and max(metrics(wd)) == 32
 
 
 def _tiny_checkpoints(wd, steps=(1, 2)):

@@ -16,6 +16,7 @@ batches read, so a resume continues in the right phase at the right place.
 from __future__ import annotations
 
 import collections
+import logging
 import dataclasses
 
 import jax
@@ -24,6 +25,8 @@ import numpy as np
 from data_pipelines import pipeline as pipe
 from penguin_jax.train import data as data_lib
 from penguin_jax.train.checkpoint import gather_json
+
+log = logging.getLogger("train")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +71,16 @@ class DataFeed:
     self.batches = 0                          # batches read (= the training step)
     self._open(0)
 
-  def _open(self, phase: int):
-    """This process's pipelines for phase `phase`, from its beginning."""
+  def _open(self, phase: int, reshuffle: int = 0):
+    """This process's pipelines for phase `phase`, from its beginning (`reshuffle` > 0:
+    in another order, seeded by it: `data.reshard`)."""
     self.phase = phase
     ph, cfg = self.phases[phase], self.cfg
     scfg, pcfg = data_lib.sample_config(cfg), data_lib.pipeline_config(cfg)
     src = ph.sources[0] if len(ph.sources) == 1 else list(zip(ph.sources, ph.weights))
     self.iters = [iter(pipe.make_dataset(src, self.tokenizer, scfg, pcfg, batch_size=self.rows,
-                                         seed=cfg.seed + 1000 * phase, shard_index=s,
+                                         seed=cfg.seed + 1000 * phase + 7919 * reshuffle,
+                                         shard_index=s,
                                          shard_count=self.num_shards, one_pass=self.one_pass,
                                          skipped=self.skipped))
                   for s in self.shards]
@@ -148,18 +153,26 @@ class DataFeed:
             "batches": self.batches, "sources": self.source_counts()}
 
   def set_state(self, data_state: dict):
-    if len(data_state["shards"]) != self.num_shards:
-      raise ValueError(f"the checkpoint has {len(data_state['shards'])} data shards, this run "
-                       f"{self.num_shards}: set config.data.num_shards={len(data_state['shards'])}")
     phase = int(data_state.get("phase", 0))          # checkpoints before phases: one phase
     if phase >= len(self.phases):
       raise ValueError(f"the checkpoint is in data phase {phase}, this run has "
                        f"{len(self.phases)} (config.data.phases changed)")
-    if phase != self.phase:
-      self._open(phase)
     self.batches = int(data_state.get("batches", self.phases[phase].start))  # = the step
     # the totals of every process, kept once (on process 0), so that the sum stays right
     self.counts = collections.Counter(data_state.get("sources", {}) if self.pid == 0 else {})
+    had = len(data_state["shards"])
+    if had != self.num_shards:
+      if not self.cfg.data.get("reshard", False):
+        raise ValueError(f"the checkpoint has {had} data shards, this run {self.num_shards}: set "
+                         f"config.data.num_shards={had} (or config.data.reshard=True: the data "
+                         "order starts again from a new shuffle)")
+      log.warning("config.data.reshard: the checkpoint has %d data shards, this run %d; the "
+                  "data of phase %d starts again from a new shuffle at step %d (samples "
+                  "already trained on may come again)", had, self.num_shards, phase, self.batches)
+      self._open(phase, reshuffle=self.batches + 1)
+      return
+    if phase != self.phase:
+      self._open(phase)
     for it, s in zip(self.iters, self.shards):
       it.set_state(data_state["shards"][s])
 
