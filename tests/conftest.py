@@ -8,6 +8,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# libtpu (the TPU-compile tests, in-process and in launch.aot subprocesses) takes a lock
+# file for the machine's chips; compiling for topologies uses none, and under xdist two
+# processes load it at once
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # made in the controlling process, inherited by the xdist workers (tests/train_runs.py)
 os.environ.setdefault("PENGUIN_TESTS_JAX_CACHE", tempfile.mkdtemp(prefix="penguin_tests_jax_cache_"))
 

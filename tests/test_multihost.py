@@ -139,7 +139,7 @@ def test_a_lost_process_stops_the_other_with_one_line_and_the_relaunch_resumes_e
   lines = [l for l in out.splitlines() if "stopping: process 1 of 2 is lost" in l]
   assert len(lines) == 1 and "run again to resume from it" in lines[0], out[-3000:]
   assert "Traceback" not in out, out
-  assert took < 6 + 6 / 6 + 5, took
+  assert took < 6 + 15, took          # the timeout, a poll (1 s), slack for a loaded machine
   before = {}
   for r in _records(wd):
     before.setdefault(r["step"], r["loss"])      # the first value of each step
