@@ -123,15 +123,16 @@ def first_strict_failure(result, split: str, path: str, folder: str, tokenizer, 
   lines = [d.min for d in lines if d is not None and d.count]
   if not lines:
     return None
+  first = min(lines)
   for n, item in records.read_jsonl(path):
-    if n == min(lines):
+    if n == first:
       try:
         list(validate.valid_records([(n, item)], folder, tokenizer, scfg, collections.Counter(),
                                     True, _say, allow_outside))
       except BadSample as e:
         return e
       break
-  return BadSample("unknown", f"line {min(lines)} of {path} failed in a worker, not here")
+  return BadSample("unknown", f"line {first} of {path} failed in a worker, not here")
 
 
 def counts_from(result) -> dict:

@@ -94,22 +94,27 @@ def media_bytes(entry, data_folder: str, allow_outside: bool = False, folder_ok:
   return buf.getvalue()
 
 
+def is_remote(path) -> bool:
+  """gs://..., s3://...: a path epath opens through fsspec."""
+  return "://" in os.fspath(path)
+
+
 def under(root: str, path: str) -> str:
   """`path` (local or remote) taken relative to `root` unless it is absolute or remote."""
-  return path if "://" in path or os.path.isabs(path) else posixpath.join(os.fspath(root), path)
+  return path if is_remote(path) or os.path.isabs(path) else posixpath.join(os.fspath(root), path)
 
 
 def absolute(path: str) -> str:
   """A local path made absolute; a remote one (gs://...) as it is."""
-  return path if "://" in path else os.path.abspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
 
 
 def _inside(data_folder: str, entry: str) -> bool:
   """Whether `entry` (relative to `data_folder`) stays inside it: symlinks resolved on a
   local disk; on an object store (no symlinks) `..` and absolute paths normalised."""
   folder = os.fspath(data_folder)
-  if "://" in folder:
-    if "://" in entry or entry.startswith("/"):
+  if is_remote(folder):
+    if is_remote(entry) or entry.startswith("/"):
       return False
     return not posixpath.normpath(entry).startswith("..")
   root = os.path.realpath(folder)
@@ -161,8 +166,7 @@ class JsonlSource:
     if not epath.Path(path).is_file():
       raise FileNotFoundError(f"{path}: no such file")
     self.path, self.allow_outside = path, allow_outside
-    self.folder = data_folder or (os.fspath(epath.Path(path).parent) if "://" in path else
-                                  os.path.dirname(os.path.abspath(path)))
+    self.folder = data_folder or os.path.dirname(absolute(path))
     self.offsets = []                 # (line number, byte offset) of each non-empty line
     with epath.Path(path).open("rb") as f:
       pos = 0

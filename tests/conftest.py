@@ -64,6 +64,15 @@ def qwen3_untied(tmp_path_factory):
   return path, tiny_qwen3_hf(path, tied=False, seed=1)
 
 
+@pytest.fixture
+def gcs():
+  """The in-memory GCS stand-in (tests/fake_gcs.py), empty: -> "gs://bucket"."""
+  import fake_gcs
+  fake_gcs.install()
+  yield "gs://bucket"
+  fake_gcs.FakeGCS.store.clear()
+
+
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
   """The reference run of test_train / test_faults: tiny stage 1a, 30 steps, in ROOT/a,

@@ -16,13 +16,6 @@ from data_pipelines import build, records, tfds_penguin
 from test_build import TWELVE, make_dataset
 
 
-@pytest.fixture
-def gcs():
-  fake_gcs.install()
-  yield "gs://bucket"
-  fake_gcs.FakeGCS.store.clear()
-
-
 def _dataset(root):
   """test_build's twelve bad kinds and three good samples, a frame-folder video (frames
   in name order) and a path that leads out of the media folder."""

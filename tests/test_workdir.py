@@ -8,18 +8,10 @@ import os
 import pytest
 from etils import epath
 
-import fake_gcs
 from configs import stage1
 from penguin_jax.sharding import make_mesh
 from penguin_jax.train import program as program_lib, workdir as workdir_lib
 from penguin_jax.train.metrics import MetricsWriter
-
-
-@pytest.fixture
-def gcs():
-  fake_gcs.install()
-  yield "gs://bucket/run"
-  fake_gcs.FakeGCS.store.clear()
 
 
 def _metrics(**kw):
@@ -33,7 +25,7 @@ def test_metrics_and_tensorboard_go_to_the_workdir(gcs, tmp_path, where):
   cfg = stage1.get_config("tiny")
   cfg.data.global_batch = 8
   program = program_lib.build(cfg, make_mesh())
-  root = gcs if where == "gs" else str(tmp_path / "run")
+  root = f"{gcs}/run" if where == "gs" else str(tmp_path / "run")
   workdir_lib.make(root)
   kw = dict(process_index=0, process_count=1, device_count=1, device_kind="cpu", t_start=0.0)
   w = MetricsWriter(root, program, **kw)
@@ -50,12 +42,13 @@ def test_metrics_and_tensorboard_go_to_the_workdir(gcs, tmp_path, where):
 
 
 def test_the_run_lock_works_on_gcs(gcs):
-  workdir_lib.make(gcs)
-  workdir_lib.lock(gcs)
-  lock = epath.Path(gcs) / "run.lock"
+  run = f"{gcs}/run"
+  workdir_lib.make(run)
+  workdir_lib.lock(run)
+  lock = epath.Path(run) / "run.lock"
   assert lock.read_text().split()[1] == str(os.getpid())
   with pytest.raises(ValueError, match=f"is in use by another run \\(pid {os.getpid()}"):
-    workdir_lib.lock(gcs)
+    workdir_lib.lock(run)
   lock.write_text(f"{lock.read_text().split()[0]} 999999999")   # a run that is gone
-  workdir_lib.lock(gcs)
+  workdir_lib.lock(run)
   assert lock.read_text().split()[1] == str(os.getpid())

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A plain one-device CPU run (conftest gives the pytest process 8 devices), with the
@@ -12,8 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # "auto" reads it), never the user's. (Not the pytest process's: its programs are
 # compiled once.)
 ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
-       "JAX_COMPILATION_CACHE_DIR": os.environ.get("PENGUIN_TESTS_JAX_CACHE") or
-                                    tempfile.mkdtemp(prefix="penguin_tests_jax_cache_")}
+       "JAX_COMPILATION_CACHE_DIR": os.environ["PENGUIN_TESTS_JAX_CACHE"]}
 
 
 def cmd(workdir, demo_dir, *extra, config="stage1.py:tiny"):

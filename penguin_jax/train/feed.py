@@ -16,8 +16,8 @@ batches read, so a resume continues in the right phase at the right place.
 from __future__ import annotations
 
 import collections
-import logging
 import dataclasses
+import logging
 
 import jax
 import numpy as np

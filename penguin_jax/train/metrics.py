@@ -8,8 +8,9 @@ compile time. `goodput`: the fraction of wall time since the process started spe
 training steps, i.e. not in start-up (setup, restore, compile), not waiting for data on
 the host and not blocked on checkpoint writes. `data_skipped`: samples the pipeline
 skipped so far, by reason (every process's pipelines, not data worker processes';
-counted as the pipeline reads, which is ahead of training). `data_sources`: samples each source gave to the batches trained
-on so far (all processes; per mixture source, data_pipelines/mixture.py)."""
+counted as the pipeline reads, which is ahead of training). `data_sources`: samples each
+source gave to the batches trained on so far (all processes; per mixture source,
+data_pipelines/mixture.py)."""
 from __future__ import annotations
 
 import json
