@@ -1,11 +1,18 @@
 """The real Qwen3 tokenizer (docs/design.md §1.1) against an independent BPE implementation."""
+import base64
+import hashlib
+import json
+import os
 import unicodedata
 
 import pytest
+import tiktoken
 
 from data_pipelines.tokenizer import (IMAGE_TOKEN_ID, QWEN3_SPECIAL_TOKENS, QWEN_PATTERN,
                                       Qwen3Tokenizer, default_vocab_file)
 
+FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "qwen_tokenizer",
+                       "reference.json")
 TEXT = ("<|im_start|>user\n<image>\nWhat's in the picture? 图片里有什么？ "
         "def f(x):\n    return x ** 2  # 😀🐧 café naïve\n\n</think>\t  12345 "
         "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nA penguin 企鹅.<|im_end|>")
@@ -52,6 +59,44 @@ def test_ids_equal_qwen_tokenizer_package(tok):
   other = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
   plain = "Hello world, 你好世界! 12345 😀 code: x**2"
   assert tok.encode(plain) == list(other.encode(plain))
+
+
+def _llama_cpp_reference() -> dict:
+  """Ids from Hugging Face's tokenizer on Qwen's own tokenizer.json, as llama.cpp recorded
+  them (tests/fixtures/qwen_tokenizer/README.md)."""
+  with open(FIXTURE, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def test_vocabulary_equals_qwens_tokenizer_json(tok):
+  """The 151,643 ranks and the first special ids equal those of Qwen's own tokenizer.json
+  (via llama.cpp's copy of it)."""
+  ref = _llama_cpp_reference()
+  ranks = tok._b._mergeable_ranks                      # bytes -> rank (tiktoken's)
+  raw = sorted(ranks, key=ranks.get)
+  assert len(raw) == ref["ranks"]
+  assert hashlib.sha256(b"\n".join(base64.b64encode(t) for t in raw)).hexdigest() == \
+      ref["ranks_sha256"]
+  assert {t: tok.token_to_id(t) for t in ref["special_ids"]} == ref["special_ids"]
+
+
+def test_ids_equal_qwens_tokenizer_on_hard_texts(tok, tmp_path):
+  """46 texts chosen to break tokenizers (whitespace runs, digits, emoji with joiners,
+  Khmer, Vietnamese, code): our ids == Hugging Face's on Qwen's tokenizer.json, on both
+  our paths (tiktoken offline, and a tokenizer.json through `tokenizers`)."""
+  cases = _llama_cpp_reference()["cases"]
+  assert len(cases) == 46
+  _hf_reference().save(str(tmp_path / "tokenizer.json"))
+  from_json = Qwen3Tokenizer.load(str(tmp_path))
+  for c in cases:
+    assert tok.encode(c["text"]) == c["ids"], c["text"]
+    assert from_json.encode(c["text"]) == c["ids"], c["text"]
+  # negative control: the same ranks split without the pattern's `\s+(?!\S)` (which
+  # leaves the last space of a run to the next word) differ on the indented texts only
+  control = tiktoken.Encoding("control", pat_str=QWEN_PATTERN.replace(r"|\s+(?!\S)", ""),
+                              mergeable_ranks=tok._b._mergeable_ranks, special_tokens={})
+  differ = [c["text"] for c in cases if control.encode(c["text"]) != c["ids"]]
+  assert differ == ["  Hello", "   Hello", "    Hello", "    Hello\n    Hello"]
 
 
 def test_missing_tokenizer_json_is_clear(tmp_path):
