@@ -18,23 +18,27 @@ weighted mixture of sources (`mixture.py`: [(source, weight), ...]). A batch
     visual_positions                                  [batch, max_visual]    seq_len = padding
     token_segment_ids                                 [batch, max_visual]    frame of each token
     data_sources                                      [batch, num_sources]   samples per source
-                                                      (host-side: not fed to the model)
+    data_skipped                                      [batch, len(REASONS)]  skips by reason
+                                                      (these two host-side: not fed to the model)
 
 One pipeline reads shard `shard_index` of `shard_count` (every shard_count-th record);
 `workers` > 0 decodes in worker processes; the iterator's `get_state()` / `set_state()`
 restore the exact stream (orbax checkpoints it). A sample that cannot fit a row, that fails
 to decode, or that its source could not give (`records.Skipped`: a damaged record, a
-missing file) is counted by reason in the `skipped` counter the caller owns, logged the
-first `LOGGED_PER_REASON` times per reason (the run's log lines carry the counts), and
-skipped; `max_skips_in_a_row` skips without one usable sample stop the pipeline with
-`NoProgress` (one line saying why) instead of skipping forever.
+missing file) is skipped: counted by reason in the `skipped` counter of the process that
+decoded it and logged the first `LOGGED_PER_REASON` times per reason (the run's log lines
+carry the counts); its count also rides on the next usable sample of its shard
+(`CarrySkips`) into the batch's `data_skipped`, so that the reader counts the skips of
+worker processes too, each once, with the batches read. `max_skips_in_a_row` skips without
+one usable sample stop the pipeline with `NoProgress` (one line saying why) instead of
+skipping forever.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
 import logging
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import grain
 import grain.experimental as gx
@@ -42,7 +46,7 @@ import numpy as np
 from absl import flags
 
 from data_pipelines import mixture, sample as sample_lib
-from data_pipelines.errors import BadSample
+from data_pipelines.errors import REASONS, BadSample
 from data_pipelines.records import Skipped
 from penguin_jax.settings import setting
 
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 LOGGED_PER_REASON = 5        # skip lines per reason; then only the counts (log lines, metrics)
 WORKER_BUFFER = 2            # batches each worker process keeps ready
+COUNT_BITS = 24              # a `skips` entry: reason index << COUNT_BITS | count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +101,9 @@ def finalize_row(row: dict, seq_len: int, num_sources: int = 1) -> dict:
   pframe = np.where(pseg > 0, row["patch_frame"] + frame_off[pseg], 0)
   tframe = np.where(valid_v, row["token_frame"] + frame_off[vseg], 0)
   labels = np.where(tseg > 0, row["labels"], IGNORE_INDEX)
+  carried = row["skips"][row["skips_segment_ids"] > 0]
+  skipped = np.bincount(carried >> COUNT_BITS, weights=carried & ((1 << COUNT_BITS) - 1),
+                        minlength=len(REASONS))
   return {
       "input_ids": row["input_ids"].astype(np.int32),
       "labels": labels.astype(np.int32),
@@ -109,12 +117,46 @@ def finalize_row(row: dict, seq_len: int, num_sources: int = 1) -> dict:
       "visual_positions": vis.astype(np.int32),
       "token_segment_ids": tframe.astype(np.int32),
       "data_sources": per_source[:num_sources].astype(np.int32),
+      "data_skipped": skipped.astype(np.int32),
   }
 
 
+class Skip(NamedTuple):
+  """What `Featurize` gives for a skipped sample (its reason), for `CarrySkips`."""
+  reason: str
+
+
+class CarrySkips:
+  """In record order (a sequential map after Featurize's parallel one): a `Skip` -> None,
+  its count kept until the next usable sample, which carries one pending reason's count
+  (`skips`: [index in errors.REASONS << COUNT_BITS | count] or []: at most one entry per
+  sample, so never more than a row's tokens). In a one-pass read nothing is carried (the
+  caller's `skipped` counter is exact there, and skips after the last sample would have
+  no sample to ride on)."""
+
+  def __init__(self, carry: bool):
+    self.carry, self.pending = carry, collections.Counter()
+
+  def __call__(self, f):
+    if isinstance(f, Skip):
+      if self.carry:
+        self.pending[f.reason] += 1
+      return None
+    f["skips"] = np.zeros(0, np.int32)
+    if self.pending:
+      reason = next(iter(self.pending))
+      n, cap = self.pending.pop(reason), (1 << COUNT_BITS) - 1
+      if n > cap:                                   # the rest rides on the next sample
+        self.pending[reason], n = n - cap, cap
+      f["skips"] = np.array([REASONS.index(reason) << COUNT_BITS | n], np.int32)
+    return f
+
+
 class Featurize:
-  """A record (or a source's `Skipped`) -> `sample.features`, or None for a sample to skip
-  (counted by reason in `skipped`, logged the first few times per reason)."""
+  """A record (or a source's `Skipped`) -> `sample.features`, or `Skip` for a sample to
+  skip (counted by reason in `skipped`, logged the first few times per reason). Grain
+  calls it from several threads; `CarrySkips` then puts the skips on the samples, in
+  order."""
 
   def __init__(self, tokenizer, scfg: sample_lib.SampleConfig, pcfg: PipelineConfig,
                skipped: collections.Counter):
@@ -153,17 +195,19 @@ class Featurize:
               f"max_visual_tokens ({c.max_visual_tokens}) or filter the data"
               if "too_long" in self.in_a_row else "check the data")
       raise NoProgress(f"no usable sample in the last {n} ({reasons}): {hint}")
-    return None
+    return Skip(reason)
 
 
 def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig, pcfg: PipelineConfig, *,
                  batch_size: int, seed: int = 0, shard_index: int = 0, shard_count: int = 1,
                  one_pass: bool = False, skipped: Optional[collections.Counter] = None):
   """A Grain IterDataset of packed batches (see the module docstring). `one_pass`: the
-  records once, in order, the last batch smaller (evaluation); else shuffled by `seed`
-  and repeated forever. `source`: a random-access source, or [(source, weight), ...]
-  mixed by weight (`mixture.mixed`; not with `one_pass`). `skipped`: the counter skips
-  are counted in (the caller's)."""
+  records once, in order, the last batch smaller, decoded in this process (evaluation);
+  else shuffled by `seed` and repeated forever, skips carried in the batches'
+  `data_skipped`. `source`: a random-access source, or [(source, weight), ...] mixed by
+  weight (`mixture.mixed`; not with `one_pass`). `skipped`: a counter of this process's
+  skips (the caller's; with `one_pass` every skip, also those after the last usable
+  sample, which no batch carries)."""
   if scfg.seq_len is None:
     raise ValueError("SampleConfig.seq_len is the row length: it must be set to pack rows")
   parts = list(source) if isinstance(source, (list, tuple)) else [(source, 1.0)]
@@ -176,18 +220,19 @@ def make_dataset(source, tokenizer, scfg: sample_lib.SampleConfig, pcfg: Pipelin
   ds = ds[shard_index::shard_count]                         # this shard's records
   featurize = Featurize(tokenizer, scfg, pcfg,
                         skipped if skipped is not None else collections.Counter())
-  it = ds.map(featurize).filter(lambda x: x is not None).to_iter_dataset()
+  it = ds.map(featurize).to_iter_dataset().map(CarrySkips(carry=not one_pass))
+  it = it.filter(lambda x: x is not None)
   V, P, S = pcfg.max_visual_tokens, pcfg.max_patches, scfg.seq_len
   lengths = {"input_ids": S, "labels": S, "patches": P, "patch_frame": P,
              "patch_positions": P, "merge_index": V, "merge_weight": V, "token_frame": V,
-             "visual_positions": V, "source": S}
+             "visual_positions": V, "source": S, "skips": S}
   packer = {"first_fit": gx.FirstFitPackIterDataset,
             "best_fit": gx.BestFitPackIterDataset}[pcfg.packing]
   it = packer(it, length_struct=lengths, num_packing_bins=pcfg.packing_bins, seed=seed,
               shuffle_bins=not one_pass)
   it = it.map(lambda row: finalize_row(row, S, len(parts)))
   it = it.batch(batch_size, drop_remainder=not one_pass)
-  if pcfg.workers > 0:
+  if pcfg.workers > 0 and not one_pass:
     if not flags.FLAGS.is_parsed():  # Grain reads absl flags; outside an absl app, defaults
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=pcfg.workers,

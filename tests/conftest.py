@@ -1,7 +1,9 @@
 """Test setup: 8 CPU devices for sharding tests, float32 matmuls, tiny HF models; the
 suite's runs share one JAX compilation cache; under pytest-xdist (pytest.ini), the tests
 of one expensive session fixture run in one worker, which makes it once."""
+import contextlib
 import os
+import subprocess
 import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -115,3 +117,28 @@ def runs(tmp_path_factory, quick_demo):
   out = {name: (wd, export(wd, root / f"{name}_hf", "--dtype=float32"))
          for name, wd in (("plain", w / "stage3"), ("mesh", root / "mesh"))}
   return {**out, "data": data}
+
+
+@contextlib.contextmanager
+def read_only(path):
+  """`path` (a folder, its files kept) made read-only for the code under test: a read-only
+  bind mount onto itself as root (to whom permission bits mean nothing), else chmod."""
+  path = str(path)
+  os.makedirs(path, exist_ok=True)
+  if os.geteuid() != 0:
+    os.chmod(path, 0o555)
+    try:
+      yield
+    finally:
+      os.chmod(path, 0o755)
+    return
+  for args in (["--bind", path, path], ["-o", "remount,bind,ro", path]):
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode:
+      subprocess.run(["umount", path], capture_output=True)
+      pytest.skip(f"root without mount (`mount {' '.join(args)}`: {r.stderr.strip()}): no way "
+                  "to make a folder read-only for root here")
+  try:
+    yield
+  finally:
+    subprocess.run(["umount", path], check=True)

@@ -12,6 +12,7 @@ nothing), each with its documented outcome (README, "What survives what"):
   records, misspelt config fields, a second run
 """
 import glob
+import json
 import logging
 import os
 import random
@@ -245,7 +246,9 @@ def test_a_killed_data_worker_stops_the_run_with_one_line(uninterrupted):
   ahead: the failure surfaces when the main process reaches the lost batches)."""
   root, _, _ = uninterrupted
   wd = root / "worker"
-  p = subprocess.Popen(cmd(wd, root / "demo", "--config.data.workers=2"), cwd=REPO, env=ENV,
+  p = subprocess.Popen(cmd(wd, root / "demo", "--config.data.workers=2",
+                           "--config.data.max_patches=56"),      # some samples too long
+                       cwd=REPO, env=ENV,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   _wait_for(lambda: _last_step(wd) >= 12 and (wd / "checkpoints" / "10").is_dir(), p)
   os.kill(_workers_of(p.pid)[0], signal.SIGKILL)
@@ -256,6 +259,9 @@ def test_a_killed_data_worker_stops_the_run_with_one_line(uninterrupted):
   on_disk = int(re.search(r"the latest checkpoint on disk is step (\d+): run again to resume "
                           r"from it", line[0]).group(1))
   assert on_disk >= 10 and (wd / "checkpoints" / str(on_disk)).is_dir()
+  # the skips made in the worker processes reached the counts (they ride in the batches)
+  logged = [json.loads(l)["data_skipped"] for l in open(wd / "metrics.jsonl")]
+  assert logged[-1].get("too_long", 0) > 0, logged[-1]
 
 
 def _corrupt_latest(wd):

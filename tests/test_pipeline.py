@@ -160,3 +160,56 @@ def test_skips_are_counted_logged_a_few_times_per_reason_and_named(shards, tmp_p
   assert sum(bool(re.match(r"skip gone\d: missing_file \(nope.png\)", m)) for m in named) \
       == P.LOGGED_PER_REASON
   assert any(m.startswith("skip line 10: invalid_json") for m in named)
+
+
+def _with_bad_lines(shards, tmp_path) -> records.JsonlSource:
+  """The 20 good samples of `shards`, then 4 with a missing image and 2 lines not JSON."""
+  source, _, _ = shards
+  lines = open(source.path).read().splitlines()
+  lines += [json.dumps({"id": f"gone{i}", "image": ["nope.png"], "conversations": [
+      {"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "X."}]})
+      for i in range(4)] + ["{oops", "[1, 2"]
+  (tmp_path / "bad.jsonl").write_text("\n".join(lines) + "\n")
+  return records.JsonlSource(str(tmp_path / "bad.jsonl"), source.folder)
+
+
+def _carried(shards, source, cfg, batches: int):
+  """(samples, {reason: skips}) in `batches` batches, from the batches' own fields."""
+  _, scfg, tok = shards
+  it = iter(P.make_dataset(source, tok, scfg, cfg, **KW))
+  samples, skips = 0, np.zeros(len(P.REASONS), np.int64)
+  for _ in range(batches):
+    b = next(it)
+    samples += int(b["data_sources"].sum())
+    skips += b["data_skipped"].sum(0)
+  return samples, {r: int(n) for r, n in zip(P.REASONS, skips) if n}
+
+
+def test_skips_ride_in_the_batches(shards, tmp_path):
+  """Each skip's count travels on a later usable sample into `data_skipped`: over many
+  epochs of 20 good and 6 bad records the batches carry 6 skips per 20 samples (4
+  missing_file, 2 invalid_json), up to the skips still waiting for a sample."""
+  samples, skips = _carried(shards, _with_bad_lines(shards, tmp_path), CFG, 40)
+  assert set(skips) == {"missing_file", "invalid_json"}
+  assert abs(skips["missing_file"] - samples * 4 / 20) <= 4 + 4
+  assert abs(skips["invalid_json"] - samples * 2 / 20) <= 2 + 2
+  assert samples > 100
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_skips_made_in_worker_processes_are_counted(shards, tmp_path):
+  """With 2 worker processes the skips happen there (the caller's counter sees none) and
+  still reach the batches, in the same proportion as in one process."""
+  import collections
+  cfg = P.PipelineConfig(**{**CFG.__dict__, "workers": 2})
+  source = _with_bad_lines(shards, tmp_path)
+  here = collections.Counter()
+  _, scfg, tok = shards
+  it = iter(P.make_dataset(source, tok, scfg, cfg, **KW, skipped=here))
+  next(it)
+  assert not here                                  # decoded in the workers
+  samples, skips = _carried(shards, source, cfg, 40)
+  assert set(skips) == {"missing_file", "invalid_json"}
+  assert abs(skips["missing_file"] - samples * 4 / 20) <= 2 * (4 + 4)
+  assert abs(skips["invalid_json"] - samples * 2 / 20) <= 2 * (2 + 2)

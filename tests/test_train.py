@@ -13,6 +13,7 @@ import pytest
 
 import penguin_jax
 from penguin_jax.teacher import ViTTeacher
+from conftest import read_only
 from train_runs import ENV, REPO
 
 
@@ -86,17 +87,21 @@ def test_no_variant_is_the_paper_2b_and_a_laptop_gets_one_line_naming_tiny(tmp_p
   assert not (tmp_path / "w").exists()
 
 
-def test_a_workdir_that_cannot_be_a_folder_is_one_line(tmp_path, monkeypatch):
+def test_a_workdir_that_cannot_be_a_folder_is_one_line(tmp_path):
   (tmp_path / "file").write_text("x")
   err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "file")
   assert f"--workdir={tmp_path / 'file'} is a file; give a folder" in err
   err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "file" / "run")
   assert "cannot make the folder" in err
-  # not writable (as root nothing is unwritable: the check itself, in process)
-  from penguin_jax.train import workdir
-  monkeypatch.setattr(os, "access", lambda *_: False)
-  with pytest.raises(ValueError, match="the folder is not writable"):
-    workdir.make(str(tmp_path / "ro"))
+  with read_only(tmp_path / "ro"):
+    err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "ro")
+  assert f"--workdir={tmp_path / 'ro'}: the folder is not writable (" in err
+  # a writable workdir whose checkpoint folder is read-only: refused before any work
+  ckpts = tmp_path / "w" / "checkpoints"
+  with read_only(ckpts):
+    err = _one_line_error("--config=configs/stage1.py:tiny", workdir=tmp_path / "w")
+  assert f"the checkpoint folder {ckpts}: the folder is not writable (" in err
+  assert not (tmp_path / "w" / "metrics.jsonl").exists()
 
 
 def test_a_mesh_that_does_not_fit_says_how_to_get_the_devices(tmp_path):

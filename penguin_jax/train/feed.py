@@ -4,9 +4,10 @@ The global batch of `global_batch` rows is cut into `num_shards` data shards (a 
 number, so that the global batches and an exact resume do not depend on how many
 processes read them); each process reads its own shards with the Grain pipeline and
 contributes their rows to the global arrays, which get the shapes, dtypes and shardings
-of the training program's `abstract_batch`. The feed owns the count of the samples its
-pipelines skipped (`skipped`, by reason) and of the samples each source gave to the
-batches read so far (`source_counts`, all processes; restored with the data state).
+of the training program's `abstract_batch`. The feed counts, from the batches read so far,
+the samples each source gave (`counts`) and the samples skipped by reason (`skipped`, also
+those of data worker processes: pipeline.py); `totals` sums both over every process, and
+both are restored with the data state.
 
 Phases (`data.phases`, data_pipelines/mixture.py): each phase is a mixture of sources
 from its start step on; at a phase's start the feed opens that phase's pipelines, fresh,
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from data_pipelines import pipeline as pipe
+from data_pipelines.errors import REASONS
 from penguin_jax.train import data as data_lib
 from penguin_jax.train.checkpoint import gather_json
 
@@ -65,7 +67,7 @@ class DataFeed:
     self.rows = d.global_batch // self.num_shards
     per = self.num_shards // self.nproc
     self.shards = list(range(self.pid * per, (self.pid + 1) * per))
-    self.skipped = collections.Counter()      # reasons of the samples skipped, all shards
+    self.skipped = collections.Counter()      # samples skipped by reason, in the batches read
     self.counts = collections.Counter()       # samples per source in the batches read (local)
     self.spec = abstract_batch
     self.batches = 0                          # batches read (= the training step)
@@ -82,7 +84,7 @@ class DataFeed:
                                          seed=cfg.seed + 1000 * phase + 7919 * reshuffle,
                                          shard_index=s,
                                          shard_count=self.num_shards, one_pass=self.one_pass,
-                                         skipped=self.skipped))
+                                         skipped=self.skipped if self.one_pass else None))
                   for s in self.shards]
 
   def _phase_at(self, batches: int) -> int:
@@ -102,6 +104,9 @@ class DataFeed:
       if p is not None:
         for name, n in zip(names, np.asarray(p["data_sources"]).sum(0)):
           self.counts[name] += int(n)
+        for reason, n in zip(REASONS, np.asarray(p["data_skipped"]).sum(0)):
+          if n:
+            self.skipped[reason] += int(n)
     parts = [_filled(p, self.rows, self.spec) for p in parts]
     local = {k: np.concatenate([p[k] for p in parts]).astype(s.dtype)
              for k, s in self.spec.items()}
@@ -120,37 +125,35 @@ class DataFeed:
 
   def totals(self) -> tuple[dict, dict]:
     """({source name: samples in the batches read so far}, {reason: samples skipped so
-    far}), each summed over every process: one collective, which every process calls at
-    the same step. (Skips made in data worker processes stay there: not counted.)"""
+    far}), each summed over every process (and its data worker processes: the skips ride
+    in the batches): one collective, which every process calls at the same step."""
     sources, skipped = collections.Counter(), collections.Counter()
     for c in gather_json([{"sources": dict(self.counts), "skipped": dict(self.skipped)}]):
       sources.update(c["sources"])
       skipped.update(c["skipped"])
     return dict(sorted(sources.items())), dict(sorted(skipped.items()))
 
-  def source_counts(self) -> dict:
-    """{source name: samples in the batches read so far}, all processes (`totals`)."""
-    return self.totals()[0]
-
   def position(self) -> tuple:
     """Where this process's reading is (no gather), for `rewind`."""
-    return (self.phase, self.batches, dict(self.counts), [it.get_state() for it in self.iters])
+    return (self.phase, self.batches, dict(self.counts), dict(self.skipped),
+            [it.get_state() for it in self.iters])
 
   def rewind(self, position: tuple):
     """Back to `position`: a batch interrupted midway (SIGTERM while the pipeline was
     busy) is read again, whole, after a resume."""
-    phase, self.batches, counts, states = position
+    phase, self.batches, counts, skipped, states = position
     if phase != self.phase:
       self._open(phase)
-    self.counts = collections.Counter(counts)
+    self.counts, self.skipped = collections.Counter(counts), collections.Counter(skipped)
     for it, s in zip(self.iters, states):
       it.set_state(s)
 
   def get_state(self) -> dict:
     """Iterator states of all shards (gathered from every process), the phase, the batches
-    read and the samples per source, for checkpoints."""
+    read, the samples per source and the skips by reason, for checkpoints."""
+    sources, skipped = self.totals()
     return {"shards": gather_json([it.get_state() for it in self.iters]), "phase": self.phase,
-            "batches": self.batches, "sources": self.source_counts()}
+            "batches": self.batches, "sources": sources, "skipped": skipped}
 
   def set_state(self, data_state: dict):
     phase = int(data_state.get("phase", 0))          # checkpoints before phases: one phase
@@ -160,6 +163,7 @@ class DataFeed:
     self.batches = int(data_state.get("batches", self.phases[phase].start))  # = the step
     # the totals of every process, kept once (on process 0), so that the sum stays right
     self.counts = collections.Counter(data_state.get("sources", {}) if self.pid == 0 else {})
+    self.skipped = collections.Counter(data_state.get("skipped", {}) if self.pid == 0 else {})
     had = len(data_state["shards"])
     if had != self.num_shards:
       if not self.cfg.data.get("reshard", False):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -74,6 +75,8 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
                      f". On a laptop, the tiny variant makes its own: python -m launch.train "
                      f"--config=configs/{cfg.stage}.py:tiny --workdir=W")
   workdir_lib.make(workdir)                   # a local path or gs://... (workdir.py)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  workdir_lib.make(ckpt_dir, f"the checkpoint folder {ckpt_dir}")
   if jax.process_index() == 0:
     workdir_lib.lock(workdir)
   runtime.compilation_cache(cfg, workdir)

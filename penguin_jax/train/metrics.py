@@ -6,9 +6,9 @@ tokens, visual tokens and, for the FLOPs, the attention pairs of the packed rows
 (`flops.segment_pairs`). The train step is compiled before the loop, so no figure holds
 compile time. `goodput`: the fraction of wall time since the process started spent in
 training steps, i.e. not in start-up (setup, restore, compile), not waiting for data on
-the host and not blocked on checkpoint writes. `data_skipped`: samples the pipeline
-skipped so far, by reason (every process's pipelines, not data worker processes';
-counted as the pipeline reads, which is ahead of training). `data_sources`: samples each
+the host and not blocked on checkpoint writes. `data_skipped`: samples the pipelines
+skipped so far, by reason (every process's and its data workers': counted from the
+batches trained on, data_pipelines/pipeline.py). `data_sources`: samples each
 source gave to the batches trained on so far (all processes; per mixture source,
 data_pipelines/mixture.py)."""
 from __future__ import annotations

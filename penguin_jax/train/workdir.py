@@ -26,18 +26,24 @@ def is_remote(path) -> bool:
   return "://" in os.fspath(path)
 
 
-def make(path) -> epath.Path:
-  """The run's folder, made if needed. A path that cannot be a writable folder (a file,
-  under a file, no permission) is a ValueError of one line."""
-  p = epath.Path(path)
+def make(path, label: str = "") -> epath.Path:
+  """A run's folder (`label`: how a message names it; `--workdir=PATH`), made if needed. A path that
+  cannot be a writable folder (a file, under a file, no permission, a read-only file
+  system or bucket) is a ValueError of one line. Writability is tried by writing a file
+  (`os.access` says yes to root on a read-only file system, and knows no buckets)."""
+  p, label = epath.Path(path), label or f"--workdir={path}"
   if not is_remote(path) and os.path.isfile(path):
-    raise ValueError(f"--workdir={path} is a file; give a folder")
+    raise ValueError(f"{label} is a file; give a folder")
   try:
     p.mkdir(parents=True, exist_ok=True)
   except OSError as e:   # NotADirectoryError, FileExistsError, PermissionError, ...
-    raise ValueError(f"--workdir={path}: cannot make the folder ({e.strerror or e})") from None
-  if not is_remote(path) and not os.access(path, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir={path}: the folder is not writable")
+    raise ValueError(f"{label}: cannot make the folder ({e.strerror or e})") from None
+  probe = p / f".write-probe-{os.getpid()}"
+  try:
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f"{label}: the folder is not writable ({e.strerror or e})") from None
   return p
 
 
