@@ -1,6 +1,7 @@
 """The Grain pipeline: packed static-shape batches whose indices are right, and an
 iterator state that restores the stream exactly."""
 import json
+import os
 import re
 
 import numpy as np
@@ -213,3 +214,18 @@ def test_skips_made_in_worker_processes_are_counted(shards, tmp_path):
   assert set(skips) == {"missing_file", "invalid_json"}
   assert abs(skips["missing_file"] - samples * 4 / 20) <= 2 * (4 + 4)
   assert abs(skips["invalid_json"] - samples * 2 / 20) <= 2 * (2 + 2)
+
+
+def test_every_reason_in_the_code_is_registered():
+  """Skips travel as an index into errors.REASONS: every reason the code raises is there
+  (an unregistered one is a TypeError when raised)."""
+  import glob
+  from data_pipelines import errors
+  found = set()
+  for path in glob.glob(os.path.join(os.path.dirname(P.__file__), "*.py")):
+    text = open(path).read()
+    found |= set(re.findall(r'BadSample\(\s*"([a-z_]+)"', text))
+    found |= set(re.findall(r'Skipped\([^)]*?,\s*"([a-z_]+)"', text))
+  assert len(found) >= 15 and found <= set(errors.REASONS), found - set(errors.REASONS)
+  with pytest.raises(TypeError, match="not in errors.REASONS"):
+    errors.BadSample("no_such_reason")
