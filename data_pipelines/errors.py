@@ -10,7 +10,7 @@ REASONS = (
     "empty_conversation", "unknown_role", "no_assistant_turn", "image_tag_mismatch",
     "no_label_tokens", "missing_file", "outside_data_folder", "corrupt_image",
     "zero_size_image", "image_too_large", "aspect_ratio", "corrupt_video", "truncated_video",
-    "too_long", "unexpected_error", "unknown",
+    "too_long", "unexpected_error", "unknown", "invalid_utf8",
 )
 
 
