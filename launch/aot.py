@@ -21,7 +21,10 @@ writes sweep.csv, sweep.md and sweep.png into --out:
       --topologies=v5e-16 --vary=model.remat_policy=full,dots_no_batch --out=sweep/
 
 `--search=batch` finds, per point, the largest data.rows_per_chip (1, 2, 4, ...) that
-fits. A grid can also live in a flag file: `--flagfile=my_sweep.flags`.
+fits; `--search=remat` the remat policy of each point (as `--config.model.remat_policy=auto`
+does for one config: the least recompute that fits with 10% headroom, every candidate
+compiled once and cached, by default in ~/.cache/penguin_jax/aot.jsonl). A grid can also
+live in a flag file: `--flagfile=my_sweep.flags`.
 """
 from __future__ import annotations
 
@@ -46,9 +49,11 @@ flags.DEFINE_list("variants", ["2b", "8b"], "sweep: variants")
 flags.DEFINE_list("topologies", ["v5e-16", "v5e-64", "v5p-8", "v6e-16"], "sweep: topologies")
 flags.DEFINE_multi_string("vary", [], "sweep: FIELD=V1,V2,... (repeatable), e.g. "
                           "model.remat_policy=full,dots or data.seq_len=8192,16384")
-flags.DEFINE_enum("search", None, ["batch"], "sweep: find the largest rows_per_chip that fits")
+flags.DEFINE_enum("search", None, ["batch", "remat"], "sweep: find the largest rows_per_chip "
+                  "that fits (batch), or the remat policy (remat: model.remat_policy=auto)")
 flags.DEFINE_string("out", "aot_sweep", "sweep: folder for sweep.csv, sweep.md, sweep.png")
-flags.DEFINE_string("cache", None, "sweep: JSONL cache (default OUT/cache.jsonl)")
+flags.DEFINE_string("cache", None, "JSONL cache of compiled points (default: OUT/cache.jsonl "
+                    "for a sweep, ~/.cache/penguin_jax/aot.jsonl for remat_policy=auto)")
 flags.DEFINE_integer("timeout", 3600, "sweep: seconds allowed per compile")
 FLAGS = flags.FLAGS
 EXIT_DOES_NOT_FIT = 3
@@ -61,8 +66,12 @@ def say(msg: str):
 def one(argv) -> int:
   if FLAGS.config is None or FLAGS.topology is None:
     raise app.UsageError("give --config=configs/STAGE.py:VARIANT and --topology=... (or --sweep)")
-  rep = aot_analysis.analyse(FLAGS.config, FLAGS.topology,
-                             frame_patches=FLAGS.frame_patches or None, log=say)
+  if FLAGS.config.model.remat_policy == "auto":    # compile the candidates (cached)
+    rep = aot_sweep.auto_remat(FLAGS.config, FLAGS.topology, frame_patches=FLAGS.frame_patches,
+                               cache_path=FLAGS.cache or aot_sweep.default_cache(), log=say)
+  else:
+    rep = aot_analysis.analyse(FLAGS.config, FLAGS.topology,
+                               frame_patches=FLAGS.frame_patches or None, log=say)
   rep["overrides"] = {a[len("--config."):].split("=", 1)[0]: a.split("=", 1)[1]
                       for a in argv if a.startswith("--config.") and "=" in a}
   print("\n".join(aot_analysis.report_lines(rep)))

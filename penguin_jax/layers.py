@@ -380,6 +380,7 @@ class Attention(nn.Module):
     q = dense((cfg.num_heads, cfg.head_dim), ("embed", "heads", "kv"), name="q_proj")(x)
     k = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="k_proj")(x)
     v = dense((cfg.num_kv_heads, cfg.head_dim), ("embed", "kv_heads", "kv"), name="v_proj")(x)
+    q, k, v = (checkpoint_name(t, "qkv_proj") for t in (q, k, v))  # remat: REMAT_POLICIES
     norm = functools.partial(RMSNorm, eps=cfg.rms_norm_eps, dtype=cfg.dtype,
                              param_dtype=cfg.param_dtype)
     q = norm(name="q_norm")(q)                                      # [b, s, h, d]
@@ -397,7 +398,9 @@ class Attention(nn.Module):
                       causal=self.causal, implementation=cfg.attention,
                       splash_block_size=cfg.splash_block_size)
     out = nn.with_logical_constraint(out, ("batch", "length", "act_heads", "kv"))
-    return dense(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="o_proj")(out)
+    out = checkpoint_name(out, "context")                           # [b, s, h, d]
+    out = dense(cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="o_proj")(out)
+    return checkpoint_name(out, "out_proj")                         # [b, s, embed]
 
   def _decode_attention(self, q, k, v, segment_ids):
     """KV-cache path: write the new keys/values (and their segment ids) at `cache_index`,
@@ -429,10 +432,13 @@ class MLP(nn.Module):
   def __call__(self, x):
     cfg = self.cfg
     dense = functools.partial(Linear, dtype=cfg.dtype, param_dtype=cfg.param_dtype, lora=cfg.lora)
-    gate = dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj")(x)
-    up = dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj")(x)
+    gate = checkpoint_name(dense(cfg.intermediate_size, ("embed", "mlp"), name="gate_proj")(x),
+                           "mlp_in")                                # [b, s, mlp]
+    up = checkpoint_name(dense(cfg.intermediate_size, ("embed", "mlp"), name="up_proj")(x),
+                         "mlp_in")
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-    return dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj")(h)
+    return checkpoint_name(dense(cfg.hidden_size, ("mlp", "embed"), name="down_proj")(h),
+                           "mlp_out")                               # [b, s, embed]
 
 
 class DecoderLayer(nn.Module):
@@ -456,17 +462,41 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x + h, residual), None
 
 
+# Gradient checkpointing of a layer (docs/design.md §4): what the forward keeps for the
+# backward pass, by the names above (checkpoint_name); everything else is recomputed.
+#   layer_input  the layer's input (a scanned stack keeps it per layer in any policy)
+#   qkv_proj     q, k, v after their projections          context   attention's output
+#   out_proj     o_proj's output                           mlp_in    gate and up outputs
+#   mlp_out      down_proj's output
+# A policy saves some names in device memory and offloads some to host memory (fetched
+# back for the backward pass: transfers over the host link, counted by launch.aot).
+# MaxText's names for the same choices: save_qkv_proj, save_out_proj, minimal, offloaded.
+REMAT_NAMED = {                     # policy -> (saved names, offloaded names)
+    "full": ((), ()),
+    "offload": ((), ("layer_input",)),
+    "save_qkv": (("qkv_proj",), ()),
+    "save_attention": (("qkv_proj", "context", "out_proj"), ()),
+    "minimal": (("qkv_proj", "context", "out_proj", "mlp_in"), ()),
+    "offload_attention": ((), ("qkv_proj", "context", "out_proj")),
+    "offload_minimal": ((), ("qkv_proj", "context", "out_proj", "mlp_in")),
+}
+
+
+def _named_policy(saved, offloaded):
+  if not offloaded:
+    return jax.checkpoint_policies.save_only_these_names(*saved)
+  return jax.checkpoint_policies.save_and_offload_only_these_names(
+      names_which_can_be_saved=list(saved), names_which_can_be_offloaded=list(offloaded),
+      offload_src="device", offload_dst="pinned_host")
+
+
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
+    **{name: _named_policy(*names) for name, names in REMAT_NAMED.items()},
+    # JAX's own: save every matmul output (with / without a batch dimension)
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    # As "full", but the one thing a scanned stack keeps per layer, the layer's input, is
-    # kept in host memory and fetched back for the backward pass (MaxText's offloaded
-    # `decoder_layer_input`): device memory no longer grows with the layer count.
-    "offload": jax.checkpoint_policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"],
-        offload_src="device", offload_dst="pinned_host"),
 }
+REMAT_POLICIES["full"] = jax.checkpoint_policies.nothing_saveable
 
 
 class LayerStack(nn.Module):

@@ -13,11 +13,13 @@ host; no TPU, data, tokenizer or weights), compiles it and reports per chip:
               admits); XLA's cost analysis only as a labelled aside (it counts a loop
               body once and gives Pallas kernels nothing);
   collectives of the compiled step by kind and part of the step (`hlo.collectives`);
-  host        bytes moved to and from host memory per step (remat policy "offload");
-              they overlap with compute and are not in the prediction;
-  prediction  compute at the chip's peak (hardware FLOPs: remat recompute included) and
-              communication at its ICI bandwidth, both per step; MFU, tokens/s and
-              chip-hours follow. An upper bound on speed: it assumes peak FLOP/s.
+  host        bytes moved to and from host memory per step (offloading remat policies),
+              at the chip's host-link bandwidth (`hardware.Chip.host_bandwidth`);
+  prediction  compute at the chip's peak (hardware FLOPs: remat recompute included),
+              communication at its ICI bandwidth and host transfers at its host link,
+              added (the step if none of them overlapped; `step_s_overlapped` the largest
+              alone); MFU, tokens/s and chip-hours follow. An upper bound on speed: it
+              assumes peak FLOP/s.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import jax
 import numpy as np
 
 from penguin_jax.sharding import make_mesh
-from penguin_jax.train import hardware, hlo, program as program_lib
+from penguin_jax.train import hardware, hlo, program as program_lib, remat
 
 REPLICATED_WARN_BYTES = 64 * 2 ** 20
 GiB = 2 ** 30
@@ -178,11 +180,12 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
   if sl.chip is not None:
     compute = fl["hardware"] / (sl.num_devices * sl.chip.peak_flops)
     comm = wire / sl.chip.ici_bandwidth if sl.chip.ici_bandwidth else 0.0
-    step = compute + comm
+    host = rep["host_transfer_bytes"] / sl.chip.host_bandwidth
+    step = compute + comm + host
     tokens = rep["per_step"]["tokens"]
     rep["prediction"] = {
-        "compute_s": compute, "communication_s": comm, "step_s": step,
-        "step_s_overlapped": max(compute, comm),
+        "compute_s": compute, "communication_s": comm, "host_s": host, "step_s": step,
+        "step_s_overlapped": max(compute, comm, host),
         "mfu": fl["model"] / (step * sl.num_devices * sl.chip.peak_flops),
         "tokens_per_s": tokens / step, "tokens_per_s_per_chip": tokens / step / sl.num_devices,
         "chip_hours_total": step * cfg.total_steps * sl.num_devices / 3600,
@@ -242,7 +245,7 @@ def report_lines(r: dict) -> list[str]:
              f"{fmt_bytes(m['headroom'])}")
   out.append(line)
   if m.get("host_temp") or r.get("host_transfer_bytes"):
-    out.append(f"  host memory (offloaded layer inputs): {fmt_bytes(m['host_temp'])}; "
+    out.append(f"  host memory (offloaded activations): {fmt_bytes(m['host_temp'])}; "
           f"{fmt_bytes(r['host_transfer_bytes'])} moved per step")
   out.append(f"  fits: {'yes' if r['fits'] else 'NO'}")
   fl = r["flops"]
@@ -268,12 +271,30 @@ def report_lines(r: dict) -> list[str]:
   p = r.get("prediction")
   if p:
     comm = (f"{p['communication_s']:.2f} s" if p["ici_known"] else "unknown (no ICI figure)")
-    out.append(f"predicted: compute {p['compute_s']:.2f} s + communication {comm} = step "
+    host = f" + host transfers {p['host_s']:.2f} s" if p.get("host_s") else ""
+    out.append(f"predicted: compute {p['compute_s']:.2f} s + communication {comm}{host} = step "
           f"{p['step_s']:.2f} s ({p['step_s_overlapped']:.2f} s if overlapped); MFU {p['mfu']:.2f}; "
           f"{p['tokens_per_s']:,.0f} tokens/s ({p['tokens_per_s_per_chip']:,.0f} per chip); "
           f"{p['chip_hours_total']:,.0f} chip-hours for the config's steps, "
           f"{p['chip_hours_per_billion_tokens']:.1f} per billion tokens")
   out.append(f"compile {r['compile_s']:.0f} s (lower {r['lower_s']:.1f} s)")
+  if r.get("remat_search"):
+    out.extend(remat_search_lines(r["remat_search"], r["remat"]))
+  return out
+
+
+def remat_search_lines(trials: list, chosen: str) -> list[str]:
+  """The candidates of remat_policy "auto", cheapest recompute first (remat.search)."""
+  out = [f"remat_policy auto chose {chosen} (peak at most {100 * remat.HEADROOM:.0f}% of usable "
+         "memory, the shortest predicted step):",
+         f"  {'policy':18s} {'recompute':>14s} {'memory':>8s} {'step s':>8s} {'MFU':>6s}"]
+  for t in trials:
+    mem = f"{100 * t['fraction']:.1f}%" if t.get("fraction") is not None else "-"
+    step = f"{t['step_s']:.2f}" if t.get("step_s") is not None else "-"
+    mfu = f"{t['mfu']:.3f}" if t.get("mfu") is not None else "-"
+    mark = "*" if t["policy"] == chosen else " "
+    out.append(f"{mark} {t['policy']:18s} {fmt_flops(t['recompute_flops']):>14s} {mem:>8s} "
+               f"{step:>8s} {mfu:>6s}  {t.get('note', '')}")
   return out
 
 

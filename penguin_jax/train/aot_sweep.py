@@ -3,11 +3,13 @@ one compile per point in its own process (`python -m launch.aot --json=...`), ev
 cached in a JSONL file keyed by the point, the jax / libtpu versions and a fingerprint of
 the code (a point is never compiled twice; an interrupted sweep resumes), and the table
 written as sweep.csv, sweep.md and sweep.png. `search="batch"` finds, per point, the
-largest `data.rows_per_chip` that fits.
+largest `data.rows_per_chip` that fits; `search="remat"` compiles each point with
+`model.remat_policy=auto` (`auto_remat`: the candidate policies, in the same cache).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -18,7 +20,7 @@ import tempfile
 
 import matplotlib
 
-from penguin_jax.train import aot_analysis, cli, hardware
+from penguin_jax.train import aot_analysis, cli, hardware, remat
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
@@ -60,7 +62,7 @@ class Sweep:
                timeout: int = 3600, log=print):
     os.makedirs(out, exist_ok=True)
     self.out, self.frame_patches, self.timeout, self.log = out, frame_patches, timeout, log
-    self.cache_path = cache or os.path.join(out, "cache.jsonl")
+    self.cache_path = os.path.abspath(cache or os.path.join(out, "cache.jsonl"))
     self.cache = load_cache(self.cache_path)
     self.versions = {**aot_analysis.versions(), "code": code_fingerprint()}
 
@@ -78,7 +80,8 @@ class Sweep:
     with tempfile.TemporaryDirectory() as tmp:
       out = os.path.join(tmp, "r.json")
       cmd = [sys.executable, "-m", "launch.aot", f"--config=configs/{stage}.py:{variant}",
-             f"--topology={topo}", f"--json={out}", f"--frame_patches={self.frame_patches}"]
+             f"--topology={topo}", f"--json={out}", f"--frame_patches={self.frame_patches}",
+             f"--cache={self.cache_path}"]        # (remat_policy=auto caches its candidates)
       cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
       try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout, cwd=ROOT)
@@ -105,6 +108,8 @@ class Sweep:
       if search == "batch":
         rep = self.search_batch(stage, variant, topo, ov, label)
       else:
+        if search == "remat":
+          ov = {**ov, "model.remat_policy": "auto"}
         rep, cached = self.compile_point(stage, variant, topo, ov)
         self.log(f"{label}: {status(rep)}{' (cached)' if cached else ''}")
       if rep is not None:
@@ -127,6 +132,58 @@ class Sweep:
     if best is None:
       self.log(f"{label}: not even 1 row per chip fits")
     return best
+
+
+def auto_remat(cfg, topology: str, *, frame_patches: int = 0, cache_path: str | None = None,
+               log=print) -> dict:
+  """remat_policy "auto" for `cfg` on `topology` (remat.search, each candidate compiled in
+  this process by aot_analysis.analyse and cached in `cache_path` by its whole config).
+  -> the chosen candidate's report, with "remat_search" (every candidate: what ruled it
+  in or out) and "remat_requested"; with no candidate within the headroom, the report of
+  the one that used the least memory, "fits" False."""
+  sl = hardware.parse_slice(topology)
+  cache = load_cache(cache_path) if cache_path else {}
+  versions = {**aot_analysis.versions(), "code": code_fingerprint()}
+  program = aot_analysis.make_program(remat.with_policy(cfg, "none"), sl)
+  trials = remat.ranked(program, sl.num_devices * sl.chip.peak_flops if sl.chip else 0.0)
+  del program
+  reports = {}
+
+  def measure(policy):
+    c = remat.with_policy(cfg, policy)
+    key = json.dumps({"config": json.loads(c.to_json_best_effort(sort_keys=True)),
+                      "topology": topology, "frame_patches": frame_patches,
+                      "versions": versions}, sort_keys=True)
+    rep = cache.get(key)
+    if rep is None:
+      log(f"remat {policy}: compiling")
+      rep = aot_analysis.analyse(c, topology, frame_patches=frame_patches or None, log=log)
+      if cache_path:
+        with open(cache_path, "a") as f:
+          f.write(json.dumps({"key": key, "report": rep}) + "\n")
+    reports[policy] = rep
+    p = rep.get("prediction", {})
+    return {"fits": rep["fits"], "fraction": rep["memory"].get("fraction"), "oom": rep.get("oom"),
+            "step_s": p.get("step_s"), "mfu": p.get("mfu"),
+            "communication_s": p.get("communication_s")}
+
+  best, trials = remat.search(trials, measure, log)
+  if best is not None:
+    rep = dict(reports[best.policy])
+  else:   # nothing within the headroom: the least memory seen
+    seen = [t for t in trials if t.measured]
+    least = min(seen, key=lambda t: t.fraction if t.fraction is not None else float("inf"))
+    rep = dict(reports[least.policy], fits=False)
+  rep["remat_requested"] = "auto"
+  rep["remat_search"] = [dataclasses.asdict(t) for t in trials]
+  return rep
+
+
+def default_cache() -> str:
+  """Where single compiles of remat_policy=auto are cached ($XDG_CACHE_HOME or ~/.cache)."""
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  os.makedirs(os.path.join(root, "penguin_jax"), exist_ok=True)
+  return os.path.join(root, "penguin_jax", "aot.jsonl")
 
 
 def load_cache(path) -> dict:

@@ -84,6 +84,8 @@ def eval_program(run_cfg, image_token_id: int, fsdp: int = 1, tensor: int = 1):
   the run's global batch; no worker processes."""
   cfg = run_cfg.copy_and_resolve_references()
   cfg.data.workers = 0
+  if cfg.model.remat_policy == "auto":  # no backward pass: nothing to choose
+    cfg.model.remat_policy = "none"
   data = max(d for d in range(1, len(jax.devices()) // (fsdp * tensor) + 1)
              if cfg.data.global_batch % (d * fsdp) == 0)
   cfg.mesh.update(data=data, fsdp=fsdp, tensor=tensor)

@@ -15,19 +15,23 @@ Tokens: the LLM sees every slot of the row (static shapes), the encoder and teac
 patch slot, the projector every visual-token slot, the LM head every label slot
 (`loss.max_label_tokens`) or every position. Embedding lookups are not counted (gathers).
 
-`hardware` adds what the step recomputes: with remat policy "full" or "offload" the
-forward of the layer stacks runs again in the backward pass (x 4/3 for trainable towers;
-"dots" policies save the matmuls and recompute little).
+`hardware` adds what the step recomputes under the towers' remat policy
+(layers.REMAT_POLICIES): the fractions of a layer's forward matmul and attention FLOPs that
+its backward pass computes again (`recompute_fractions`: counted in the jaxpr of the
+layer's gradient, not assumed; "full" recomputes the whole forward, x 4/3 for a trainable
+tower, "minimal" none of its matmuls).
 MFU = model FLOPs per second / (devices x peak FLOP/s per device).
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from penguin_jax.train import hardware
-
-RECOMPUTE_ALL = ("full", "offload")   # remat policies that save nothing inside a layer
 
 
 def peak_flops_per_device(override: float = 0.0, device_kind: str | None = None) -> float:
@@ -52,13 +56,14 @@ def segment_pairs(segment_ids, causal: bool = False) -> int:
 def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, patches: int,
                visual_tokens: int, trainable, adapted=(), label_positions: int | None = None,
                encoder_pairs: int | None = None, llm_pairs: int | None = None,
-               frame_patches: int | None = None) -> dict:
+               frame_patches: int | None = None, attention: str = "xla") -> dict:
   """FLOPs of one step over `rows` rows. counts: parameters per top-level module
   (`llm_body` = the LLM without its embedding, `teacher`; `MODULE_adapters` for LoRA).
   `trainable`: the modules trained in full; `adapted`: those with LoRA adapters (their
   base frozen: 4N, the gradient passes through it; the adapters 6N). Returns {"encoder":
   {"matmul", "attention"}, "projector", "llm", "lm_head", "adapters", "teacher": {...},
-  "model": total, "hardware": total with remat recompute}."""
+  "model": total, "recompute", "hardware": total with remat recompute}. `attention`: the
+  implementation the step uses (layers.resolve_attention), for the recompute."""
   enc, llm = cfg.encoder, cfg.llm
   if encoder_pairs is None:
     n = max(1, min(frame_patches or patches, patches))
@@ -99,8 +104,73 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
   model = sum(v["matmul"] + v["attention"] for v in out.values())
   recompute = 0.0
   for name, c, m in (("encoder", enc, m_enc), ("llm", llm, m_llm)):
-    if c.remat_policy in RECOMPUTE_ALL and m > 1:   # the layers' forward runs again
-      recompute += (out[name]["matmul"] + out[name]["attention"]) / m
+    if m > 1:                                         # a backward pass runs through it
+      f_mm, f_att = recompute_fractions(c, causal=name == "llm", attention=attention)
+      recompute += (f_mm * out[name]["matmul"] + f_att * out[name]["attention"]) / m
   out["model"] = model
+  out["recompute"] = recompute
   out["hardware"] = model + recompute
   return out
+
+
+def _dot_flops(jaxpr) -> int:
+  """FLOPs of the dot_generals in a jaxpr and the jaxprs inside it (2 x output elements x
+  contracted size each)."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      shape = eqn.invars[0].aval.shape
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(
+          np.prod([shape[i] for i in lhs_contract]))
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      total += _dot_flops(sub)
+  return total
+
+
+def recompute_fractions(tower, causal: bool = True,
+                        attention: str = "xla") -> tuple[float, float]:
+  """(matmul, attention): the fractions of one layer's forward matmul and attention
+  FLOPs that its backward pass computes again under `tower.remat_policy`. Counted, not
+  assumed: the dot FLOPs of the jaxpr of one layer's gradient with the policy minus
+  without remat, at two sequence lengths (matmuls grow with the length, attention with
+  its square), over the forward's, with XLA's attention. A fused attention kernel
+  (`attention` "splash", "cudnn") keeps residuals that carry no name (its softmax
+  statistics): under any remat policy its forward runs again (attention fraction 1)."""
+  if tower.remat_policy == "none":
+    return 0.0, 0.0
+  sizes = {f.name: getattr(tower, f.name) for f in dataclasses.fields(tower)
+           if f.name in ("hidden_size", "intermediate_size", "num_heads", "num_kv_heads",
+                         "head_dim")}
+  f_mm, f_att = _fractions(tuple(sorted(sizes.items())), tower.remat_policy, causal)
+  return f_mm, (f_att if attention == "xla" else 1.0)
+
+
+@functools.lru_cache(maxsize=None)
+def _fractions(sizes: tuple, policy: str, causal: bool) -> tuple[float, float]:
+  from penguin_jax import layers                       # (the model; flops is imported early)
+  from penguin_jax.model_config import TransformerConfig
+
+  def grad_flops(remat: str, seq: int) -> tuple[int, int]:
+    """(dot FLOPs of the gradient of one layer, of its forward) at length `seq`."""
+    cfg = TransformerConfig(**dict(sizes), num_layers=1, remat_policy=remat, attention="xla")
+    stack = layers.LayerStack(cfg, causal=causal)
+    x = jax.ShapeDtypeStruct((1, seq, cfg.hidden_size), jnp.float32)
+    rope = jax.ShapeDtypeStruct((1, seq, cfg.head_dim), jnp.float32)
+    seg = jax.ShapeDtypeStruct((1, seq), jnp.int32)
+    params = jax.eval_shape(lambda: stack.init(jax.random.key(0), jnp.zeros(x.shape),
+                                               jnp.ones(rope.shape), jnp.zeros(rope.shape),
+                                               jnp.ones(seg.shape, jnp.int32)))
+    loss = lambda p, h, c, s, g: stack.apply(p, h, c, s, g).sum()
+    backward = jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x, rope, rope, seg)
+    forward = jax.make_jaxpr(loss)(params, x, rope, rope, seg)
+    return _dot_flops(backward.jaxpr), _dot_flops(forward.jaxpr)
+
+  # D(s) = a s + b s^2 (recomputed), F(s) = af s + bf s^2 (forward), from s and 2s
+  s1, s2 = 16, 32
+  (r1, f1), (r2, f2) = grad_flops(policy, s1), grad_flops(policy, s2)
+  n1, n2 = grad_flops("none", s1)[0], grad_flops("none", s2)[0]
+  d1, d2 = r1 - n1, r2 - n2
+  split = lambda v1, v2: ((4 * v1 - v2) / (2 * s1), (v2 - 2 * v1) / (2 * s1 * s1))
+  (a, b), (af, bf) = split(d1, d2), split(f1, f2)
+  return a / af, b / bf

@@ -35,6 +35,11 @@ class Chip:
   topology_prefix: str       # get_topology_desc's name prefix
   chip_config: str           # get_topology_desc's chip_config_name
   cores_per_chip: int        # how the slice name counts (v4 / v5p count TensorCores)
+  # bytes/s between a chip's HBM and its host's memory (PCIe; one direction): what remat
+  # offload and optimizer-state offload move per step. Not on Google's spec sheets; the
+  # figure of "How to Scale Your Model" (jax-ml.github.io/scaling-book, part 2: about
+  # 1.5e10 bytes/s per chip), the same for every generation here.
+  host_bandwidth: float = 1.5e10
 
 
 CHIPS = {

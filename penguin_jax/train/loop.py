@@ -27,7 +27,8 @@ from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
 from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
-from penguin_jax.train import program as program_lib, runtime, workdir as workdir_lib
+from penguin_jax.train import program as program_lib, remat as remat_lib, runtime
+from penguin_jax.train import workdir as workdir_lib
 from penguin_jax.train.evaluate import make_evaluator
 from penguin_jax.train.feed import DataFeed
 from penguin_jax.train.metrics import MetricsWriter, Profiler
@@ -93,7 +94,9 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   if tokenizer.vocab_size > cfg.model.vocab_size:
     raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens, config.model.vocab_size "
                      f"is {cfg.model.vocab_size}")
-  program = program_lib.build(cfg, mesh, image_token_id=tokenizer.image_token_id)
+  build = lambda c: program_lib.build(c, mesh, image_token_id=tokenizer.image_token_id)
+  cfg = remat_lib.resolve(cfg, mesh, build, log.info)   # remat_policy "auto": compile, choose
+  program = build(cfg)
   counts = program.param_counts()
   adapted = ", ".join(program.lora.adapted())
   log.info("parameters: %s (trainable: %s%s); %d micro-batch(es) of %d rows per step",

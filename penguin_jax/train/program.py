@@ -25,7 +25,7 @@ from flax import linen as nn
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from penguin_jax import hf, hf_keys, lora as lora_lib, registry, settings
+from penguin_jax import hf, hf_keys, layers, lora as lora_lib, registry, settings
 from penguin_jax.losses import LossConfig
 from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.sharding import LOGICAL_RULES, params_shardings
@@ -220,17 +220,30 @@ class TrainProgram:
       counts["teacher"] = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.abstract_teacher))
     return counts
 
-  def flops(self, encoder_pairs=None, llm_pairs=None, frame_patches=None) -> dict:
-    """Model FLOPs of one step, by module and kind (see `flops.step_flops`)."""
+  def flops(self, encoder_pairs=None, llm_pairs=None, frame_patches=None,
+            remat: Optional[str] = None) -> dict:
+    """Model FLOPs of one step, by module and kind (see `flops.step_flops`); `remat`: the
+    recompute under that policy instead of the program's (remat.search ranks by it)."""
     d = self.cfg.data
+    with self.context():                  # the platform compiled for picks the kernel
+      attention = layers.resolve_attention(self.cfg.model.attention)
+    vcfg = self.model_config
+    if remat is not None:
+      vcfg = dataclasses.replace(vcfg, llm=dataclasses.replace(vcfg.llm, remat_policy=remat),
+                                 encoder=dataclasses.replace(vcfg.encoder, remat_policy=remat))
     return flops_lib.step_flops(
-        self.param_counts(), self.model_config, self.teacher_config,
+        self.param_counts(), vcfg, self.teacher_config,
         rows=d.global_batch, seq_len=d.seq_len, patches=d.max_patches,
         visual_tokens=d.max_visual_tokens, trainable=set(self.trainable) - set(self.lora.adapted()),
         adapted=set(self.lora.adapted()) & set(self.trainable),
         label_positions=self.cfg.loss.max_label_tokens or None,
         encoder_pairs=encoder_pairs, llm_pairs=llm_pairs,
-        frame_patches=frame_patches or max_frame_patches(self.cfg))
+        frame_patches=frame_patches or max_frame_patches(self.cfg), attention=attention)
+
+
+def on_host(shardings):
+  """The same shardings in the host's pinned memory (optim.offload_opt_state)."""
+  return jax.tree.map(lambda s: s.with_memory_kind("pinned_host"), shardings)
 
 
 def put_global(host_tree, shardings):
@@ -288,8 +301,11 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
                                     grad_clip=cfg.optim.grad_clip)
     opt_boxed = jax.eval_shape(opt.init, boxed)   # mu, nu keep their parameter's names
     scalar, replicated = jax.ShapeDtypeStruct((), jnp.int32), NamedSharding(mesh, PartitionSpec())
+    opt_sh = params_shardings(opt_boxed, mesh)       # in the step, on the chips
+    offload = cfg.optim.get("offload_opt_state", False)   # (absent from older runs' configs)
     state_sh = TrainState(replicated, params_shardings(boxed, mesh),
-                          params_shardings(opt_boxed, mesh), replicated, replicated)
+                          on_host(opt_sh) if offload else opt_sh,
+                          replicated, replicated)
     abstract_state = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
         TrainState(scalar, _stored(_values(boxed), trains, lora), _values(opt_boxed), scalar,
@@ -314,6 +330,7 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
                  reconstruction_weight=loss.reconstruction_schedule(cfg.total_steps),
                  relation_local_rows=local_rows(cfg, mesh, grad_accum))
   step_fn = make_train_step(model, opt, loss, trainable=trains, **loss_kw,
+                            opt_state_device=opt_sh if offload else None,
                             dropout_seed=cfg.seed if lora.on and lora.dropout > 0 else None)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),

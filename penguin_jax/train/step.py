@@ -131,7 +131,8 @@ def _batch_losses(model: PenguinVL, loss: LossConfig, teacher, teacher_features,
 def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
                     loss: LossConfig = LossConfig(), *, teacher=None, teacher_features=None,
                     reconstruction_weight=None, relation_local_rows: Optional[int] = None,
-                    grad_accum: int = 1, trainable=None, dropout_seed: Optional[int] = None):
+                    grad_accum: int = 1, trainable=None, dropout_seed: Optional[int] = None,
+                    opt_state_device=None):
   """(state, batch[, teacher_params]) -> (state, metrics); jit it with the shardings you
   need. `teacher`: a frozen teacher module (stage 1a); its merged features become the
   reconstruction targets (computed under stop_gradient, outside the differentiated
@@ -148,7 +149,10 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
   `dropout_seed`: the LoRA adapters' dropout, with an rng of (seed, step, micro-batch).
   `teacher_features`: fixed reconstruction targets instead of a teacher (tests).
   `reconstruction_weight`: a number or a schedule, step -> weight (default
-  `loss.reconstruction_weight`; the program passes `loss.reconstruction_schedule`)."""
+  `loss.reconstruction_weight`; the program passes `loss.reconstruction_schedule`).
+  `opt_state_device`: the optimizer state's shardings on the chips, where the state lives
+  in host memory between steps (optim.offload_opt_state): fetched for the update, the new
+  state written back by the caller's out_shardings."""
   loss_kwargs, global_normalizers = _batch_losses(model, loss, teacher, teacher_features,
                                                   reconstruction_weight, relation_local_rows)
 
@@ -191,12 +195,15 @@ def make_train_step(model: PenguinVL, optimizer: optax.GradientTransformation,
       ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
       train, frozen = _split(state.params, trains)
       full = _join(jax.tree.map(jnp.zeros_like, frozen), grads)   # frozen: zeros (ignored)
-      updates, opt_state = optimizer.update(full, state.opt_state, state.params)
+      old_opt = state.opt_state
+      if opt_state_device is not None:        # host -> chips for the update
+        old_opt = jax.device_put(old_opt, opt_state_device)
+      updates, opt_state = optimizer.update(full, old_opt, state.params)
       updates, _ = _split(updates, trains)
       params = _join(frozen, optax.apply_updates(train, updates))   # frozen leaves untouched
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
     skipped = (~ok).astype(jnp.int32)
-    new = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, state.opt_state),
+    new = TrainState(state.step + 1, keep(params, state.params), keep(opt_state, old_opt),
                      nonfinite_in_a_row=(state.nonfinite_in_a_row + 1) * skipped,
                      skipped_total=state.skipped_total + skipped)
     metrics.update(grad_norm=grad_norm, skipped=skipped,
