@@ -15,6 +15,8 @@ setup(
         "flax>=0.11",
         "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
+        "qwix==0.1.8",            # quantized training (model.quant; penguin_jax/quant.py)
+        "opt_einsum",             # (qwix imports it)
         "ml-collections>=1.0",
         "numpy>=1.26",
         "safetensors>=0.4",

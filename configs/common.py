@@ -79,6 +79,11 @@ def base(variant: str) -> mlc.ConfigDict:
   # Gradient checkpointing (layers.REMAT_POLICIES). 8b: the saved layer inputs (4.5 GiB
   # per row for the LLM) go to host memory, or 8b does not fit v5e-64 (launch.aot).
   c.model.remat_policy = {"tiny": "none", "2b": "full", "8b": "offload"}[variant]
+  # "auto": the least recompute that fits with 10% headroom, chosen by compiling
+  # (penguin_jax/train/remat.py; docs/scale.md lists the policies).
+  # Quantized training of the towers' linear layers (penguin_jax/quant.py, Qwix): "none",
+  # "int8" (TPU v5e / v6e: twice the bf16 rate) or "fp8" (GPU).
+  c.model.quant = "none"
   # Initialisation (not resuming): where each module comes from.
   c.init = mlc.ConfigDict()
   c.init.encoder_from_qwen3 = ""   # HF dir of a text-only Qwen3 (the paper's init); "" = random

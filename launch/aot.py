@@ -21,7 +21,8 @@ writes sweep.csv, sweep.md and sweep.png into --out:
       --topologies=v5e-16 --vary=model.remat_policy=full,dots_no_batch --out=sweep/
 
 `--search=batch` finds, per point, the largest data.rows_per_chip (1, 2, 4, ...) that
-fits; `--search=remat` the remat policy of each point (as `--config.model.remat_policy=auto`
+fits; `--search=slice` the smallest slice of each chip family in --topologies (v5e, v6e,
+...) that fits with 10% headroom; `--search=remat` the remat policy of each point (as `--config.model.remat_policy=auto`
 does for one config: the least recompute that fits with 10% headroom, every candidate
 compiled once and cached, by default in ~/.cache/penguin_jax/aot.jsonl). A grid can also
 live in a flag file: `--flagfile=my_sweep.flags`.
@@ -49,8 +50,10 @@ flags.DEFINE_list("variants", ["2b", "8b"], "sweep: variants")
 flags.DEFINE_list("topologies", ["v5e-16", "v5e-64", "v5p-8", "v6e-16"], "sweep: topologies")
 flags.DEFINE_multi_string("vary", [], "sweep: FIELD=V1,V2,... (repeatable), e.g. "
                           "model.remat_policy=full,dots or data.seq_len=8192,16384")
-flags.DEFINE_enum("search", None, ["batch", "remat"], "sweep: find the largest rows_per_chip "
-                  "that fits (batch), or the remat policy (remat: model.remat_policy=auto)")
+flags.DEFINE_enum("search", None, ["batch", "remat", "slice"], "sweep: find the largest "
+                  "rows_per_chip that fits (batch), the remat policy (remat: "
+                  "model.remat_policy=auto), or the smallest slice of each chip family "
+                  "named in --topologies (slice: --topologies=v5e,v6e)")
 flags.DEFINE_string("out", "aot_sweep", "sweep: folder for sweep.csv, sweep.md, sweep.png")
 flags.DEFINE_string("cache", None, "JSONL cache of compiled points (default: OUT/cache.jsonl "
                     "for a sweep, ~/.cache/penguin_jax/aot.jsonl for remat_policy=auto)")
@@ -91,8 +94,12 @@ def sweep() -> int:
 
 def _main(argv):
   try:
-    tpus = [t for t in (FLAGS.topologies if FLAGS.sweep else [FLAGS.topology or "cpu:1"])
-            if hardware.parse_slice(t).chip is not None]
+    if FLAGS.sweep and FLAGS.search == "slice":    # chip families: every one is a TPU
+      tpus = [hardware.CHIPS[t].name if t in hardware.CHIPS else aot_sweep.family_slices(t, 1)
+              for t in FLAGS.topologies]                 # (family_slices: the error line)
+    else:
+      tpus = [t for t in (FLAGS.topologies if FLAGS.sweep else [FLAGS.topology or "cpu:1"])
+              if hardware.parse_slice(t).chip is not None]
     problem = hardware.libtpu_problem() if tpus else None
     if problem:
       raise ValueError(problem)

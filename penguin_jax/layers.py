@@ -109,7 +109,7 @@ class Linear(nn.Module):
     else:
       kernel = self.param("kernel", _p(self.kernel_init, self.kernel_axes), shape,
                           self.param_dtype).astype(self.dtype).reshape(-1, n_out)
-    y = x2 @ kernel
+    y = jax.lax.dot_general(x2, kernel, (((1,), (0,)), ((), ())))   # (Qwix intercepts it)
     if spec is not None:
       a = self.param("lora_a", _p(_LORA_A_INIT(n_in), self.kernel_axes[:n_in] + ("lora_rank",)),
                      in_shape + (spec.rank,), jnp.float32)

@@ -172,3 +172,25 @@ def test_missing_or_mismatched_libtpu_says_what_to_install(monkeypatch):
   assert "libtpu 0.0.1 does not match jax" in hardware.libtpu_problem()
   monkeypatch.setattr(metadata, "version", real)
   assert hardware.libtpu_problem() is None         # the test extra installed the right one
+
+
+def test_a_family_lists_the_slices_that_can_divide_the_batch():
+  from penguin_jax.train import aot_sweep
+  assert aot_sweep.family_slices("v5e", 128) == [
+      "v5e-1", "v5e-4", "v5e-8", "v5e-16", "v5e-32", "v5e-64", "v5e-128"]
+  assert aot_sweep.family_slices("v5p", 16) == ["v5p-8", "v5p-16", "v5p-32"]   # cores
+  with pytest.raises(ValueError, match="chip families"):
+    aot_sweep.family_slices("v5e-16", 128)
+
+
+@pytest.mark.slow
+@pytest.mark.libtpu
+def test_search_slice_finds_the_smallest_slice(tmp_path):
+  """Tiny stage 3 (global batch 8) fits one v5e chip: the bisection over v5e-1, -4, -8
+  compiles v5e-4 (fits), then v5e-1 (fits), and reports v5e-1."""
+  r = _aot("--sweep", "--search=slice", "--stages=stage3", "--variants=tiny",
+           "--topologies=v5e", "--vary=data.global_batch=8", f"--out={tmp_path}")
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "stage3:tiny v5e data.global_batch=8 v5e-4: fits" in r.stdout
+  assert "stage3:tiny v5e data.global_batch=8 v5e-1: fits" in r.stdout
+  assert "| stage3:tiny | v5e-1 |" in (tmp_path / "sweep.md").read_text()

@@ -15,7 +15,8 @@ host; no TPU, data, tokenizer or weights), compiles it and reports per chip:
   collectives of the compiled step by kind and part of the step (`hlo.collectives`);
   host        bytes moved to and from host memory per step (offloading remat policies),
               at the chip's host-link bandwidth (`hardware.Chip.host_bandwidth`);
-  prediction  compute at the chip's peak (hardware FLOPs: remat recompute included),
+  prediction  compute at the chip's peak (hardware FLOPs: remat recompute included; with
+              model.quant=int8 the towers' linears at the chip's int8 rate),
               communication at its ICI bandwidth and host transfers at its host link,
               added (the step if none of them overlapped; `step_s_overlapped` the largest
               alone); MFU, tokens/s and chip-hours follow. An upper bound on speed: it
@@ -114,6 +115,7 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
       "mesh": dict(mesh.shape), "global_batch": d.global_batch, "grad_accum": program.grad_accum,
       "rows_per_chip": d.global_batch // (dp * program.grad_accum),
       "remat": cfg.model.remat_policy, "attention": cfg.model.attention,
+      "quant": cfg.model.get("quant", "none"),
       "per_step": {"tokens": d.global_batch * d.seq_len, "patches": d.global_batch * d.max_patches,
                    "visual_tokens": d.global_batch * d.max_visual_tokens},
       "versions": versions(),
@@ -178,7 +180,10 @@ def analyse(cfg, topology: str, *, frame_patches: Optional[int] = None, log=None
   rep["collectives"]["wire_bytes"] = wire
   rep["collectives"]["bytes"] = sum(r["bytes"] for r in coll["rows"])
   if sl.chip is not None:
-    compute = fl["hardware"] / (sl.num_devices * sl.chip.peak_flops)
+    # model.quant=int8: the towers' linears at the chip's int8 rate (MFU stays against bf16)
+    fast = fl["tower_linears"] if rep["quant"] == "int8" and sl.chip.int8_flops else 0.0
+    compute = ((fl["hardware"] - fast) / sl.chip.peak_flops +
+               (fast / sl.chip.int8_flops if fast else 0.0)) / sl.num_devices
     comm = wire / sl.chip.ici_bandwidth if sl.chip.ici_bandwidth else 0.0
     host = rep["host_transfer_bytes"] / sl.chip.host_bandwidth
     step = compute + comm + host
@@ -218,7 +223,8 @@ def report_lines(r: dict) -> list[str]:
         f"  jax {v['jax']}, libtpu {v['libtpu'] or '-'}")
   out.append(f"  mesh {mesh}; global batch {r['global_batch']} = {r['grad_accum']} micro-batch(es) x "
         f"{r['global_batch'] // r['grad_accum']} rows ({r['rows_per_chip']} per chip); "
-        f"remat {r['remat']}; attention {r['attention']}")
+        f"remat {r['remat']}; attention {r['attention']}" +
+        (f"; quantized training {r['quant']}" if r.get("quant", "none") != "none" else ""))
   ps = r["per_step"]
   out.append(f"  per step: {ps['tokens']:,} tokens, {ps['patches']:,} patches, "
         f"{ps['visual_tokens']:,} visual tokens")

@@ -3,7 +3,9 @@ one compile per point in its own process (`python -m launch.aot --json=...`), ev
 cached in a JSONL file keyed by the point, the jax / libtpu versions and a fingerprint of
 the code (a point is never compiled twice; an interrupted sweep resumes), and the table
 written as sweep.csv, sweep.md and sweep.png. `search="batch"` finds, per point, the
-largest `data.rows_per_chip` that fits; `search="remat"` compiles each point with
+largest `data.rows_per_chip` that fits; `search="slice"` the smallest slice of a chip
+family (the topologies name families: v5e, v6e, ...) on which it fits with 10% headroom;
+`search="remat"` compiles each point with
 `model.remat_policy=auto` (`auto_remat`: the candidate policies, in the same cache).
 """
 from __future__ import annotations
@@ -107,6 +109,9 @@ class Sweep:
           f" {k}={v}" for k, v in ov.items())
       if search == "batch":
         rep = self.search_batch(stage, variant, topo, ov, label)
+      elif search == "slice":
+        rep = self.search_slice(stage, variant, topo, ov, label)
+        topo = rep["topology"] if rep else topo
       else:
         if search == "remat":
           ov = {**ov, "model.remat_policy": "auto"}
@@ -132,6 +137,35 @@ class Sweep:
     if best is None:
       self.log(f"{label}: not even 1 row per chip fits")
     return best
+
+  def search_slice(self, stage, variant, family, ov, label):
+    """The smallest slice of chip `family` on which the point fits with the headroom of
+    remat.HEADROOM (bisection over the family's slices: memory per chip falls with chips)."""
+    cfg = cli.point_config(os.path.join(ROOT, "configs", f"{stage}.py:{variant}"), ov)
+    names = family_slices(family, cfg.data.global_batch)
+    lo, hi, best = 0, len(names) - 1, None
+    while lo <= hi:
+      mid = (lo + hi) // 2
+      rep, cached = self.compile_point(stage, variant, names[mid], ov)
+      self.log(f"{label} {names[mid]}: {status(rep)}{' (cached)' if cached else ''}")
+      if _fits_with_headroom(rep):
+        best, hi = rep, mid - 1
+      else:
+        lo = mid + 1
+    if best is None:
+      self.log(f"{label}: no {family} slice up to {names[-1]} fits")
+    return best
+
+
+def family_slices(family: str, global_batch: int) -> list[str]:
+  """The slices of a chip family (`v5e`, ...) by chip count, whose data-parallel size can
+  divide `global_batch` (a slice name counts TensorCores for v4 / v5p)."""
+  chip = hardware.CHIPS.get(family)
+  if chip is None:
+    raise ValueError(f"--search=slice takes chip families in --topologies "
+                     f"({', '.join(hardware.CHIPS)}), not {family!r}")
+  shapes = hardware.SHAPES_3D if chip.cores_per_chip == 2 else hardware.SHAPES_2D
+  return [f"{family}-{n * chip.cores_per_chip}" for n in sorted(shapes) if global_batch % n == 0]
 
 
 def auto_remat(cfg, topology: str, *, frame_patches: int = 0, cache_path: str | None = None,
@@ -184,6 +218,11 @@ def default_cache() -> str:
   root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
   os.makedirs(os.path.join(root, "penguin_jax"), exist_ok=True)
   return os.path.join(root, "penguin_jax", "aot.jsonl")
+
+
+def _fits_with_headroom(rep) -> bool:
+  return ("error" not in rep and rep["fits"] and
+          rep["memory"].get("fraction", 0.0) <= remat.HEADROOM)
 
 
 def load_cache(path) -> dict:

@@ -62,7 +62,8 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
   `trainable`: the modules trained in full; `adapted`: those with LoRA adapters (their
   base frozen: 4N, the gradient passes through it; the adapters 6N). Returns {"encoder":
   {"matmul", "attention"}, "projector", "llm", "lm_head", "adapters", "teacher": {...},
-  "model": total, "recompute", "hardware": total with remat recompute}. `attention`: the
+  "model": total, "recompute", "hardware": total with remat recompute, "tower_linears":
+  the encoder's and LLM's linear-layer FLOPs with their recompute}. `attention`: the
   implementation the step uses (layers.resolve_attention), for the recompute."""
   enc, llm = cfg.encoder, cfg.llm
   if encoder_pairs is None:
@@ -102,13 +103,16 @@ def step_flops(counts: dict, cfg, teacher_cfg=None, *, rows: int, seq_len: int, 
     out["teacher"] = {"matmul": 2.0 * counts.get("teacher", 0) * rows * patches,
                       "attention": float(attn(tc, encoder_pairs))}
   model = sum(v["matmul"] + v["attention"] for v in out.values())
-  recompute = 0.0
+  recompute, linears = 0.0, 0.0
   for name, c, m in (("encoder", enc, m_enc), ("llm", llm, m_llm)):
+    linears += out[name]["matmul"]
     if m > 1:                                         # a backward pass runs through it
       f_mm, f_att = recompute_fractions(c, causal=name == "llm", attention=attention)
       recompute += (f_mm * out[name]["matmul"] + f_att * out[name]["attention"]) / m
+      linears += f_mm * out[name]["matmul"] / m
   out["model"] = model
   out["recompute"] = recompute
+  out["tower_linears"] = linears     # what model.quant runs quantized (recompute included)
   out["hardware"] = model + recompute
   return out
 

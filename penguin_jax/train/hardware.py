@@ -40,17 +40,19 @@ class Chip:
   # figure of "How to Scale Your Model" (jax-ml.github.io/scaling-book, part 2: about
   # 1.5e10 bytes/s per chip), the same for every generation here.
   host_bandwidth: float = 1.5e10
+  # int8 dense OP/s (Google's spec sheets: v5e 394 TOPS, v6e 1836, v5p 918; v4 as bf16)
+  int8_flops: float = 0.0
 
 
 CHIPS = {
     "v4": Chip("v4", ("TPU v4",), 275e12, 32 * GiB, 30.75 * GiB, 1200e9, None, "v4",
-               "megacore", 2),
+               "megacore", 2, int8_flops=275e12),
     "v5e": Chip("v5e", ("TPU v5 lite", "TPU v5e"), 197e12, 16 * GiB, 15.75 * GiB, 819e9, 400e9,
-                "v5e", "default", 1),
+                "v5e", "default", 1, int8_flops=394e12),
     "v5p": Chip("v5p", ("TPU v5p", "TPU v5"), 459e12, 96 * GiB, 95.74 * GiB, 2765e9, 1200e9,
-                "v5", "megacore", 2),
+                "v5", "megacore", 2, int8_flops=918e12),
     "v6e": Chip("v6e", ("TPU v6 lite", "TPU v6e"), 918e12, 32 * GiB, 31.25 * GiB, 1638e9, 800e9,
-                "v6e", "default", 1),
+                "v6e", "default", 1, int8_flops=1836e12),
 }
 # Peak bf16 FLOP/s of GPUs (dense), for the trainer's MFU.
 GPU_PEAK_FLOPS = {"NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}

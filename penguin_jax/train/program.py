@@ -25,7 +25,8 @@ from flax import linen as nn
 from flax import traverse_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from penguin_jax import hf, hf_keys, layers, lora as lora_lib, registry, settings
+from penguin_jax import hf, hf_keys, layers, lora as lora_lib, quant as quant_lib, registry
+from penguin_jax import settings
 from penguin_jax.losses import LossConfig
 from penguin_jax.model_config import EncoderConfig, Qwen3Config, VLMConfig
 from penguin_jax.sharding import LOGICAL_RULES, params_shardings
@@ -329,13 +330,15 @@ def build(cfg, mesh: Mesh, *, vocab_size: Optional[int] = None,
   loss_kw = dict(teacher=teacher, grad_accum=grad_accum,
                  reconstruction_weight=loss.reconstruction_schedule(cfg.total_steps),
                  relation_local_rows=local_rows(cfg, mesh, grad_accum))
-  step_fn = make_train_step(model, opt, loss, trainable=trains, **loss_kw,
+  # The step's model: the towers' linears quantized (model.quant; the same parameters)
+  step_model = quant_lib.quantize(model, cfg.model.get("quant", "none"))
+  step_fn = make_train_step(step_model, opt, loss, trainable=trains, **loss_kw,
                             opt_state_device=opt_sh if offload else None,
                             dropout_seed=cfg.seed if lora.on and lora.dropout > 0 else None)
   batch_sh = {k: v.sharding for k, v in abstract_batch.items()}
   train_step = jax.jit(step_fn, in_shardings=(state_sh, batch_sh, teacher_sh),
                        out_shardings=(state_sh, None), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model, loss, **loss_kw),
+  eval_step = jax.jit(make_eval_step(step_model, loss, **loss_kw),
                       in_shardings=(state_sh.params, batch_sh, teacher_sh, None))
   return TrainProgram(cfg=cfg, mesh=mesh, model=model, model_config=vcfg, teacher=teacher,
                       teacher_config=tcfg, optimizer=opt, schedules=schedules,
