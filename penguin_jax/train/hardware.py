@@ -154,8 +154,9 @@ def compile_devices(sl: Slice):
       raise ValueError(f"{sl.name}: {len(devs)} CPU devices visible; set XLA_FLAGS="
                        f"--xla_force_host_platform_device_count={sl.num_devices} before JAX starts")
     return devs[:sl.num_devices]
+  hosts = (1, 1, 1) if sl.num_devices == 1 else (2, 2, 1)   # a single chip: one on its host
   desc = topologies.get_topology_desc(sl.topology, "tpu", chip_config_name=sl.chip.chip_config,
-                                      chips_per_host_bounds=(2, 2, 1))
+                                      chips_per_host_bounds=hosts)
   return list(desc.devices)
 
 
