@@ -64,6 +64,7 @@ def _count_int8_dots(fn, *args) -> int:
   return str(jax.make_jaxpr(fn)(*args)).count("preferred_element_type=int32")
 
 
+@pytest.mark.slow
 def test_the_train_loss_runs_the_towers_linears_in_int8_forward_and_backward():
   """A tiny VLM (unscanned: every layer in the jaxpr): 7 linears per layer in the encoder
   and the LLM; the forward has one int8 product each, the gradient three (the forward

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from penguin_jax import layers
+from penguin_jax.model_config import TransformerConfig
 from penguin_jax.train import hardware
 
 
@@ -152,8 +154,6 @@ def recompute_fractions(tower, causal: bool = True,
 
 @functools.lru_cache(maxsize=None)
 def _fractions(sizes: tuple, policy: str, causal: bool) -> tuple[float, float]:
-  from penguin_jax import layers                       # (the model; flops is imported early)
-  from penguin_jax.model_config import TransformerConfig
 
   def grad_flops(remat: str, seq: int) -> tuple[int, int]:
     """(dot FLOPs of the gradient of one layer, of its forward) at length `seq`."""
