@@ -16,6 +16,16 @@ Two kinds of figures (docs/evaluation.md):
 A sample that cannot be used (missing or corrupt media, tag mismatch, too long) is named
 on one line, counted and skipped (`--strict`: stop at it). The last line of stdout is
 every figure as one JSON object.
+
+Scoring predictions made anywhere (this project, lmms-eval, VLMEvalKit) with a
+benchmark's own metric (`penguin_jax/scoring.py`):
+
+  python -m launch.eval --score=predictions.jsonl --metric=anls
+
+One line per prediction, {"answer": str, "reference": str or [str, ...]} (and "options":
+{"A": str, ...} for multiple_choice, the reference a letter). Metrics: exact_match, anls,
+vqa_accuracy, relaxed_accuracy, multiple_choice, ocrbench, numeric. A malformed line is
+named and counted, not scored; the last line is {"METRIC": mean, "n": count, ...}.
 """
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ import logging
 import sys
 
 from data_pipelines.errors import BadSample
-from penguin_jax import inference
+from penguin_jax import inference, scoring
 from penguin_jax.train import runtime
 
 
@@ -36,9 +46,9 @@ def say(msg: str):
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m launch.eval", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", required=True, help="the training run")
+  p.add_argument("--workdir", help="the training run")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  p.add_argument("--data", required=True, help="held-out samples, the release's JSONL format")
+  p.add_argument("--data", help="held-out samples, the release's JSONL format")
   p.add_argument("--data_folder", default=None,
                  help="where its media paths are relative to (default: the JSONL's folder)")
   p.add_argument("--out", help="one JSON line per generated answer")
@@ -49,11 +59,27 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--skip_loss", action="store_true", help="only the generated answers")
   p.add_argument("--skip_answers", action="store_true", help="only the held-out loss")
   p.add_argument("--strict", action="store_true", help="stop at the first bad sample")
+  p.add_argument("--score", help="instead: score this JSONL of predictions (with --metric)")
+  p.add_argument("--metric", choices=sorted(scoring.SCORERS), help="--score's metric")
   return p
 
 
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  p = parser()
+  args = p.parse_args(argv)
+  if args.score:                      # no model: the predictions are scored as they are
+    if not args.metric:
+      p.error("--score needs --metric")
+    try:
+      figures = scoring.score_file(args.score, args.metric, log=say)
+    except (OSError, UnicodeDecodeError) as e:
+      print(f"error: {args.score}: {e.strerror if isinstance(e, OSError) else e}",
+            file=sys.stderr)
+      return 2
+    print(json.dumps(figures), flush=True)
+    return 0
+  if not args.workdir or not args.data:
+    p.error("give --workdir=RUN and --data=FILE.jsonl (or --score=FILE --metric=NAME)")
   runtime.cpu_if_idle()
   for noisy in ("absl", "jax._src", "orbax", "grain"):
     logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -114,6 +114,15 @@ def test_aot_auto_on_cpu8_reports_the_search(tmp_path):
   assert rows["full"]["recompute_flops"] > rows["save_attention"]["recompute_flops"] > 0
   assert "remat_policy auto chose none" in r.stdout
   assert len(cache.read_text().splitlines()) == 1
+  sweep = subprocess.run([sys.executable, "-m", "launch.aot", "--sweep", "--search=remat",
+                          "--stages=stage3", "--variants=tiny", "--topologies=cpu:8",
+                          "--vary=data.global_batch=8", f"--out={tmp_path}",
+                          f"--cache={cache}"],
+                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+  assert sweep.returncode == 0, sweep.stderr[-3000:]   # the candidate came from the cache
+  assert "model.remat_policy=auto: fits" in sweep.stdout
+  assert "| stage3:tiny | cpu:8 | 8x1x1 | 1 | none |" in (tmp_path / "sweep.md").read_text()
+  assert len(cache.read_text().splitlines()) == 2      # + the sweep's point, not recompiled
 
 
 def test_the_trainer_resolves_auto_on_its_devices():

@@ -112,22 +112,20 @@ def test_a_mesh_that_does_not_fit_says_how_to_get_the_devices(tmp_path):
 
 @pytest.mark.slow
 def test_optimizer_state_in_host_memory_trains_and_resumes_identically(uninterrupted, tmp_path):
-  """optim.offload_opt_state: Adam's moments live in pinned host memory between steps
-  (checked on the restored state) and the losses equal (==) the reference run's, through a
-  resume from the step-20 checkpoint of the same run."""
+  """optim.offload_opt_state: the reference run's step-20 checkpoint (its Adam state saved
+  from device memory) resumes with Adam's moments in pinned host memory; steps 21..30 give
+  losses equal (==) to the reference run's, and the state it saves is in host memory."""
   import shutil
   from train_runs import metrics, run
   root, ref, _ = uninterrupted
-  wd, extra = tmp_path / "off", ("--config.optim.offload_opt_state=True",)
-  r = run(wd, root / "demo", *extra)
-  assert r.returncode == 0, r.stderr[-3000:]
-  first = metrics(wd)
+  wd = tmp_path / "off"
+  shutil.copytree(root / "a", wd)
   shutil.rmtree(wd / "checkpoints" / "30")    # back to step 20: the rest runs again
-  r = run(wd, root / "demo", *extra)
+  r = run(wd, root / "demo", "--config.optim.offload_opt_state=True")
   assert r.returncode == 0 and "resumed from step 20" in r.stderr, r.stderr[-3000:]
   again = metrics(wd)
-  for s in range(1, 31):
-    assert first[s]["loss"] == ref[s]["loss"] == again[s]["loss"], s
+  for s in range(21, 31):
+    assert again[s]["loss"] == ref[s]["loss"], s
   from configs import stage1
   from penguin_jax.sharding import make_mesh
   from penguin_jax.train import program
