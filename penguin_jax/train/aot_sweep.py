@@ -105,6 +105,8 @@ class Sweep:
     """Compile (or find cached) every point; write the tables; -> [(point..., report)]."""
     results = []
     for i, (stage, variant, topo, ov) in enumerate(points, 1):
+      if search == "remat":
+        ov = {**ov, "model.remat_policy": "auto"}
       label = f"[{i}/{len(points)}] {stage}:{variant} {topo}" + "".join(
           f" {k}={v}" for k, v in ov.items())
       if search == "batch":
@@ -113,8 +115,6 @@ class Sweep:
         rep = self.search_slice(stage, variant, topo, ov, label)
         topo = rep["topology"] if rep else topo
       else:
-        if search == "remat":
-          ov = {**ov, "model.remat_policy": "auto"}
         rep, cached = self.compile_point(stage, variant, topo, ov)
         self.log(f"{label}: {status(rep)}{' (cached)' if cached else ''}")
       if rep is not None:
