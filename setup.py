@@ -45,6 +45,7 @@ setup(
         "matplotlib",            # launch.demo's loss curves and ablation plot
         "etils[epath]", "fsspec",  # WORKDIR on gs:// and other object stores (workdir.py)
         "huggingface_hub>=0.30",   # HF cache lookup and shard plans (hf.py)
+        "pyarrow",                 # VideoMME's parquet (data_pipelines/benchmarks.py)
     ],
     extras_require={
         # launch.aot: libtpu's compiler for compile-only TPU devices, pinned by jax's own

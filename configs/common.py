@@ -67,7 +67,13 @@ def base(variant: str) -> mlc.ConfigDict:
   # as SOURCE/loss, ...), the same batches each time. Into metrics.jsonl and TensorBoard
   # as eval/loss, eval/lm_loss, ...; it never touches the training state or data order
   # (resume stays exact). `files`: unused, kept so that older run configs load.
-  c.eval = mlc.ConfigDict({"every": 0, "split": "val", "files": (), "batches": 2})
+  # Benchmarks during training (penguin_jax/benchmark.py), on the same steps: "NAME:DIR[:N]"
+  # comma-separated (NAME: docvqa, chartqa, mmmu, ... of data_pipelines/benchmarks.py; DIR:
+  # its released files, a local folder on every host; N: its first N questions, default
+  # `benchmark_samples`), answered greedily, scored by the benchmark's metric, reported as
+  # eval/NAME/METRIC. `batches` = 0: the benchmarks only, no held-out loss.
+  c.eval = mlc.ConfigDict({"every": 0, "split": "val", "files": (), "batches": 2,
+                           "benchmarks": "", "benchmark_samples": 32})
 
   c.model = model_sizes(variant)
   c.model.use_teacher = False

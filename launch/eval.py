@@ -17,6 +17,16 @@ A sample that cannot be used (missing or corrupt media, tag mismatch, too long) 
 on one line, counted and skipped (`--strict`: stop at it). The last line of stdout is
 every figure as one JSON object.
 
+The paper's benchmarks, from their released files (`data_pipelines/benchmarks.py` reads
+docvqa, infovqa, chartqa, textvqa, ocrbench, ai2d, mmmu, mmbench, videomme), prompted as
+lmms-eval prompts Penguin-VL, answered greedily, scored by the benchmark's metric:
+
+  python -m launch.eval --benchmark=docvqa --data=DIR (--workdir=RUN | --hf_dir=HF) \
+      [--limit=N] [--out=answers.jsonl]
+
+The last line is {"benchmark", "metric", "score", "n", "skipped", "groups"}; `--out`
+holds one line per question, in the format `--score` reads.
+
 Scoring predictions made anywhere (this project, lmms-eval, VLMEvalKit) with a
 benchmark's own metric (`penguin_jax/scoring.py`):
 
@@ -35,7 +45,8 @@ import logging
 import sys
 
 from data_pipelines.errors import BadSample
-from penguin_jax import inference, scoring
+from data_pipelines import benchmarks
+from penguin_jax import benchmark, inference, scoring
 from penguin_jax.train import runtime
 
 
@@ -48,11 +59,17 @@ def parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", help="the training run")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  p.add_argument("--data", help="held-out samples, the release's JSONL format")
+  p.add_argument("--hf_dir", help="with --benchmark: an HF model folder instead of --workdir")
+  p.add_argument("--data", help="held-out samples, the release's JSONL format (--benchmark: "
+                 "the folder of the benchmark's files)")
+  p.add_argument("--benchmark", choices=sorted(benchmarks.SPECS),
+                 help="a paper benchmark, from its released files in --data")
+  p.add_argument("--limit", type=int, default=None, help="--benchmark: its first N questions")
   p.add_argument("--data_folder", default=None,
                  help="where its media paths are relative to (default: the JSONL's folder)")
   p.add_argument("--out", help="one JSON line per generated answer")
-  p.add_argument("--max_new_tokens", type=int, default=64)
+  p.add_argument("--max_new_tokens", type=int, default=None,
+                 help="answer length cap (default 64; --benchmark: the benchmark's)")
   p.add_argument("--batch_size", type=int, default=8, help="prompts decoded together")
   p.add_argument("--fsdp", type=int, default=1, help="mesh: weights split over this many devices")
   p.add_argument("--tensor", type=int, default=1, help="mesh: tensor parallelism")
@@ -78,7 +95,9 @@ def main(argv=None) -> int:
       return 2
     print(json.dumps(figures), flush=True)
     return 0
-  if not args.workdir or not args.data:
+  if args.benchmark and (not args.data or not (args.workdir or args.hf_dir)):
+    p.error("--benchmark needs --data=DIR and --workdir=RUN or --hf_dir=DIR")
+  if not args.benchmark and (not args.workdir or not args.data):
     p.error("give --workdir=RUN and --data=FILE.jsonl (or --score=FILE --metric=NAME)")
   runtime.cpu_if_idle()
   for noisy in ("absl", "jax._src", "orbax", "grain"):
@@ -94,9 +113,16 @@ def main(argv=None) -> int:
 
 def run(args) -> dict:
   """Every figure of `launch.eval` for parsed `args` (see `parser`); bad input raises."""
+  if args.benchmark:
+    loaded = inference.load(args.workdir, args.hf_dir, args.step)
+    say(f"model: {loaded.source}")
+    g = inference.Generator(loaded, args.fsdp, args.tensor, log=say)
+    return benchmark.run(g, args.benchmark, args.data, limit=args.limit, strict=args.strict,
+                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                         out=args.out, log=say)
   return inference.evaluate_run(
       args.workdir, args.data, step=args.step, data_folder=args.data_folder, out=args.out,
-      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, fsdp=args.fsdp,
+      max_new_tokens=args.max_new_tokens or 64, batch_size=args.batch_size, fsdp=args.fsdp,
       tensor=args.tensor, skip_loss=args.skip_loss, skip_answers=args.skip_answers,
       strict=args.strict, log=say)
 

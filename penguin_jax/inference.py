@@ -15,6 +15,7 @@ padded shape. `launch.generate`, `launch.eval` and `launch.convert workdir-to-hf
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import time
@@ -141,16 +142,19 @@ class Generator:
       self.times["compile"] += time.perf_counter() - t
     return self._compiled[key]
 
-  def generate(self, batch: dict, on_tokens=None) -> list[list[int]]:
+  def generate(self, batch: dict, on_tokens=None, max_new_tokens: Optional[int] = None
+               ) -> list[list[int]]:
     """A `prompts.prompt_batch` -> each row's new tokens (up to its stop token, which is
-    left out). `on_tokens(step_tokens [b])` is called as each step's tokens arrive."""
+    left out; at most `max_new_tokens`, default the generator's). `on_tokens(step_tokens
+    [b])` is called as each step's tokens arrive. Multi-process (training's mesh): every
+    process passes the same batch and gets the same tokens."""
     rep = NamedSharding(self.mesh, PartitionSpec())
-    x = jax.device_put(batch, rep)
+    x = put_global(batch, jax.tree.map(lambda _: rep, batch))
     vlm, llm, params = self.loaded.model, self.llm, self.params
     names = ("input_ids", "patches", "patch_segment_ids", "patch_positions", "merge_index",
              "merge_weight", "visual_positions")
     b, p = batch["input_ids"].shape
-    steps = self.max_new_tokens
+    steps = max_new_tokens or self.max_new_tokens
 
     def prefill(params, x):
       embeds, _ = vlm.apply({"params": params}, *[x[k] for k in names],
@@ -160,7 +164,7 @@ class Generator:
     prefill_c = self._program("prefill", jax.jit(prefill), params, x)
     t = time.perf_counter()
     cache, tok, lengths = prefill_c(params, x)
-    first = np.asarray(tok)
+    first = _host(tok)
     self.times["prefill"] += time.perf_counter() - t
     self.counts["prompt_tokens"] += int(batch["prompt_mask"].sum())
     decode = jax.jit(lambda p, c, t, pos: decoding.decode_step(llm, p, c, t, pos),
@@ -169,7 +173,7 @@ class Generator:
     out, stopped = [[] for _ in range(b)], np.zeros(b, bool)
     t = time.perf_counter()
     for i in range(steps):
-      host = first if i == 0 else np.asarray(tok)
+      host = first if i == 0 else _host(tok)
       if on_tokens is not None:
         on_tokens(np.where(stopped, -1, host))
       for r in range(b):
@@ -186,6 +190,29 @@ class Generator:
     self.times["decode"] += time.perf_counter() - t
     return out
 
+  def answer_each(self, makers, batch_size: int, strict: bool = False, on_tokens=None,
+                  max_new_tokens: Optional[int] = None):
+    """`makers`: callables, each -> (key, a prompt's per-sample arrays: `prompts.features`)
+    or raising BadSample -> yields, one batch at a time, [(key, answer text)]. A BadSample
+    is named on one line and counted in `self.skipped` (`strict`: raised)."""
+    tok, it = self.loaded.tokenizer, iter(makers)
+    while chunk := list(itertools.islice(it, batch_size)):
+      feats, keys = [], []
+      for make in chunk:
+        try:
+          key, f = make()
+        except BadSample as e:
+          if strict:
+            raise
+          self.skipped += 1
+          self.log(f"skip {e}")
+          continue
+        keys.append(key)
+        feats.append(f)
+      if feats:
+        ids = self.generate(prompts.prompt_batch(feats, tok.pad_id), on_tokens, max_new_tokens)
+        yield [(k, tok.decode(a).strip()) for k, a in zip(keys, ids)]
+
   def answer(self, items, batch_size: int, strict: bool = False, need_reference: bool = False,
              on_tokens=None):
     """[(sample, folder its media paths are relative to)] -> yields, one batch at a time,
@@ -193,23 +220,17 @@ class Generator:
     one without an answer to compare with) is named on one line and counted in
     `self.skipped`; `strict`: raised instead."""
     tok, scfg = self.loaded.tokenizer, self.loaded.sample_config
-    for start in range(0, len(items), batch_size):
-      feats, chunk = [], []
-      for sample, base in items[start:start + batch_size]:
-        try:
-          prompt, reference = prompts.as_prompt(sample)
-          if need_reference and reference is None:
-            raise BadSample("no_assistant_turn", "no reference answer", sample.get("id"))
-          feats.append(prompts.features(prompt, tok, scfg, base))
-          chunk.append((prompt, reference))
-        except BadSample as e:
-          if strict:
-            raise
-          self.skipped += 1
-          self.log(f"skip {e}")
-      if feats:
-        ids = self.generate(prompts.prompt_batch(feats, tok.pad_id), on_tokens)
-        yield [(p, r, tok.decode(a).strip()) for (p, r), a in zip(chunk, ids)]
+
+    def maker(sample, base):
+      def make():
+        prompt, reference = prompts.as_prompt(sample)
+        if need_reference and reference is None:
+          raise BadSample("no_assistant_turn", "no reference answer", sample.get("id"))
+        return (prompt, reference), prompts.features(prompt, tok, scfg, base)
+      return make
+    for batch in self.answer_each((maker(s, b) for s, b in items), batch_size, strict,
+                                  on_tokens):
+      yield [(p, r, text) for (p, r), text in batch]
 
   def summary(self) -> str:
     t, c = self.times, self.counts
@@ -219,6 +240,12 @@ class Generator:
             f"({pre:,.0f} tokens/s, vision encoder included); decode: {c['decode_steps']} "
             f"steps, {c['decode_tokens']} tokens in {t['decode']:.2f} s ({dec:,.1f} tokens/s); "
             f"compilation {t['compile']:.1f} s")
+
+
+def _host(x) -> np.ndarray:
+  """A replicated jax.Array's value on this host (one of its local copies when it spans
+  processes: every copy is the same)."""
+  return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
 
 def score_answers(generator: Generator, items, batch_size: int, strict: bool = False,

@@ -12,7 +12,8 @@ import pytest
 from train_runs import REPO
 
 PACKAGES = ("penguin_jax", "data_pipelines", "launch", "configs")
-UPPER = ("penguin_jax.train", "penguin_jax.inference", "penguin_jax.export")
+UPPER = ("penguin_jax.train", "penguin_jax.inference", "penguin_jax.export",
+         "penguin_jax.benchmark")
 
 
 def _modules() -> dict[str, str]:

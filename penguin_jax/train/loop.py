@@ -17,6 +17,7 @@ Each stop is one line naming the step on disk to resume from (docs/faults.md).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
+from penguin_jax import benchmark, registry
 from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
 from penguin_jax.train import program as program_lib, remat as remat_lib, runtime
 from penguin_jax.train import workdir as workdir_lib
@@ -107,6 +109,11 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
            f"{counts['frozen']:,}")
   feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
   log.info("training data: %s", feed.describe())
+  # benchmark files read now: a missing one stops the run before any work
+  bench = benchmark.training_evaluator(
+      cfg, registry.build_model(program.model_config), tokenizer,
+      dataclasses.replace(data_lib.sample_config(cfg), seq_len=None), program.mesh,
+      log=log.info) if cfg.eval.every and cfg.eval.benchmarks else None
   rng = jax.random.PRNGKey(cfg.seed)
   mgr, state, step, teacher = init_lib.restore_or_initialise(cfg, program, feed, rng, workdir)
   saver = ckpt.Saver(mgr, log)
@@ -118,7 +125,8 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
                          process_count=jax.process_count(), device_count=jax.device_count(),
                          device_kind=jax.devices()[0].device_kind, t_start=t_start,
                          totals=feed.totals)
-  evaluate = make_evaluator(cfg, program, workdir, tokenizer) if cfg.eval.every else None
+  evaluate = make_evaluator(cfg, program, workdir, tokenizer) \
+      if cfg.eval.every and cfg.eval.batches else None
   profiler, sigterm = Profiler(cfg.profile, workdir), Sigterm(jax.process_count())
   nonfinite = NonFinite(cfg, int(jax.device_get(state.skipped_total)))
   save = lambda s: saver.save(s, state, feed.get_state(), cfg.to_dict(), teacher)
@@ -146,9 +154,10 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
           nonfinite.check(step, m, saver)
           if log_now:
             writer.write(step, m, {k: float(s(step)) for k, s in program.schedules.items()})
-        if evaluate is not None and step % cfg.eval.every == 0:
+        if (evaluate or bench) and step % cfg.eval.every == 0:
           t = time.time()
-          writer.write_eval(step, evaluate(state.params, teacher, step))
+          writer.write_eval(step, {**(evaluate(state.params, teacher, step) if evaluate else {}),
+                                   **(bench(state.params) if bench else {})})
           writer.wait(time.time() - t)
         if save_now:
           t = time.time()
