@@ -172,3 +172,31 @@ def base(variant: str) -> mlc.ConfigDict:
   if tiny:
     c.optim.lr = mlc.ConfigDict({k: v * 3 for k, v in c.optim.lr.items()})
   return c
+
+
+# What a slice smaller than the paper's needs, applied by `launch.aot --topology=SLICE` and
+# by `launch.train` on SLICE's chips (each says so in one line), except to the fields the
+# command line sets: (stage, variant, slice) -> {field: value}. 8b stages 2 and 3 on 16 v5e
+# chips: Adam's moments in host memory and tensor parallelism 2 (launch.aot: 13.97 GiB,
+# 88.7% of usable HBM; without them 19.34 GiB). On v5e-64 the defaults are 12.5% faster
+# (docs/scale.md), so they stay the defaults.
+SLICE_SETTINGS = {
+    (stage, "8b", "v5e-16"): {"optim.offload_opt_state": True, "mesh.tensor": 2}
+    for stage in ("stage2", "stage3")}
+
+
+def for_slice(c: mlc.ConfigDict, slice_name: str, explicit=()) -> dict:
+  """Apply SLICE_SETTINGS of (c.stage, c.variant, slice_name) to `c`, leaving the fields in
+  `explicit` (set on the command line) alone -> {field: value} applied."""
+  applied = {}
+  for field, value in SLICE_SETTINGS.get((c.stage, c.variant, slice_name), {}).items():
+    if field in explicit:
+      continue
+    node, *path = field.split(".")
+    target = c[node]
+    for key in path[:-1]:
+      target = target[key]
+    target[path[-1]] = value
+    applied[field] = value
+  return applied
+

@@ -36,6 +36,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from configs import common as configs_common
 from penguin_jax.train import aot_analysis, aot_sweep, cli, hardware
 
 config_flags.DEFINE_config_file("config", None, "stage config, e.g. configs/stage3.py:2b",
@@ -69,6 +70,12 @@ def say(msg: str):
 def one(argv) -> int:
   if FLAGS.config is None or FLAGS.topology is None:
     raise app.UsageError("give --config=configs/STAGE.py:VARIANT and --topology=... (or --sweep)")
+  explicit = set(config_flags.get_override_values(FLAGS["config"]))
+  sl = hardware.slice_name(hardware.parse_slice(FLAGS.topology))
+  applied = configs_common.for_slice(FLAGS.config, sl, explicit)
+  if applied:
+    say(f"settings for {sl}: " + ", ".join(f"{k}={v}" for k, v in applied.items()) +
+        " (configs/common.py SLICE_SETTINGS; set a field on the command line to override)")
   if FLAGS.config.model.remat_policy == "auto":    # compile the candidates (cached)
     rep = aot_sweep.auto_remat(FLAGS.config, FLAGS.topology, frame_patches=FLAGS.frame_patches,
                                cache_path=FLAGS.cache or aot_sweep.default_cache(), log=say)
@@ -77,6 +84,7 @@ def one(argv) -> int:
                                frame_patches=FLAGS.frame_patches or None, log=say)
   rep["overrides"] = {a[len("--config."):].split("=", 1)[0]: a.split("=", 1)[1]
                       for a in argv if a.startswith("--config.") and "=" in a}
+  rep["slice_settings"] = applied
   print("\n".join(aot_analysis.report_lines(rep)))
   if FLAGS.json:
     with open(FLAGS.json, "w") as f:

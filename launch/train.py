@@ -19,10 +19,12 @@ import os
 import sys
 import time
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from penguin_jax.train import cli, loop, runtime
+from configs import common as configs_common
+from penguin_jax.train import cli, hardware, loop, runtime
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 config_flags.DEFINE_config_file("config", None, "stage config, e.g. configs/stage1.py:tiny",
@@ -46,6 +48,11 @@ def main(argv) -> int:
   runtime.start(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                 FLAGS.local_device_count, runtime.lost_process_timeout(FLAGS.config))
   explicit = set(config_flags.get_override_values(FLAGS["config"]))   # set on the command line
+  sl = hardware.running_slice_name(jax.devices())
+  applied = configs_common.for_slice(FLAGS.config, sl, explicit) if sl else {}
+  if applied:
+    log.info("settings for %s: %s (configs/common.py SLICE_SETTINGS)", sl,
+             ", ".join(f"{k}={v}" for k, v in applied.items()))
   return loop.run(FLAGS.config, FLAGS.workdir, t_start, explicit)
 
 

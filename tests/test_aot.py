@@ -209,3 +209,29 @@ def test_a_one_chip_slice_has_its_compile_only_device():
   for spec, n in (("v5e-1", 1), ("v5e-4", 4)):
     devices = hardware.compile_devices(hardware.parse_slice(spec))
     assert len(devices) == n and devices[0].device_kind == "TPU v5 lite", spec
+
+
+def test_slice_settings_apply_to_their_slice_only_and_yield_to_the_command_line():
+  """configs/common.py SLICE_SETTINGS: 8b stage 3 on v5e-16 takes optimizer-state offload
+  and tensor 2 (what fits it, docs/scale.md), nothing on v5e-64 or for stage 1; a field
+  the command line set stays; the running slice is named from the devices."""
+  import types
+  from configs import common, stage1, stage3
+  from penguin_jax.train import hardware
+  c = stage3.get_config("8b")
+  assert common.for_slice(c, "v5e-16") == {"optim.offload_opt_state": True, "mesh.tensor": 2}
+  assert c.optim.offload_opt_state is True and c.mesh.tensor == 2 and c.mesh.fsdp == -1
+  c = stage3.get_config("8b")
+  assert common.for_slice(c, "v5e-16", explicit={"mesh.tensor"}) == {
+      "optim.offload_opt_state": True}
+  assert c.mesh.tensor == 1
+  for cfg, sl in ((stage3.get_config("8b"), "v5e-64"), (stage3.get_config("2b"), "v5e-16"),
+                  (stage1.get_config("8b"), "v5e-16")):
+    before = cfg.to_dict()
+    assert common.for_slice(cfg, sl) == {} and cfg.to_dict() == before
+  assert hardware.slice_name(hardware.parse_slice("v5e:4x4")) == "v5e-16"
+  assert hardware.slice_name(hardware.parse_slice("v5p-8")) == "v5p-8"
+  dev = lambda kind: types.SimpleNamespace(device_kind=kind)
+  assert hardware.running_slice_name([dev("TPU v5 lite")] * 16) == "v5e-16"
+  assert hardware.running_slice_name([dev("TPU v5p")] * 4) == "v5p-8"
+  assert hardware.running_slice_name([dev("cpu")] * 8) is None

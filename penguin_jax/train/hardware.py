@@ -119,6 +119,20 @@ def parse_slice(spec: str) -> Slice:
   raise ValueError(f"unknown topology {spec!r}: use e.g. v5e-16, v5p-8, v6e-16, v5e:4x4 or cpu:8")
 
 
+def slice_name(sl: Slice) -> str:
+  """The slice's name as `parse_slice` reads it (v5e-16 for v5e:4x4; cpu:N as given)."""
+  if sl.chip is None:
+    return sl.name
+  return f"{sl.chip.name}-{sl.num_devices * sl.chip.cores_per_chip}"
+
+
+def running_slice_name(devices) -> Optional[str]:
+  """The name of the TPU slice `devices` (every device of the run) make, e.g. v5e-16;
+  None off TPU."""
+  chip = chip_for_kind(devices[0].device_kind)
+  return None if chip is None else f"{chip.name}-{len(devices) * chip.cores_per_chip}"
+
+
 # libtpu's name of a slice (TPU_ACCELERATOR_TYPE), by chip: v5e counts chips as
 # "v5litepod-N"; v4 / v5p count TensorCores.
 ACCELERATOR_TYPES = {"v4": "v4-{cores}", "v5e": "v5litepod-{chips}", "v5p": "v5p-{cores}",
