@@ -15,7 +15,9 @@ Writes DIR/NAME/ for every benchmark of `benchmarks.SPECS`, n questions each:
   mmbench   a handwritten digit among four options, with a hint
   videomme  a shape moving in a video: which shape among four, in a parquet + data/
 Answers are balanced over options A-D (the letter is the question's index modulo 4), so a
-model that always answers one letter scores 1/4.
+model that always answers one letter scores 1/4. `training_jsonl` turns such files into
+the release's JSONL, to fine-tune on the benchmarks' instruction formats
+(`launch.demo --benchmarks`).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ import sys
 
 import numpy as np
 
-from data_pipelines import demo_data
+from data_pipelines import benchmarks, demo_data
 
 LETTERS = "ABCD"
 
@@ -194,6 +196,34 @@ def write(out: str, n: int = 8, seed: int = 0) -> dict:
     os.remove(os.path.join(scratch, f))
   os.rmdir(scratch)
   return made
+
+
+def training_jsonl(files: str, raw: str) -> int:
+  """Every benchmark's questions under `files` (as `write` lays them out) -> raw/train.jsonl
+  in the release's format, each prompt exactly as the benchmark's reader builds it and
+  the answer its letter (multiple choice) or its most common reference; base64 images
+  written to raw/media, videos referenced where they are -> samples written."""
+  os.makedirs(os.path.join(raw, "media"), exist_ok=True)
+  lines = []
+  for name in benchmarks.SPECS:
+    for q in benchmarks.read(name, os.path.join(files, name))[0]:
+      rec = benchmarks.record(q)
+      sample = {"id": q.id}
+      if rec["images"]:
+        sample["image"] = []
+        for k, data in enumerate(rec["images"]):
+          rel = f"media/{q.id}-{k}.png"
+          with open(os.path.join(raw, rel), "wb") as f:
+            f.write(data)
+          sample["image"].append(rel)
+      if rec["video"]:
+        sample["video"] = [os.path.relpath(rec["video"], raw)]
+      answer = q.references[0] if q.options else max(q.references, key=q.references.count)
+      sample["conversations"] = [rec["conversations"][0], {"from": "gpt", "value": answer}]
+      lines.append(sample)
+  with open(os.path.join(raw, "train.jsonl"), "w") as f:
+    f.writelines(json.dumps(x) + "\n" for x in lines)
+  return len(lines)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ CPU, no downloads (issue 11).
   python -m launch.demo --workdir=/tmp/demo --quick      # a smoke version (the test suite's)
   python -m launch.demo --workdir=/tmp/demo --ablation [--seeds=3]
   python -m launch.demo --workdir=/tmp/demo --finetune   # after (or with) the recipe
+  python -m launch.demo --workdir=/tmp/demo --benchmarks # the benchmarks' formats
 
 The recipe (`penguin_jax/train/recipe.py` says what each step is), each step a command of
 this project, logged as it runs (WORKDIR/STAGE/train.log has a stage's whole log):
@@ -47,6 +48,12 @@ built as a TFDS dataset with the export's tokenizer, then full fine-tuning, LoRA
 and QLoRA (int8, nf4) with the same steps, each from the export (configs/finetune.py).
 WORKDIR/finetune.md and .png: trainable parameters, step time, held-out loss and answer
 exact match before and after (docs/finetune.md).
+
+`--benchmarks`: the recipe, then its export on the paper's benchmark formats in
+miniature: the demo's questions in each benchmark's released layout (DocVQA / InfoVQA
+ANLS, ChartQA relaxed accuracy, TextVQA VQA accuracy, OCRBench, AI2D / MMMU / MMBench /
+VideoMME multiple choice), scored as `launch.eval --benchmark` scores them, before and
+after full fine-tuning on other questions in those formats (WORKDIR/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -68,6 +75,9 @@ def main(argv=None) -> int:
   p.add_argument("--seeds", type=int, default=3, help="--ablation: seeds per arm")
   p.add_argument("--finetune", action="store_true",
                  help="then fine-tune its export: full, LoRA, QLoRA int8 / nf4")
+  p.add_argument("--benchmarks", action="store_true",
+                 help="then its export on the benchmarks' layouts, before and after "
+                      "fine-tuning on their formats")
   args = p.parse_args(argv)
   runtime.quiet_logs()
   runtime.cpu_if_idle()
@@ -79,7 +89,8 @@ def main(argv=None) -> int:
     if args.ablation:
       demo.ablation(args.seeds)
     else:
-      demo.finetune() if args.finetune else demo.recipe()
+      demo.finetune() if args.finetune else demo.benchmarks() if args.benchmarks else \
+          demo.recipe()
   except (RuntimeError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -261,3 +261,39 @@ def test_benchmarks_during_training_leave_the_losses_unchanged(uninterrupted, fi
             f"--config.eval.benchmarks=chartqa:{root / 'nowhere'}")
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert "error: chartqa: " in bad.stderr and "is not a folder" in bad.stderr
+
+
+def test_training_jsonl_asks_as_the_readers_and_answers_letters(files, tmp_path):
+  """`launch.demo --benchmarks`' fine-tuning data: one release-format sample per question,
+  its user turn the reader's prompt with the media tags, its answer the letter (multiple
+  choice) or the most common reference; every sample readable as a record."""
+  from data_pipelines import records
+  raw = tmp_path / "raw"
+  n = demo_benchmarks.training_jsonl(str(files), str(raw))
+  samples = [json.loads(l) for l in open(raw / "train.jsonl")]
+  assert n == len(samples) == N * len(benchmarks.SPECS)
+  by_id = {s["id"]: s for s in samples}
+  for name in benchmarks.SPECS:
+    for q in benchmarks.read(name, str(files / name))[0]:
+      s = by_id[q.id]
+      want = benchmarks.record(q)
+      assert s["conversations"][0] == want["conversations"][0]
+      assert s["conversations"][1]["value"] == (q.references[0] if q.options
+                                                else max(q.references, key=q.references.count))
+      rec = records.record_of(s, str(raw), allow_outside=True)
+      assert rec["images"] == want["images"]
+      assert (rec["video"] is None) == (want["video"] is None)
+
+
+def test_benchmarks_report_lists_before_and_after():
+  import tempfile
+  from penguin_jax.train import recipe_report
+  st = {"benchmarks/before": {"ai2d": {"metric": "multiple_choice", "n": 24, "score": 0.0}},
+        "benchmarks/after": {"ai2d": {"metric": "multiple_choice", "n": 24, "score": 0.5}},
+        "benchmarks/finetune": {"steps": 400, "seconds": 140},
+        "benchmarks_data": {"train_questions": 432}}
+  with tempfile.TemporaryDirectory() as w:
+    text = recipe_report.write_benchmarks(w, st)
+    assert open(os.path.join(w, "benchmarks.md")).read() == text
+  assert "| ai2d | multiple_choice | 24 | 0.000 | 0.500 |" in text
+  assert "432 other questions in those formats, 400 steps (2:20)" in text

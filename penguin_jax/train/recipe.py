@@ -23,6 +23,10 @@ has a stage's whole log), so that any step can be re-run alone:
 Output: WORKDIR/results.md, WORKDIR/loss_curves.png, WORKDIR/results.json
 (`recipe_report.py`). A step already done (in WORKDIR/results.json) is not run again.
 
+`--benchmarks` (`Demo.benchmarks`): the final export on every benchmark's released layout
+(the demo's questions written as DocVQA, ChartQA, ..., VideoMME files), before and after
+fine-tuning on other questions in those instruction formats (WORKDIR/benchmarks.md).
+
 The ablation (`Demo.ablation`): every arm gets the same budget, stage 1a then stage 2, on
 the same stage-0 LLM and teacher, for each seed (of the runs' initialisation and data
 order): `paper` (encoder from the LLM, reconstruction warm-up), `random_init`,
@@ -38,8 +42,9 @@ import subprocess
 import sys
 import time
 
-from data_pipelines import demo_data, prompts, tfds_penguin
-from penguin_jax import export, hf, inference, registry
+from data_pipelines import benchmarks as benchmark_files, demo_benchmarks, demo_data, prompts
+from data_pipelines import tfds_penguin
+from penguin_jax import benchmark, export, hf, inference, registry
 from penguin_jax.train import data as data_lib, recipe_report, siglip
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,6 +82,8 @@ class Budget:
   max_new_tokens: int
   eval_every_stage: bool = True  # else the baseline and the final model only
   finetune: tuple = (400, 40, 150)   # --finetune: training / validation samples, steps
+  benchmarks: tuple = (48, 24, 400)  # --benchmarks: training / validation questions per
+                                     # benchmark, fine-tuning steps
 
 
 FULL = Budget(train_samples=480, val_samples=120, max_new_tokens=12,
@@ -86,7 +93,8 @@ FULL = Budget(train_samples=480, val_samples=120, max_new_tokens=12,
 QUICK = Budget(train_samples=48, val_samples=12, max_new_tokens=6, eval_every_stage=False,
                steps={"stage0": 4, "teacher": 10, "stage1a": 3, "stage1b": 2, "stage2": 2,
                       "stage3": 3},
-               ablation_steps={"stage1a": 2, "stage2": 2}, finetune=(32, 8, 2))
+               ablation_steps={"stage1a": 2, "stage2": 2}, finetune=(32, 8, 2),
+               benchmarks=(2, 2, 2))
 
 
 def say(msg: str):
@@ -284,6 +292,46 @@ class Demo:
     self._done("finetune_steps", steps)
     recipe_report.write_finetune(self.w, self.state, list(FINETUNE_ARMS))
     say(f"== fine-tuning demo done: {self.w}/finetune.md, {self.w}/finetune.png")
+
+  def benchmarks(self):
+    """The recipe's final model on every benchmark's layout (the demo's questions written
+    as each benchmark releases its files: `data_pipelines.demo_benchmarks`), answered and
+    scored as `launch.eval --benchmark` does, before and after full fine-tuning of its
+    export on other questions in those instruction formats (WORKDIR/benchmarks.md)."""
+    self.recipe()
+    base = self.state["export"]["hf_dir"]
+    n_train, n_val, steps = self.b.benchmarks
+    root = os.path.join(self.w, "benchmarks")
+    train_files, val_files = os.path.join(root, "train_files"), os.path.join(root, "val_files")
+    raw, tfds_dir = os.path.join(root, "data"), os.path.join(root, "tfds")
+    if "benchmarks_data" not in self.state:
+      say(f"== benchmark layouts: {n_train} training and {n_val} validation questions per "
+          f"benchmark in {root}, built with the tokenizer of {base}")
+      t = time.time()
+      demo_benchmarks.write(train_files, n_train, seed=1)
+      demo_benchmarks.write(val_files, n_val, seed=0)
+      n = demo_benchmarks.training_jsonl(train_files, raw)
+      config = tfds_penguin.PenguinConfig(
+          name="benchmark_formats", tokenizer=base, sample=data_lib.sample_config(self.config),
+          splits={"train": "train.jsonl"}, allow_outside=True)
+      tfds_penguin.prepare(raw, tfds_dir, config)
+      self._done("benchmarks_data", {"train_questions": n, "seconds": time.time() - t})
+    self._benchmark_scores("before", {"hf_dir": base}, val_files)
+    r = self.train("benchmarks/finetune", "finetune.py", steps, f"--config.init.init_from={base}",
+                   "--config.data.demo=False", "--config.data.tfds_name=penguin_vl/benchmark_formats",
+                   f"--config.data.tfds_data_dir={tfds_dir}")
+    self._benchmark_scores("after", {"workdir": r["workdir"]}, val_files)
+    recipe_report.write_benchmarks(self.w, self.state)
+    say(f"== benchmarks done: {self.w}/benchmarks.md")
+
+  def _benchmark_scores(self, when: str, model: dict, files: str) -> dict:
+    key = f"benchmarks/{when}"
+    if key not in self.state:
+      say(f"== {key}: launch.eval --benchmark=NAME on {files} ({model})")
+      g = inference.Generator(inference.load(**model), log=say)
+      self._done(key, {name: benchmark.run(g, name, os.path.join(files, name), log=say)
+                       for name in benchmark_files.SPECS})
+    return self.state[key]
 
   def ablation(self, seeds: int):
     llm, teacher = self.foundation()

@@ -174,3 +174,24 @@ def write_finetune(w: str, st: dict, arms: list) -> str:
   fig.savefig(os.path.join(w, "finetune.png"), dpi=100)
   plt.close(fig)
   return text
+
+
+def write_benchmarks(w: str, st: dict) -> str:
+  """benchmarks.md from the recipe's state: each benchmark's score before and after the
+  fine-tuning on its instruction formats."""
+  before, after, ft = st["benchmarks/before"], st["benchmarks/after"], st["benchmarks/finetune"]
+  rows = ["| benchmark | metric | questions | the recipe's final model | after fine-tuning on "
+          "the formats |", "|---|---|---|---|---|"]
+  for name, b in before.items():
+    rows.append(f"| {name} | {b['metric']} | {b['n']} | {b['score']:.3f} | "
+                f"{after[name]['score']:.3f} |")
+  text = ("# launch.demo --benchmarks: the paper's benchmark formats in miniature\n\n"
+          "The demo's questions in each benchmark's released layout, prompted as lmms-eval "
+          "prompts Penguin-VL and scored by the benchmark's metric; the fine-tuning: "
+          f"{st['benchmarks_data']['train_questions']} other questions in those formats, "
+          f"{ft['steps']} steps ({_mmss(ft['seconds'])}), full fine-tuning of the export.\n\n"
+          + "\n".join(rows) + "\n")
+  with open(os.path.join(w, "benchmarks.md"), "w") as f:
+    f.write(text)
+  print(text, flush=True)
+  return text
