@@ -33,7 +33,7 @@ def score_one(q: benchmarks.Question, answer: str) -> float:
 
 
 def ask(generator, questions: list, batch_size: int = 8, strict: bool = False,
-        max_new_tokens: Optional[int] = None, log=print):
+        max_new_tokens: Optional[int] = None):
   """Greedy answers to `questions` -> yields, a batch at a time, [(question, answer)]. A
   question whose media cannot be read is named on one line and counted in
   `generator.skipped` (`strict`: raised)."""
@@ -70,7 +70,7 @@ def evaluate_questions(generator, name: str, questions: list, *, batch_size: int
   records as JSONL. `max_new_tokens`: default the benchmark's cap (`Spec`)."""
   cap = max_new_tokens or benchmarks.SPECS[name].max_new_tokens
   skipped_before, records = generator.skipped, []
-  for batch in ask(generator, questions, batch_size, strict, cap, log):
+  for batch in ask(generator, questions, batch_size, strict, cap):
     for q, answer in batch:
       rec = {"id": q.id, "prompt": q.prompt, "answer": answer,
              "reference": q.references[0] if q.metric == "multiple_choice"
