@@ -66,7 +66,7 @@ def from_workdir(workdir: str, step: Optional[int] = None, dtype=None,
   if "vision_distill_layer" in params and not keep_distill_head:
     params = {k: v for k, v in params.items() if k != "vision_distill_layer"}
     vcfg = dataclasses.replace(vcfg, teacher_hidden_size=None)
-  scfg = dataclasses.replace(data_lib.sample_config(cfg), seq_len=None)
+  scfg = data_lib.prompt_sample_config(cfg)
   return Loaded(registry.build_model(vcfg), params, tok, scfg, f"{root} step {step}", cfg,
                 step, root)
 

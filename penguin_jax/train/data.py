@@ -10,6 +10,8 @@ TFDS dataset `penguin_vl/demo`), once, on process 0.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -35,6 +37,12 @@ BUILD_HINT = ("build the release's JSONL as a TFDS dataset: python -m data_pipel
 def sample_config(cfg) -> sample_lib.SampleConfig:
   """The run's per-sample settings (`config.data`'s SampleConfig fields)."""
   return settings.from_config(sample_lib.SampleConfig, cfg.data)
+
+
+def prompt_sample_config(cfg) -> sample_lib.SampleConfig:
+  """The run's per-sample settings for generation prompts: no row length (a prompt is
+  never packed or cut)."""
+  return dataclasses.replace(sample_config(cfg), seq_len=None)
 
 
 def pipeline_config(cfg) -> pipeline.PipelineConfig:

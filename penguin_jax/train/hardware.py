@@ -121,16 +121,18 @@ def parse_slice(spec: str) -> Slice:
 
 def slice_name(sl: Slice) -> str:
   """The slice's name as `parse_slice` reads it (v5e-16 for v5e:4x4; cpu:N as given)."""
-  if sl.chip is None:
-    return sl.name
-  return f"{sl.chip.name}-{sl.num_devices * sl.chip.cores_per_chip}"
+  return sl.name if sl.chip is None else _slice_name(sl.chip, sl.num_devices)
 
 
 def running_slice_name(devices) -> Optional[str]:
   """The name of the TPU slice `devices` (every device of the run) make, e.g. v5e-16;
   None off TPU."""
   chip = chip_for_kind(devices[0].device_kind)
-  return None if chip is None else f"{chip.name}-{len(devices) * chip.cores_per_chip}"
+  return None if chip is None else _slice_name(chip, len(devices))
+
+
+def _slice_name(chip: Chip, chips: int) -> str:
+  return f"{chip.name}-{chips * chip.cores_per_chip}"   # v4 / v5p names count cores
 
 
 # libtpu's name of a slice (TPU_ACCELERATOR_TYPE), by chip: v5e counts chips as

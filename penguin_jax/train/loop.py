@@ -17,7 +17,6 @@ Each stop is one line naming the step on disk to resume from (docs/faults.md).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
-from penguin_jax import benchmark, registry
+from penguin_jax import benchmark
 from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
 from penguin_jax.train import program as program_lib, remat as remat_lib, runtime
 from penguin_jax.train import workdir as workdir_lib
@@ -111,8 +110,7 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   log.info("training data: %s", feed.describe())
   # benchmark files read now: a missing one stops the run before any work
   bench = benchmark.training_evaluator(
-      cfg, registry.build_model(program.model_config), tokenizer,
-      dataclasses.replace(data_lib.sample_config(cfg), seq_len=None), program.mesh,
+      cfg, program.model, tokenizer, data_lib.prompt_sample_config(cfg), program.mesh,
       log=log.info) if cfg.eval.every and cfg.eval.benchmarks else None
   rng = jax.random.PRNGKey(cfg.seed)
   mgr, state, step, teacher = init_lib.restore_or_initialise(cfg, program, feed, rng, workdir)
