@@ -346,7 +346,7 @@ def _mmmu(qid, row, imgs):
     refs, metric = (_letter_answer(row, opts, qid),), "multiple_choice"
   else:                      # an open question (no options)
     prompt, opts = f"{q}\n\n{SHORT.strip()}", None
-    refs, metric = ((row.get("answer") or "").strip(),), "exact_match"
+    refs, metric = ((row.get("answer") or "").strip(),), "mmmu_open"
     if not refs[0]:
       raise BadSample("malformed_sample", "no answer", qid)
   # <image k> placeholders: each becomes the k-th image where each image is named once (as

@@ -37,14 +37,16 @@ def levenshtein(a: str, b: str) -> int:
 
 def anls(answer: str, references, threshold: float = 0.5) -> float:
   """Best over the references of 1 - NL, NL = edit distance / the longer length, 0 where
-  NL >= threshold (0.5: DocVQA's tau); strings lower-cased, spaces collapsed."""
+  1 - NL < threshold (0.5: DocVQA's tau). As the DocVQA / InfoVQA evaluation script (and
+  lmms-eval, whose figures the paper reports) computes it: the distance between the strings
+  lower-cased with spaces collapsed, the length of the strings as given (so extra spaces
+  lengthen the denominator), and 1 - NL = 0.5 kept (Biten et al. 2019 zero it)."""
   norm = lambda s: " ".join(s.strip().lower().split())
   a, best = norm(answer), 0.0
-  for r in _as_list(references):
-    r = norm(r)
-    longest = max(len(a), len(r))
-    nl = levenshtein(a, r) / longest if longest else 0.0
-    best = max(best, 1.0 - nl if nl < threshold else 0.0)
+  for ref in _as_list(references):
+    longest = max(len(answer.upper()), len(ref.upper()))   # the script's lengths, as given
+    score = 1.0 - levenshtein(a, norm(ref)) / longest if longest else 1.0
+    best = max(best, score if score >= threshold else 0.0)
   return best
 
 
@@ -154,6 +156,68 @@ def multiple_choice(answer: str, reference: str, options: dict) -> float:
   return float(parse_choice(answer, options) == reference)
 
 
+# --------------------------------------------------------------------------- MMMU open answers
+# MMMU's open-answer evaluation (its eval_utils, which lmms-eval's mmmu task uses): the
+# answer's key phrases (what follows the last indicator word of each line) and every number
+# in them are the candidates; a candidate number equal to a reference number (2 decimals),
+# or a candidate phrase containing a reference string, is right.
+_KEY_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ",
+                   "result ")
+_NUMBER_FORMS = (re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),                 # 1,234,567
+                 re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),               # 1.5e-3
+                 re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"))
+
+
+def _open_normalize(text: str) -> list:
+  """A number -> [it rounded to 2 decimals]; else the lower-cased text (one character: padded
+  with a space on either side, so that a letter does not match inside any word)."""
+  text = text.strip()
+  try:
+    return [round(float(text.replace(",", "")), 2)]
+  except ValueError:
+    text = text.lower()
+    return [" " + text, text + " "] if len(text) == 1 else [text]
+
+
+def _key_phrases(answer: str) -> list:
+  """Per line, the shortest non-empty text after an indicator (the last line also takes
+  "="); none found: the whole answer. The answer is lower-cased first, so MMMU's sentence split
+  (". " before a capital) never applies: only lines split, as in MMMU."""
+  text = answer.strip().strip(".").lower()
+  lines = re.split(r"\.\s(?=[A-Z])|\n", text)
+  keys = []
+  for i, line in enumerate(lines):
+    indicators = _KEY_INDICATORS + (("=",) if i == len(lines) - 1 else ())
+    shortest = ""
+    for tail in (line.split(ind)[-1].strip() for ind in indicators if ind in line):
+      if not shortest or len(tail) < len(shortest):    # an empty tail gives way, as in MMMU
+        shortest = tail
+    if shortest and shortest.strip() not in (":", ",", ".", "!", "?", ";", "'"):
+      keys.append(shortest)
+  return keys or [text]
+
+
+def parse_open(answer: str) -> list:
+  """The candidates MMMU reads from a free answer: key phrases and their numbers, normalised
+  (`_open_normalize`), without repeats."""
+  keys = _key_phrases(answer)
+  found = keys + [n for k in keys for form in _NUMBER_FORMS for n in form.findall(k)]
+  return list(dict.fromkeys(x for f in found for x in _open_normalize(f)))
+
+
+def mmmu_open(answer: str, references) -> float:
+  """1 when a candidate of `parse_open(answer)` is a reference number, or a candidate
+  phrase contains a reference string (both normalised by `_open_normalize`)."""
+  refs = [x for r in _as_list(references) for x in _open_normalize(r)]
+  for cand in parse_open(answer):
+    if isinstance(cand, str):
+      if any(isinstance(r, str) and r in cand for r in refs):
+        return 1.0
+    elif cand in refs:
+      return 1.0
+  return 0.0
+
+
 # --------------------------------------------------------------------------- OCRBench, numbers
 def ocrbench(answer: str, references, formula: bool = False) -> float:
   """OCRBench: 1 when a reference, lower-cased and stripped, is contained in the answer
@@ -205,6 +269,7 @@ SCORERS = {
     "multiple_choice": lambda a, r, o=None: multiple_choice(a, r, o or {}),
     "ocrbench": lambda a, r, o=None: ocrbench(a, r),
     "numeric": lambda a, r, o=None: numeric(a, r),
+    "mmmu_open": lambda a, r, o=None: mmmu_open(a, r),
 }
 
 

@@ -157,6 +157,25 @@ def test_an_oracle_scores_one_and_always_a_scores_a_quarter(files, name, tmp_pat
     assert s["groups"] == {"augmented": 1.0, "human": 1.0}
 
 
+def test_an_mmmu_open_question_is_prompted_short_and_scored_by_mmmus_parser(files, tmp_path):
+  """A validation row without options: lmms-eval's open-question prompt, `mmmu_open`."""
+  rows = [r for r in _tsv(files / "mmmu" / "MMMU_DEV_VAL.tsv") if r["split"] == "validation"]
+  row = {**rows[0], "question": "<image 1> How many legs?", "answer": "14"}
+  for k in "ABCD":
+    row[k] = "nan" if k == "A" else ""
+  (tmp_path / "mmmu").mkdir()
+  with open(tmp_path / "mmmu" / "MMMU_DEV_VAL.tsv", "w", newline="") as f:
+    w = csv.DictWriter(f, list(row), delimiter="\t")
+    w.writeheader()
+    w.writerow(row)
+  (q,), bad = benchmarks.read("mmmu", str(tmp_path / "mmmu"))
+  assert not bad and (q.metric, q.references, q.options) == ("mmmu_open", ("14",), None)
+  assert q.prompt == ("<image> How many legs?\n\nAnswer the question using a single word "
+                      "or phrase.")
+  assert benchmark.score_one(q, "So the spider has 14 legs... The answer is 14.") == 1.0
+  assert benchmark.score_one(q, "The answer is 8.") == 0.0
+
+
 def test_bad_files_are_one_line_and_bad_questions_are_named(files, tmp_path):
   with pytest.raises(FileNotFoundError, match="docvqa: none of val_v1.0_withQT.json"):
     benchmarks.read("docvqa", str(tmp_path))

@@ -1,8 +1,16 @@
 """The benchmarks' scores (penguin_jax/scoring.py) on hand-made cases, each expected value
 worked out by hand from the benchmark's definition (the arithmetic in the comments)."""
+import json
+import os
+
 import pytest
 
+from penguin_jax import evaluation
 from penguin_jax import scoring as S
+
+# lmms-eval's own scoring functions run on hand-picked answers (fixtures/lmms_eval_scores)
+LMMS_EVAL = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures",
+                                        "lmms_eval_scores", "reference.json")))
 
 
 def test_levenshtein():
@@ -14,7 +22,11 @@ def test_levenshtein():
     ("Hello  World", ["hello world"], 1.0),               # case and spaces do not count
     ("helo world", ["hello world"], 1 - 1 / 11),          # one deletion over 11 characters
     ("abcde", ["abxde"], 0.8),                            # 1 - 1/5
-    ("abcd", ["abxy"], 0.0),                              # NL = 2/4 = 0.5: not below tau
+    ("abcd", ["abxy"], 0.5),                              # 1 - 2/4 = 0.5: not below tau, kept
+    ("abcde", ["abxyz"], 0.0),                            # 1 - 3/5 = 0.4 < 0.5
+    ("  abc  ", ["abd"], 1 - 1 / 7),                      # distance of the normalised strings
+                                                          # over the length as given (7)
+    ("ABC", ["abd"], 1 - 1 / 3),
     ("abc", ["xyz"], 0.0),
     ("1999", ["nineteen ninety nine", "1998"], 0.75),     # the best reference: 1 - 1/4
     ("", ["abc"], 0.0),                                   # an empty answer
@@ -94,8 +106,64 @@ def test_numeric(answer, ref, precision, want):
   assert S.numeric(answer, ref, precision) == want
 
 
+@pytest.mark.parametrize("answer,ref,parsed,want", [
+    # no indicator word: the whole answer, lower-cased, and its number
+    ("14", "14", [14.0], 1.0),
+    ("The answer is 14.", "14", [14.0], 1.0),             # the text after "is ", a number
+    ("The answer is 13.", "14", [13.0], 0.0),
+    # "so " -> "the total is 1,400 dollars", "is " -> "1,400 dollars" (shorter); its numbers:
+    # "1,400" (with commas) and "400" (the simple form, which cannot start before a comma)
+    ("so the total is 1,400 dollars", "1400", ["1,400 dollars", 1400.0, 400.0], 1.0),
+    ("It is 3.14159", "3.14", [3.14], 1.0),               # both rounded to 2 decimals
+    ("It is 3.15", "3.14", [3.15], 0.0),
+    ("the value is 2.5e3", "2500", [2500.0, 2.0, 3.0], 1.0),   # scientific, and "2", "3"
+    ("The capital is Paris", "paris", ["paris"], 1.0),    # the text contains the reference
+    ("Paris is the capital", "paris", ["the capital"], 0.0),   # the key is after "is "
+    # lines: the first has no indicator; "=" counts on the last line only
+    ("x = 5\nso x is five", "5", ["five"], 0.0),
+    ("so x is five\nx = 5", "5", ["five", 5.0], 1.0),
+    # one character: padded, so a letter does not match inside a word
+    ("The answer is b", "a", [" b", "b "], 0.0),
+    ("The answer is banana", "a", ["banana"], 0.0),
+    # an empty tail ("is " ends the line) gives way to the next indicator's
+    ("the answer is \n42", "42", ["is"], 0.0),
+])
+def test_mmmu_open(answer, ref, parsed, want):
+  assert S.parse_open(answer) == parsed
+  assert S.mmmu_open(answer, ref) == want
+  assert S.SCORERS["mmmu_open"](answer, [ref]) == want
+
+
+@pytest.mark.parametrize("case", LMMS_EVAL["anls"], ids=lambda c: repr(c["answer"]))
+def test_anls_equals_lmms_evals(case):
+  assert S.anls(case["answer"], case["references"]) == case["anls"]
+
+
+def test_the_anls_fixture_tells_the_length_as_given_from_the_normalised_one():
+  """Negative control: ANLS over the normalised lengths (Biten et al.) misses the fixture."""
+  norm = lambda s: " ".join(s.strip().lower().split())
+  biten = lambda a, refs: max(
+      (lambda nl: 1 - nl if nl < 0.5 else 0.0)(
+          S.levenshtein(norm(a), norm(r)) / max(len(norm(a)), len(norm(r)), 1)) for r in refs)
+  assert any(biten(c["answer"], c["references"]) != c["anls"] for c in LMMS_EVAL["anls"])
+
+
+def test_mmmu_open_equals_mmmus_parser_and_check():
+  by_kind = lambda x: (isinstance(x, str), x)
+  for c in LMMS_EVAL["mmmu_open"]:
+    assert sorted(S.parse_open(c["answer"]), key=by_kind) == c["mmmu_parsed"], c
+    assert S.mmmu_open(c["answer"], c["reference"]) == float(c["mmmu_correct"]), c
+  # negative control: exact match, which open questions had before, disagrees with MMMU
+  assert any(evaluation.exact_match(c["answer"], c["reference"]) != c["mmmu_correct"]
+             for c in LMMS_EVAL["mmmu_open"])
+  # docs/evaluation.md: lmms-eval >= 0.4 counts every open answer wrong, right ones too
+  assert sum(c["mmmu_correct"] for c in LMMS_EVAL["mmmu_open"]) >= 10
+  assert not any(c["lmms_eval_correct"] for c in LMMS_EVAL["mmmu_open"])
+
+
 def test_every_metric_of_the_score_command_is_there():
   assert set(S.SCORERS) == {"exact_match", "anls", "vqa_accuracy", "relaxed_accuracy",
+                            "mmmu_open",
                             "multiple_choice", "ocrbench", "numeric"}
   assert S.SCORERS["exact_match"]("The Cat", ["dog", "cat"]) == 1.0
   assert S.SCORERS["relaxed_accuracy"]("10.4", ["7", "10"]) == 1.0   # within 5% of 10

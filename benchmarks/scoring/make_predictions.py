@@ -1,10 +1,10 @@
 """Prediction files for `launch.eval --score`, one per metric, 300 lines each, made from a
 fixed seed: answers right, slightly off and wrong in known shares, in the shapes the
 benchmarks produce (document strings, ten human answers, chart numbers, free answers to
-multiple-choice questions, OCR sentences, math answers), plus a few malformed lines.
+multiple-choice questions, OCR sentences, math answers, MMMU's open answers), plus a few malformed lines.
 
   python benchmarks/scoring/make_predictions.py --out=/tmp/preds
-  for m in exact_match anls vqa_accuracy relaxed_accuracy multiple_choice ocrbench numeric; do
+  for m in exact_match anls vqa_accuracy relaxed_accuracy multiple_choice ocrbench numeric mmmu_open; do
     python -m launch.eval --score=/tmp/preds/$m.jsonl --metric=$m | tail -1
   done
 
@@ -60,6 +60,12 @@ def make(metric: str, rng) -> list:
       x = rng.randrange(1, 5000)
       ans = [f"So the answer is {x:,}.", f"about {x + 1}", "it cannot be determined"][kind]
       rows.append({"answer": ans, "reference": str(x)})
+    elif metric == "mmmu_open":                    # MMMU's open questions
+      x = rng.randrange(1000, 99999)
+      word = rng.choice(WORDS)
+      ans = [rng.choice([f"Thus the total is {x:,}", f"The {word} is {x}.0 units", f"{x}"]),
+             f"The answer is {x + 1}.\nIt is not {x}", f"It is {word}"][kind]
+      rows.append({"answer": ans, "reference": str(x)})
   lines = [json.dumps(r) for r in rows]
   lines += ["{broken", json.dumps({"answer": "x"})]          # 2 malformed lines, named
   return lines
@@ -72,10 +78,10 @@ def main():
   args = p.parse_args()
   os.makedirs(args.out, exist_ok=True)
   for metric in ("exact_match", "anls", "vqa_accuracy", "relaxed_accuracy", "multiple_choice",
-                 "ocrbench", "numeric"):
+                 "ocrbench", "numeric", "mmmu_open"):
     with open(os.path.join(args.out, f"{metric}.jsonl"), "w") as f:
       f.write("\n".join(make(metric, random.Random(metric))) + "\n")
-  print(f"wrote 7 files of {N} predictions (+2 malformed lines) in {args.out}")
+  print(f"wrote 8 files of {N} predictions (+2 malformed lines) in {args.out}")
 
 
 if __name__ == "__main__":
