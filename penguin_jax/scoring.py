@@ -125,26 +125,32 @@ def vqa_accuracy(answer: str, references) -> float:
 
 # --------------------------------------------------------------------------- multiple choice
 def parse_choice(answer: str, options: dict):
-  """The option letter a free answer names, as MMMU's parser reads one: "(B)" first, then
-  a bare letter between spaces, then (answers over 5 words) an option's text inside the
-  answer; several candidates: the one named last. None when nothing is named (MMMU then
-  picks at random; here the answer is simply wrong, so scores are reproducible)."""
+  """The option letter a free answer names, as MMMU's parser reads one (in lmms-eval's
+  copy, which every multiple-choice benchmark here uses): the answer stripped of , . ! ? ;
+  : ' at its ends and padded with a space each side; then the first rule that finds a
+  letter: "(B)"; "B " (a capital letter followed by a space, so also the end of "USA ");
+  "B."; for answers over 5 words, an option's text (case ignored). Several found: the one
+  named last (for a bare letter, the last " B "; none such: the first in option order).
+  None when nothing is named (MMMU then picks at random; here the answer is simply
+  wrong, so scores are reproducible)."""
   letters = list(options)
   text = answer
   for ch in ",.!?;:'":
     text = text.strip(ch)
   text = f" {text} "
-  found = [c for c in letters if f"({c})" in text]
-  where = lambda c: text.rfind(f"({c})")
-  if not found:
-    found = [c for c in letters if f" {c} " in text]
-    where = lambda c: text.rfind(f" {c} ")
+  rules = ((lambda c: f"({c})" in text, lambda c: text.rfind(f"({c})")),
+           (lambda c: f"{c} " in text, lambda c: text.rfind(f" {c} ")),
+           (lambda c: f"{c}." in text, lambda c: text.rfind(f" {c} ")))
+  for named, where in rules:
+    found = [c for c in letters if named(c)]
+    if found:
+      break
   if not found and len(text.split()) > 5:
     found = [c for c in letters if str(options[c]).lower() in text.lower()]
     where = lambda c: text.lower().rfind(str(options[c]).lower())
   if not found:
     return None
-  return max(found, key=where)
+  return max(found, key=where)                   # the first of equal positions
 
 
 def multiple_choice(answer: str, reference: str, options: dict) -> float:
@@ -219,16 +225,40 @@ def mmmu_open(answer: str, references) -> float:
 
 
 # --------------------------------------------------------------------------- OCRBench, numbers
+def _fold_fullwidth(text: str) -> str:
+  """Full-width ASCII (U+FF01..U+FF5E) to ASCII and the ideographic space to a space, as
+  lmms-eval's OCRBench folds both sides (no wider Unicode normalisation)."""
+  return "".join(chr(ord(c) - 0xFEE0) if 0xFF01 <= ord(c) <= 0xFF5E else
+                 " " if c == "\u3000" else c for c in text)
+
+
 def ocrbench(answer: str, references, formula: bool = False) -> float:
-  """OCRBench: 1 when a reference, lower-cased and stripped, is contained in the answer
-  (lower-cased, newlines as spaces); `formula` (its handwritten-formula questions): spaces
-  and newlines removed on both sides, case kept."""
+  """OCRBench: 1 when a reference, full-width folded, lower-cased and stripped, is
+  contained in the answer (the same, newlines as spaces); `formula` (its handwritten-formula
+  questions, HME100k): spaces and newlines removed on both sides, case kept, no folding."""
   if formula:
     squeeze = lambda s: s.replace("\n", "").replace(" ", "").strip()
   else:
-    squeeze = lambda s: s.lower().strip().replace("\n", " ")
-  a = squeeze(answer)
+    squeeze = lambda s: _fold_fullwidth(s).lower().strip().replace("\n", " ")
+  a = squeeze(answer.strip())
   return float(any(squeeze(r) in a for r in _as_list(references)))
+
+
+def relaxed_accuracy(answer: str, reference: str, tolerance: float = 0.05) -> float:
+  """ChartQA's relaxed accuracy as its evaluation (and lmms-eval) computes it: both read as
+  numbers by Python's float ("12%": 0.12; "1,234" and "twelve" are no number), then 1
+  within `tolerance` of the reference (relative); otherwise (either no number, or the
+  reference 0) 1 when the strings are equal, case ignored. `evaluation.relaxed_match` is
+  the lenient form the training evaluation uses."""
+  def number(text):
+    try:
+      return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+      return None
+  a, r = number(answer), number(reference)
+  if a is not None and r:
+    return float(abs(a - r) / abs(r) <= tolerance)
+  return float(answer.lower() == reference.lower())
 
 
 _ANY_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
@@ -264,8 +294,7 @@ SCORERS = {
                                                  for x in _as_list(r))),
     "anls": lambda a, r, o=None: anls(a, r),
     "vqa_accuracy": lambda a, r, o=None: vqa_accuracy(a, r),
-    "relaxed_accuracy": lambda a, r, o=None: float(any(evaluation.relaxed_match(a, x)
-                                                      for x in _as_list(r))),
+    "relaxed_accuracy": lambda a, r, o=None: max(relaxed_accuracy(a, x) for x in _as_list(r)),
     "multiple_choice": lambda a, r, o=None: multiple_choice(a, r, o or {}),
     "ocrbench": lambda a, r, o=None: ocrbench(a, r),
     "numeric": lambda a, r, o=None: numeric(a, r),

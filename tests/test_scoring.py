@@ -161,6 +161,28 @@ def test_mmmu_open_equals_mmmus_parser_and_check():
   assert not any(c["lmms_eval_correct"] for c in LMMS_EVAL["mmmu_open"])
 
 
+@pytest.mark.parametrize("case", LMMS_EVAL["vqa_accuracy"], ids=lambda c: repr(c["answer"]))
+def test_vqa_accuracy_equals_lmms_evals_textvqa(case):
+  assert S.vqa_accuracy(case["answer"], case["references"]) == pytest.approx(
+      case["vqa_accuracy"], abs=1e-12)
+
+
+def test_relaxed_accuracy_ocrbench_and_the_choice_parser_equal_lmms_evals():
+  for c in LMMS_EVAL["relaxed_accuracy"]:
+    assert S.SCORERS["relaxed_accuracy"](c["answer"], [c["reference"]]) == c["relaxed_accuracy"], c
+  for c in LMMS_EVAL["ocrbench"]:
+    got = S.ocrbench(c["answer"], [c["reference"]], formula=c["dataset"] == "HME100k")
+    assert got == c["ocrbench"], c
+  for c in LMMS_EVAL["multiple_choice"]:
+    assert S.parse_choice(c["answer"], c["options"]) == c["letter"], c   # None: random there
+  # negative controls: the lenient relaxed match of the training evaluation, and OCRBench
+  # without full-width folding, miss the fixture
+  assert any(evaluation.relaxed_match(c["answer"], c["reference"]) != c["relaxed_accuracy"]
+             for c in LMMS_EVAL["relaxed_accuracy"])
+  assert any(float(c["reference"].lower() in c["answer"].lower()) != c["ocrbench"]
+             for c in LMMS_EVAL["ocrbench"] if c["dataset"] != "HME100k")
+
+
 def test_every_metric_of_the_score_command_is_there():
   assert set(S.SCORERS) == {"exact_match", "anls", "vqa_accuracy", "relaxed_accuracy",
                             "mmmu_open",
