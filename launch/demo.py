@@ -7,7 +7,7 @@ CPU, no downloads (issue 11).
   python -m launch.demo --workdir=/tmp/demo --finetune   # after (or with) the recipe
   python -m launch.demo --workdir=/tmp/demo --benchmarks # the benchmarks' formats
 
-The recipe (`penguin_jax/train/recipe.py` says what each step is), each step a command of
+The recipe (`penguin_jax/demo/recipe.py` says what each step is), each step a command of
 this project, logged as it runs (WORKDIR/STAGE/train.log has a stage's whole log):
   data     the demo corpus (`data_pipelines/demo_data.py`): a mixed training split, a
            validation split of questions only the image answers (balanced classes), and
@@ -63,7 +63,8 @@ import os
 import sys
 
 from configs import stage0
-from penguin_jax.train import recipe, runtime
+from penguin_jax.demo import recipe
+from penguin_jax.train import runtime
 
 
 def main(argv=None) -> int:

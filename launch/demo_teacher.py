@@ -1,5 +1,5 @@
 """Pre-train the demo's teacher (a tiny VL3-SigLIP-NaViT) SigLIP's way on the demo corpus's
-training images, and write it as an HF folder (`penguin_jax/train/siglip.py`).
+training images, and write it as an HF folder (`penguin_jax/demo/siglip.py`).
 
   python -m launch.demo_teacher --data=W/data --out=W/teacher [--steps=300]
 
@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from configs.common import base
-from penguin_jax.train import data as data_lib, runtime, siglip
+from penguin_jax.demo import siglip
+from penguin_jax.train import data as data_lib, runtime
 
 
 def main(argv=None) -> int:

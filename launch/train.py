@@ -24,6 +24,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import common as configs_common
+from penguin_jax import benchmark
 from penguin_jax.train import cli, hardware, loop, runtime
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -53,7 +54,8 @@ def main(argv) -> int:
   if applied:
     log.info("settings for %s: %s (configs/common.py SLICE_SETTINGS)", sl,
              ", ".join(f"{k}={v}" for k, v in applied.items()))
-  return loop.run(FLAGS.config, FLAGS.workdir, t_start, explicit)
+  return loop.run(FLAGS.config, FLAGS.workdir, t_start, explicit,
+                  benchmarks=benchmark.training_evaluator)
 
 
 def _main(argv):

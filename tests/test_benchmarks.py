@@ -306,7 +306,7 @@ def test_training_jsonl_asks_as_the_readers_and_answers_letters(files, tmp_path)
 
 def test_benchmarks_report_lists_before_and_after():
   import tempfile
-  from penguin_jax.train import recipe_report
+  from penguin_jax.demo import recipe_report
   st = {"benchmarks/before": {"ai2d": {"metric": "multiple_choice", "n": 24, "score": 0.0}},
         "benchmarks/after": {"ai2d": {"metric": "multiple_choice", "n": 24, "score": 0.5}},
         "benchmarks/finetune": {"steps": 400, "seconds": 140},

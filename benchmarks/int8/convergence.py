@@ -17,7 +17,8 @@ import os
 import sys
 
 from configs import stage0
-from penguin_jax.train import recipe, runtime
+from penguin_jax.demo import recipe
+from penguin_jax.train import runtime
 
 
 def main(argv=None) -> int:

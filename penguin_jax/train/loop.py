@@ -26,7 +26,6 @@ import jax
 from jax.experimental import multihost_utils
 
 from data_pipelines import pipeline
-from penguin_jax import benchmark
 from penguin_jax.train import checkpoint as ckpt, data as data_lib, init as init_lib
 from penguin_jax.train import program as program_lib, remat as remat_lib, runtime
 from penguin_jax.train import workdir as workdir_lib
@@ -67,10 +66,12 @@ def missing_inputs(cfg) -> list[str]:
   return out
 
 
-def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
+def run(cfg, workdir: str, t_start: float, explicit=(), benchmarks=None) -> int:
   """Train `cfg` in `workdir` (local or gs://); -> the exit code (module docstring).
   `explicit`: the config fields the command line set (a checkpoint's model sizes win over
-  the others; `init.resolve`)."""
+  the others; `init.resolve`). `benchmarks`: for `eval.benchmarks`, the evaluator's maker
+  (`penguin_jax.benchmark.training_evaluator`, handed in by launch.train, as big_vision
+  hands evaluators to its trainer: training does not import the answering side)."""
   missing = missing_inputs(cfg)
   if missing:
     raise ValueError(f"{cfg.stage}:{cfg.variant} needs " + "; ".join(missing) +
@@ -109,7 +110,9 @@ def run(cfg, workdir: str, t_start: float, explicit=()) -> int:
   feed = DataFeed(source, tokenizer, cfg, program.abstract_batch)
   log.info("training data: %s", feed.describe())
   # benchmark files read now: a missing one stops the run before any work
-  bench = benchmark.training_evaluator(
+  if cfg.eval.every and cfg.eval.benchmarks and benchmarks is None:
+    raise ValueError("eval.benchmarks needs loop.run(benchmarks=benchmark.training_evaluator)")
+  bench = benchmarks(
       cfg, program.model, tokenizer, data_lib.prompt_sample_config(cfg), program.mesh,
       log=log.info) if cfg.eval.every and cfg.eval.benchmarks else None
   rng = jax.random.PRNGKey(cfg.seed)

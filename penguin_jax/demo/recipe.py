@@ -45,7 +45,8 @@ import time
 from data_pipelines import benchmarks as benchmark_files, demo_benchmarks, demo_data, prompts
 from data_pipelines import tfds_penguin
 from penguin_jax import benchmark, export, hf, inference, registry
-from penguin_jax.train import data as data_lib, recipe_report, siglip
+from penguin_jax.demo import recipe_report, siglip
+from penguin_jax.train import data as data_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = (("stage0", "stage0.py"), ("stage1a", "stage1.py"), ("stage1b", "stage1_hres.py"),
