@@ -7,25 +7,10 @@ CPU, no downloads (issue 11).
   python -m launch.demo --workdir=/tmp/demo --finetune   # after (or with) the recipe
   python -m launch.demo --workdir=/tmp/demo --benchmarks # the benchmarks' formats
 
-The recipe (`penguin_jax/demo/recipe.py` says what each step is), each step a command of
-this project, logged as it runs (WORKDIR/STAGE/train.log has a stage's whole log):
-  data     the demo corpus (`data_pipelines/demo_data.py`): a mixed training split, a
-           validation split of questions only the image answers (balanced classes), and
-           both without their media; a SentencePiece tokenizer; the TFDS dataset
-           penguin_vl/demo (data_pipelines/tfds_penguin.py)
-  stage0   a tiny text-only Qwen3 trained on the corpus's text (`configs/stage0.py`),
-           written as an HF Qwen3 folder: it plays Qwen3-0.6B (the encoder starts from it)
-           and Qwen3-1.7B (the decoder); asked the questions without images, it is the
-           text-only baseline
-  teacher  a tiny VL3-SigLIP-NaViT, SigLIP-pre-trained on the training images
-           (`launch/demo_teacher.py`)
-  stage1a  the encoder from the stage-0 LLM (`init.encoder_from_qwen3`, the paper's init),
-           reconstruction losses against the teacher; stage1b, stage2, stage3: each from
-           the previous stage's checkpoint (`init.init_from`)
-  export   `launch.convert workdir-to-hf`; its answers are checked against the workdir's
-  eval     `launch.eval` of every stage on the validation split: held-out LM loss
-           (teacher-forced) and answer exact match (greedy); `--quick`: of the baseline
-           and the final model only
+The recipe: data, stage0, teacher, stage1a, stage1b, stage2, stage3, export, eval, each a
+command of this project, logged as it runs (WORKDIR/STAGE/train.log has a stage's whole
+log); `penguin_jax/demo/recipe.py` says what each step is (`--quick`: only the baseline
+and the final model evaluated).
 Output: WORKDIR/results.md (the table, and the answers per question kind for the
 baseline and the final model), WORKDIR/loss_curves.png, WORKDIR/results.json. A step
 already done (WORKDIR/results.json) is not run again: run the same command to go on after

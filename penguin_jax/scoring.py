@@ -252,7 +252,7 @@ def relaxed_accuracy(answer: str, reference: str, tolerance: float = 0.05) -> fl
   the lenient form the training evaluation uses."""
   def number(text):
     try:
-      return float(text[:-1]) / 100 if text.endswith("%") else float(text)
+      return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
     except ValueError:
       return None
   a, r = number(answer), number(reference)
@@ -294,7 +294,8 @@ SCORERS = {
                                                  for x in _as_list(r))),
     "anls": lambda a, r, o=None: anls(a, r),
     "vqa_accuracy": lambda a, r, o=None: vqa_accuracy(a, r),
-    "relaxed_accuracy": lambda a, r, o=None: max(relaxed_accuracy(a, x) for x in _as_list(r)),
+    "relaxed_accuracy": lambda a, r, o=None: max((relaxed_accuracy(a, x) for x in _as_list(r)),
+                                                 default=0.0),
     "multiple_choice": lambda a, r, o=None: multiple_choice(a, r, o or {}),
     "ocrbench": lambda a, r, o=None: ocrbench(a, r),
     "numeric": lambda a, r, o=None: numeric(a, r),

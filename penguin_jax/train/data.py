@@ -11,7 +11,6 @@ TFDS dataset `penguin_vl/demo`), once, on process 0.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os
