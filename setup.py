@@ -59,7 +59,9 @@ setup(
         # worker processes on one machine; Dataflow needs apache-beam[gcp] in addition
         "beam": BEAM,
         "test": [
-            "pytest>=8",
+            # below 9.2: under pytest 9.2.0, pytest-xdist 3.8.0 ignores xdist_group, so
+            # --dist loadgroup no longer keeps a shared training run in one worker
+            "pytest>=8,<9.2",
             "pytest-xdist>=3.5",  # pytest.ini: -n auto (the suite in worker processes)
             # Pinned exactly: a CPU wheel of this version is found locally; an
             # unpinned torch would pull a multi-GB CUDA build.
